@@ -1,0 +1,1 @@
+"""Activities of the ScanWorkflow, one module per group."""

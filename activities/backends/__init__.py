@@ -1,0 +1,81 @@
+"""Job backends: where a scanner attempt runs. One interface, chosen by worker
+configuration (``SCANWARD_BACKEND``): ``local`` (a subprocess, the embedded default) or
+``kubernetes`` (a batch/v1 Job)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from scanward.catalog import ScannerSpec
+from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+
+Heartbeat = Callable[[], Awaitable[None] | None]
+
+
+class ScannerFailed(Exception):
+    """A scanner attempt failed; ``failure`` says how, so the policy can choose."""
+
+    def __init__(self, failure: FailureClass, message: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where one attempt reads its source and writes its SARIF and log."""
+
+    source: Path
+    out_dir: Path
+    sarif: Path
+    log: Path
+    sarif_subpath: str  # relative to the results root
+
+
+def job_paths(workspace_root: Path, results_root: Path, job: ScannerJobInput) -> JobPaths:
+    sub = f"{job.scan_id}/{job.scanner}/attempt-{job.attempt}"
+    out = results_root / sub
+    return JobPaths(
+        source=workspace_root / job.checkout.source_subpath,
+        out_dir=out,
+        sarif=out / "results.sarif",
+        log=out / "scanner.log",
+        sarif_subpath=f"{sub}/results.sarif",
+    )
+
+
+class JobBackend(Protocol):
+    """Runs one scanner attempt to its end and reports where the SARIF is.
+
+    ``run`` raises :class:`ScannerFailed` for a classified failure, and must stop the
+    job (no orphans) when cancelled with ``asyncio.CancelledError``."""
+
+    name: str
+
+    async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
+                  heartbeat_every: float) -> ScannerJobResult: ...
+
+
+def classify_exit(spec: ScannerSpec, exit_code: int) -> FailureClass | None:
+    """None when ``exit_code`` means success (0 or a "findings" code), else the class."""
+    if exit_code == 0 or exit_code in spec.findings_exit_codes:
+        return None
+    if exit_code in spec.bad_input_exit_codes:
+        return FailureClass.BAD_INPUT
+    return FailureClass.CRASHED
+
+
+def tail(path: Path, lines: int = 20, max_bytes: int = 8192) -> str:
+    """The last lines of a log file, for a dead scanner's reason."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,39 @@
+"""The scanner activity: run one attempt of one scanner through the configured job
+backend, heartbeating while it waits, and classify how it failed."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.backends import JobBackend, ScannerFailed
+from scanward.catalog import Catalog, UnknownScanner
+from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+
+# Classified failures are not retried by Temporal: the workflow's policy decides
+# (more memory, a backoff, or dead), with the attempt number in the job's identity.
+NON_RETRYABLE = tuple(c.value for c in FailureClass) + ("UnknownScanner",)
+
+
+class ScannerActivities:
+    def __init__(self, backend: JobBackend, catalog: Catalog) -> None:
+        self._backend = backend
+        self._catalog = catalog
+
+    @activity.defn(name="run_scanner")
+    async def run_scanner(self, job: ScannerJobInput) -> ScannerJobResult:
+        """Run one scanner attempt to its end; raises an ``ApplicationError`` whose type
+        is the :class:`FailureClass` when it fails."""
+        try:
+            spec = self._catalog.get(job.scanner)
+        except UnknownScanner as e:
+            raise ApplicationError(str(e), type="UnknownScanner", non_retryable=True) from e
+        activity.logger.info("scanner %s attempt %d starting on %s backend", job.scanner,
+                             job.attempt, self._backend.name)
+        # Heartbeat well inside the timeout: the SDK throttles to 0.8 x the timeout anyway.
+        timeout = activity.info().heartbeat_timeout
+        every = min(10.0, timeout.total_seconds() / 3) if timeout else 10.0
+        try:
+            return await self._backend.run(job, spec, activity.heartbeat, every)
+        except ScannerFailed as e:
+            raise ApplicationError(e.message, type=e.failure.value, non_retryable=True) from e

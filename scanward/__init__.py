@@ -1,0 +1,1 @@
+"""scanward: durable security-scan orchestration on Temporal and Kubernetes."""

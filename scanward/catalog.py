@@ -1,0 +1,131 @@
+"""The scanner catalog: what each scanner is, how it runs and where it writes SARIF.
+
+Commands are argv templates; ``{source}`` is the read-only checkout and ``{sarif}`` the
+file the scanner must write. Local commands may also use ``{python}`` (this interpreter),
+``{bindir}`` (its scripts directory) and ``{rules}`` (rules bundled with scanward). The same entry serves both job backends: Kubernetes runs
+``command`` in ``image``; the local backend runs ``local_command`` (if the tool can be
+installed from PyPI) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scanward.contract import Resources
+from scanward.inputs import InputError, check_scanner_name
+
+
+class ScannerSpec(BaseModel):
+    """One scanner in the catalog."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    image: str
+    command: tuple[str, ...] = Field(min_length=1)
+    local_command: tuple[str, ...] | None = None
+    local_env: dict[str, str] = Field(default_factory=dict)
+    # Exit codes that mean "ran fine and found something" rather than failure.
+    findings_exit_codes: frozenset[int] = frozenset()
+    # Exit codes that mean the scanner rejected its input: retrying cannot fix them.
+    bad_input_exit_codes: frozenset[int] = frozenset()
+    base: Resources = Resources(cpu_millis=250, memory_mib=256)
+    memory_mib_per_gib: int = Field(default=512, ge=0)  # extra memory per GiB of checkout
+    max_memory_mib: int = Field(default=8192, ge=16)
+
+
+class UnknownScanner(InputError):
+    """A scanner name that is not in the catalog."""
+
+
+_BUILTIN: tuple[ScannerSpec, ...] = (
+    ScannerSpec(
+        name="bandit",
+        image="ghcr.io/pycqa/bandit/bandit:1.9.4",
+        command=("bandit", "-q", "-r", "{source}", "-f", "sarif", "-o", "{sarif}"),
+        local_command=("{python}", "-m", "bandit", "-q", "-r", "{source}", "-f", "sarif",
+                       "-o", "{sarif}"),
+        findings_exit_codes=frozenset({1}),
+        bad_input_exit_codes=frozenset({2}),
+        base=Resources(cpu_millis=250, memory_mib=256),
+        memory_mib_per_gib=512,
+    ),
+    ScannerSpec(
+        name="semgrep",
+        image="semgrep/semgrep:1.185.0",
+        command=("semgrep", "scan", "--config", "p/default", "--metrics", "off", "--sarif",
+                 "--output", "{sarif}", "{source}"),
+        local_command=("{bindir}/semgrep", "scan", "--config", "{rules}/semgrep-python.yml",
+                       "--metrics", "off", "--disable-version-check", "--quiet", "--sarif",
+                       "--output", "{sarif}", "{source}"),
+        local_env={"SEMGREP_ENABLE_VERSION_CHECK": "0", "SEMGREP_SEND_METRICS": "off"},
+        findings_exit_codes=frozenset({1}),
+        bad_input_exit_codes=frozenset({2, 4, 5, 7}),
+        base=Resources(cpu_millis=500, memory_mib=1024),
+        memory_mib_per_gib=1024,
+    ),
+    ScannerSpec(
+        name="gitleaks",
+        image="zricethezav/gitleaks:v8.28.0",
+        command=("gitleaks", "dir", "{source}", "--report-format", "sarif", "--report-path",
+                 "{sarif}", "--exit-code", "0", "--no-banner"),
+        bad_input_exit_codes=frozenset({126}),
+        base=Resources(cpu_millis=250, memory_mib=256),
+        memory_mib_per_gib=256,
+    ),
+    ScannerSpec(
+        name="trivy",
+        image="aquasec/trivy:0.67.2",
+        command=("trivy", "fs", "--format", "sarif", "--output", "{sarif}", "--exit-code", "0",
+                 "--skip-db-update", "--offline-scan", "{source}"),
+        base=Resources(cpu_millis=500, memory_mib=512),
+        memory_mib_per_gib=512,
+    ),
+)
+
+
+class Catalog:
+    """Scanner specs by name: the built-ins plus those of an optional JSON file
+    (``SCANWARD_CATALOG``), which may add scanners or replace built-ins."""
+
+    def __init__(self, specs: Mapping[str, ScannerSpec]) -> None:
+        self._specs = dict(specs)
+
+    @classmethod
+    def load(cls, extra_file: str | os.PathLike[str] | None = None) -> Catalog:
+        specs = {s.name: s for s in _BUILTIN}
+        if extra_file:
+            path = Path(extra_file)
+            try:
+                raw = json.loads(path.read_text())
+                extra = [ScannerSpec.model_validate(item) for item in raw["scanners"]]
+            except FileNotFoundError as e:
+                raise InputError(f"scanner catalog {path}: file not found") from e
+            except (ValueError, KeyError, TypeError, ValidationError) as e:
+                detail = str(e).splitlines()[0]
+                raise InputError(f"scanner catalog {path}: invalid ({detail})") from e
+            for spec in extra:
+                check_scanner_name(spec.name)
+                specs[spec.name] = spec
+        return cls(specs)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, name: str) -> ScannerSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownScanner(
+                f"unknown scanner {name!r} (known: {', '.join(self.names())})"
+            ) from None
+
+    def check(self, names: tuple[str, ...] | list[str]) -> None:
+        """Raise :class:`UnknownScanner` naming the first name not in the catalog."""
+        for name in names:
+            self.get(name)

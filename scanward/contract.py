@@ -1,0 +1,309 @@
+"""The typed contract between services, the ScanWorkflow and its activities.
+
+Everything here is a pydantic model serialised by
+``temporalio.contrib.pydantic.pydantic_data_converter``. Only small summaries and
+references travel through workflow history: SARIF and findings live in storage.
+Secrets never appear here: requests name a secret (``credentials_ref``,
+``secret_ref``) that the worker resolves from its own environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scanward.inputs import check_ref, check_repository_url, check_scanner_name
+
+# A secret *reference*: the name of a secret the worker knows, never its value.
+SecretRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Severity(StrEnum):
+    """Normalised severity; SARIF levels and tool-specific ranks map onto it."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+
+class ScanStatus(StrEnum):
+    """Value of the ``ScanStatus`` search attribute and of stored scans."""
+
+    RUNNING = "running"
+    DEAD = "dead"  # at least one scanner exhausted its retries; waiting for an operator
+    COMPLETED = "completed"
+    PARTIAL = "partial"  # completed, but an operator abandoned at least one scanner
+    FAILED = "failed"  # the scan as a whole could not run (e.g. the clone failed)
+    CANCELLED = "cancelled"
+
+
+class ScannerStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    ABANDONED = "abandoned"
+    CANCELLED = "cancelled"
+
+
+class FailureClass(StrEnum):
+    """Why a scanner attempt failed; the retry policy is keyed on this."""
+
+    CRASHED = "crashed"  # non-zero exit that does not mean "findings"; retry with backoff
+    OOM_KILLED = "oom_killed"  # retry with more memory, up to the cap
+    EVICTED = "evicted"  # node pressure / disruption: retry, not counted against the scanner
+    BAD_IMAGE = "bad_image"  # image cannot be pulled: retrying cannot fix it
+    BAD_INPUT = "bad_input"  # the scanner rejected its input: retrying cannot fix it
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # ran past its deadline
+    BROKEN_SARIF = "broken_sarif"  # the scanner's output is not valid SARIF
+    TIMED_OUT = "timed_out"  # Temporal gave up on the activity (heartbeat/start-to-close)
+
+
+class Resources(Frozen):
+    """Requested resources of one scanner run (Kubernetes requests/limits)."""
+
+    cpu_millis: int = Field(ge=10, le=64_000)
+    memory_mib: int = Field(ge=16, le=262_144)
+
+
+class ResourceOverrides(Frozen):
+    """Optional per-request overrides; unset fields use the sizing policy."""
+
+    cpu_millis: int | None = Field(default=None, ge=10, le=64_000)
+    memory_mib: int | None = Field(default=None, ge=16, le=262_144)
+
+
+class NotifyTarget(Frozen):
+    """A webhook to call once when the scan ends.
+
+    ``secret_ref`` names the HMAC key in the worker's secret store
+    (``SCANWARD_SECRET_<NAME>`` or a file in ``SCANWARD_SECRETS_DIR``).
+    """
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    secret_ref: SecretRef
+
+
+class RetryTuning(Frozen):
+    """Retry and timeout durations the workflow applies. The defaults are production's;
+    tests pass shorter ones through the request (configuration, not patching)."""
+
+    initial_interval: timedelta = timedelta(seconds=10)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0)
+    maximum_interval: timedelta = timedelta(minutes=5)
+    scanner_attempts: int = Field(default=3, ge=1, le=20)
+    io_attempts: int = Field(default=5, ge=1, le=50)  # clone, persist, notify
+    clone_timeout: timedelta = timedelta(minutes=15)
+    scanner_timeout: timedelta = timedelta(hours=1)
+    heartbeat_timeout: timedelta = timedelta(seconds=60)
+    notify_timeout: timedelta = timedelta(seconds=30)
+
+
+class ScanRequest(Frozen):
+    """What a service asks for: scan ``repository`` at ``ref`` (or ``commit``)."""
+
+    repository: str = Field(max_length=2048)
+    ref: str = Field(default="HEAD", max_length=255)
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+    scanners: tuple[str, ...] = Field(min_length=1, max_length=32)
+    tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    notify: tuple[NotifyTarget, ...] = Field(default=(), max_length=8)
+    resources: ResourceOverrides | None = None
+    credentials_ref: SecretRef | None = None
+    cluster: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    # Distinguishes deliberate re-scans of the same request (e.g. a push event id).
+    dedupe_key: str = Field(default="", max_length=128)
+    tuning: RetryTuning = RetryTuning()
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v: str) -> str:
+        return check_repository_url(v)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        return check_ref(v)
+
+    @field_validator("scanners")
+    @classmethod
+    def _scanners(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            check_scanner_name(name)
+        if len(set(v)) != len(v):
+            raise ValueError(f"scanners listed twice: {sorted(n for n in set(v) if v.count(n) > 1)}")
+        return tuple(sorted(v))
+
+    @model_validator(mode="after")
+    def _ids(self) -> ScanRequest:
+        if self.commit is None and not self.ref:
+            raise ValueError("either ref or commit is required")
+        return self
+
+    def scan_id(self) -> str:
+        """Workflow id derived from the request: a duplicate start joins or is
+        rejected instead of scanning twice."""
+        key = "\x00".join(
+            [self.tenant, self.repository, self.ref, self.commit or "", ",".join(self.scanners),
+             self.dedupe_key]
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return f"scan-{self.tenant}-{digest}"
+
+
+SCAN_ID_RE = re.compile(r"^scan-[a-z0-9-]{1,63}-[0-9a-f]{20}$")
+
+
+# ---------------------------------------------------------------- activity contract
+
+
+class CloneInput(Frozen):
+    scan_id: str
+    repository: str
+    ref: str
+    commit: str | None = None
+    credentials_ref: SecretRef | None = None
+    scanners: tuple[str, ...]
+    resources: ResourceOverrides | None = None
+
+
+class Checkout(Frozen):
+    """Where the shared checkout lives, relative to the workspace root."""
+
+    scan_id: str
+    source_subpath: str  # "<scan_id>/src": the PVC subPath / directory under the root
+    commit: str
+    size_bytes: int = Field(ge=0)
+    file_count: int = Field(ge=0)
+
+
+class ScannerPlan(Frozen):
+    """Sizing for one scanner, decided by the worker from its catalog and the checkout."""
+
+    scanner: str
+    resources: Resources
+    max_memory_mib: int
+
+
+class CloneResult(Frozen):
+    checkout: Checkout
+    plan: tuple[ScannerPlan, ...]
+
+
+class ScannerJobInput(Frozen):
+    """One attempt of one scanner against a checkout."""
+
+    scan_id: str
+    scanner: str
+    attempt: int = Field(ge=1)
+    checkout: Checkout
+    resources: Resources
+    tenant: str = "default"
+
+
+class ScannerJobResult(Frozen):
+    """A finished scanner attempt: where its SARIF was written, not the SARIF itself."""
+
+    scanner: str
+    attempt: int
+    sarif_subpath: str  # relative to the results root
+    exit_code: int
+    duration_seconds: float
+
+
+class PersistInput(Frozen):
+    scan_id: str
+    tenant: str
+    repository: str
+    ref: str
+    commit: str
+    scanner: str
+    attempt: int
+    sarif_subpath: str
+
+
+class PersistResult(Frozen):
+    scanner: str
+    finding_count: int  # distinct findings after dedupe
+    by_severity: dict[Severity, int]
+
+
+class Finding(Frozen):
+    """One normalised finding; ``fingerprint`` is stable across runs of the same code."""
+
+    scanner: str
+    rule_id: str
+    severity: Severity
+    path: str
+    start_line: int | None = None
+    end_line: int | None = None
+    message: str
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ScannerRun(Frozen):
+    """Live and final per-scanner status, as the progress query reports it."""
+
+    scanner: str
+    status: ScannerStatus = ScannerStatus.PENDING
+    attempts: int = 0
+    resources: Resources | None = None
+    failure_class: FailureClass | None = None
+    reason: str | None = None
+    finding_count: int | None = None
+
+
+class ScanSummary(Frozen):
+    """The workflow's result and the webhook's body."""
+
+    scan_id: str
+    tenant: str
+    repository: str
+    ref: str
+    commit: str | None
+    status: ScanStatus
+    scanners: tuple[ScannerRun, ...]
+    finding_count: int = 0
+    by_severity: dict[Severity, int] = Field(default_factory=dict)
+    checkout_bytes: int | None = None
+    reason: str | None = None
+
+
+class NotifyInput(Frozen):
+    scan_id: str
+    target: NotifyTarget
+    summary: ScanSummary
+
+
+class FinalizeInput(Frozen):
+    summary: ScanSummary
+
+
+# ------------------------------------------------------------------- operator signals
+
+
+class RetrySignal(Frozen):
+    """``retry``: run dead scanners again (all, or one), optionally with overrides."""
+
+    scanner: str | None = None
+    memory_mib: int | None = Field(default=None, ge=16, le=262_144)
+    cpu_millis: int | None = Field(default=None, ge=10, le=64_000)
+
+
+class AbandonSignal(Frozen):
+    """``abandon``: give up on dead scanners (all, or one); the scan ends ``partial``."""
+
+    scanner: str | None = None
+    reason: str = Field(default="abandoned by operator", max_length=500)

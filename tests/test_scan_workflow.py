@@ -1,0 +1,212 @@
+"""The whole ScanWorkflow against the real dev server, real git, real bandit, a real
+SQLite store and a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+
+from scanward import client as api
+from scanward import search_attributes as sa
+from scanward.contract import (
+    AbandonSignal,
+    NotifyTarget,
+    RetrySignal,
+    ScannerStatus,
+    ScanStatus,
+    ScanSummary,
+)
+from scanward.settings import Settings
+from scanward.store import Store
+from tests.conftest import eventually, scan_request, start
+from tests.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.usefixtures("scan_worker_task")
+
+
+async def dead_scanners(client: Client, scan_id: str) -> list[str]:
+    summary = await api.progress(client, scan_id)
+    return [r.scanner for r in summary.scanners if r.status is ScannerStatus.DEAD]
+
+
+async def search_attribute_status(client: Client, scan_id: str) -> str | None:
+    desc = await client.get_workflow_handle(scan_id).describe()
+    return desc.typed_search_attributes.get(sa.SCAN_STATUS)
+
+
+async def test_bandit_scan_end_to_end(client: Client, settings: Settings, flawed_repo: Path,
+                                      receiver: WebhookReceiver) -> None:
+    request = scan_request(flawed_repo, "bandit",
+                           notify=(NotifyTarget(url=receiver.url, secret_ref="hook"),))
+    handle = await start(client, settings, request)
+    summary: ScanSummary = await handle.result()
+
+    assert summary.status is ScanStatus.COMPLETED
+    assert summary.commit and len(summary.commit) == 40
+    assert summary.checkout_bytes and summary.checkout_bytes > 0
+    (run,) = summary.scanners
+    assert (run.scanner, run.status, run.attempts) == ("bandit", ScannerStatus.SUCCEEDED, 1)
+
+    store = Store.open(settings.database_url)
+    try:
+        findings = store.findings(handle.id)
+        rules = {f.rule_id for f in findings}
+        # The bundled app's deliberate flaws, as bandit names them.
+        assert {"B602", "B301", "B105", "B506", "B324"} <= rules, rules
+        assert all(f.path == "app.py" for f in findings)
+        assert len({f.fingerprint for f in findings}) == len(findings)
+        assert run.finding_count == len(findings) == summary.finding_count
+        assert store.get_scan(handle.id).status == ScanStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+    # Exactly one signed delivery, and the workspace is gone.
+    assert [d.verified for d in receiver.deliveries] == [True]
+    assert receiver.deliveries[0].body["scan"]["scan_id"] == handle.id
+    assert not (settings.workspace_root / handle.id).exists()
+    assert await search_attribute_status(client, handle.id) == "completed"
+
+
+async def test_dead_scanner_is_visible_then_retried_by_signal(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    handle = await start(client, settings, scan_request(flawed_repo, "flaky", "fake"))
+    await eventually(lambda: _equals(dead_scanners(client, handle.id), ["flaky"]),
+                     what="flaky to be dead")
+    # Operators find it through the search attribute, as the Web UI does.
+    await eventually(lambda: _equals(search_attribute_status(client, handle.id), "dead"),
+                     what="ScanStatus=dead")
+    progress = await api.progress(client, handle.id)
+    flaky = next(r for r in progress.scanners if r.scanner == "flaky")
+    assert flaky.attempts == 2 and flaky.failure_class == "crashed"
+    assert "exited 3" in (flaky.reason or "")
+    assert "simulated crash" in (flaky.reason or "")  # last log lines travel with it
+    fake = next(r for r in progress.scanners if r.scanner == "fake")
+    assert fake.status is ScannerStatus.SUCCEEDED  # the rest of the scan is not lost
+
+    (state_dir / "fixed").touch()
+    await api.retry(client, handle.id, RetrySignal(memory_mib=1024))
+    summary = await handle.result()
+    assert summary.status is ScanStatus.COMPLETED
+    flaky = next(r for r in summary.scanners if r.scanner == "flaky")
+    assert flaky.status is ScannerStatus.SUCCEEDED and flaky.attempts == 3
+    assert flaky.resources is not None and flaky.resources.memory_mib == 1024
+
+
+async def test_abandon_ends_partial(client: Client, settings: Settings,
+                                    flawed_repo: Path) -> None:
+    handle = await start(client, settings, scan_request(flawed_repo, "flaky", "bandit"))
+    await eventually(lambda: _equals(dead_scanners(client, handle.id), ["flaky"]),
+                     what="flaky to be dead")
+    await api.abandon(client, handle.id, AbandonSignal(reason="known broken"))
+    summary = await handle.result()
+    assert summary.status is ScanStatus.PARTIAL
+    by_name = {r.scanner: r for r in summary.scanners}
+    assert by_name["flaky"].status is ScannerStatus.ABANDONED
+    assert "known broken" in (by_name["flaky"].reason or "")
+    assert by_name["bandit"].status is ScannerStatus.SUCCEEDED
+    assert (by_name["bandit"].finding_count or 0) > 0
+
+
+async def test_bad_input_and_broken_sarif_are_dead_without_retry(
+        client: Client, settings: Settings, flawed_repo: Path) -> None:
+    handle = await start(client, settings, scan_request(flawed_repo, "badinput", "broken"))
+    await eventually(lambda: _equals(dead_scanners(client, handle.id), ["badinput", "broken"]),
+                     what="both dead")
+    progress = {r.scanner: r for r in (await api.progress(client, handle.id)).scanners}
+    assert progress["badinput"].attempts == 1 and progress["badinput"].failure_class == "bad_input"
+    assert progress["broken"].attempts == 1
+    assert progress["broken"].failure_class == "broken_sarif"
+    assert "not JSON" in (progress["broken"].reason or "")
+    await api.abandon(client, handle.id)
+    assert (await handle.result()).status is ScanStatus.PARTIAL
+
+
+async def test_cancel_kills_the_running_scanner(client: Client, settings: Settings,
+                                                flawed_repo: Path, state_dir: Path) -> None:
+    handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
+    pid_file = state_dir / "pid"
+    await eventually(lambda: _true(pid_file.exists()), what="the scanner to start")
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    await api.cancel(client, handle.id)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    assert not _alive(pid), "the scanner process survived the cancellation"
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+    store = Store.open(settings.database_url)
+    try:
+        assert store.get_scan(handle.id).status == ScanStatus.CANCELLED  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert not (settings.workspace_root / handle.id).exists()
+
+
+async def test_duplicate_start_joins_then_is_rejected(client: Client, settings: Settings,
+                                                      flawed_repo: Path) -> None:
+    request = scan_request(flawed_repo, "fake")
+    first = await start(client, settings, request)
+    second = await start(client, settings, request)
+    assert second.first_execution_run_id == first.first_execution_run_id or (
+        (await second.describe()).run_id == (await first.describe()).run_id)
+    await first.result()
+    with pytest.raises(api.ScanAlreadyFinished, match="already finished"):
+        await start(client, settings, request)
+    runs = [w async for w in client.list_workflows(f'WorkflowId = "{first.id}"')]
+    assert len(runs) == 1
+
+
+async def test_retry_all_dead_is_one_batch(client: Client, settings: Settings,
+                                           flawed_repo: Path, state_dir: Path) -> None:
+    tenant = f"batch-{settings.task_queue[-8:]}"
+    handles = [await start(client, settings, scan_request(flawed_repo, "flaky", tenant=tenant))
+               for _ in range(2)]
+    for h in handles:
+        await eventually(lambda h=h: _equals(dead_scanners(client, h.id), ["flaky"]),
+                         what="flaky dead")
+
+    async def both_visible() -> bool:
+        found = [s async for s in api.list_scans(client, ScanStatus.DEAD, tenant)]
+        return len(found) == 2
+
+    await eventually(both_visible, what="both dead scans in visibility")
+    (state_dir / "fixed").touch()
+    job_id = await api.retry_all_dead(client, tenant=tenant)
+    assert job_id.startswith("scanward-retry-")
+    for h in handles:
+        assert (await h.result()).status is ScanStatus.COMPLETED
+
+
+async def test_clone_of_missing_ref_fails_with_reason(client: Client, settings: Settings,
+                                                      flawed_repo: Path) -> None:
+    request = scan_request(flawed_repo, "fake").model_copy(update={"ref": "no-such-branch"})
+    handle = await start(client, settings, request)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "clone failed" in str(failure.value.cause)
+    assert "no-such-branch" in str(failure.value.cause)
+    assert not (settings.workspace_root / handle.id / "src").exists()
+
+
+async def _equals(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): read its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,139 @@
+"""The worker as a real process: SIGKILL mid-scan and restart (crash safety), SIGTERM
+(graceful shutdown finishes in-flight work and exits 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from scanward.contract import NotifyTarget, ScannerStatus, ScanStatus
+from scanward.settings import Settings
+from scanward.store import Store
+from tests.conftest import WEBHOOK_SECRET, eventually, scan_request, start
+from tests.webhook_receiver import WebhookReceiver
+
+REPO_ROOT = Path(__file__).parent.parent
+
+
+def worker_env(env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(settings.home),
+        "PYTHONPATH": str(REPO_ROOT),
+        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": env.client.namespace,
+        "SCANWARD_HOME": str(settings.home),
+        "SCANWARD_WORKSPACE": str(settings.workspace_root),
+        "SCANWARD_RESULTS": str(settings.results_root),
+        "SCANWARD_DATABASE_URL": settings.database_url,
+        "SCANWARD_TASK_QUEUE": settings.task_queue,
+        "SCANWARD_ALLOW_LOCAL_REPOS": "1",
+        "SCANWARD_CATALOG": str(settings.catalog_file),
+        "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET,
+        "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "20",
+    }
+
+
+def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env,
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_pid(pid_file: Path, not_equal: int | None = None) -> int:
+    async def ready() -> int | None:
+        if pid_file.exists() and pid_file.read_text():
+            pid = int(pid_file.read_text())
+            return pid if pid != not_equal else None
+        return None
+
+    result: int = await eventually(ready, timeout=60, what=f"scanner pid in {pid_file}")
+    return result
+
+
+async def test_sigkill_mid_scan_then_restart_completes_once(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, state_dir: Path, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    (state_dir / "seconds").write_text("3")
+    env = worker_env(temporal_env, settings)
+    first = spawn_worker(env, tmp_path / "worker1.log")
+    try:
+        request = scan_request(flawed_repo, "sleepy", "bandit",
+                               notify=(NotifyTarget(url=receiver.url, secret_ref="hook"),))
+        handle = await start(client, settings, request)
+        scanner_pid = await wait_pid(state_dir / "pid")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(scanner_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(scanner_pid), "the scanner outlived its SIGKILLed worker"
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = spawn_worker(env, tmp_path / "worker2.log")
+    try:
+        summary = await handle.result()
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert summary.status is ScanStatus.COMPLETED
+    assert {r.scanner: r.status for r in summary.scanners} == {
+        "bandit": ScannerStatus.SUCCEEDED, "sleepy": ScannerStatus.SUCCEEDED}
+    store = Store.open(settings.database_url)
+    try:
+        rows = store.scanner_results(handle.id)
+        assert sorted(r.scanner for r in rows) == ["bandit", "sleepy"]  # one row each
+        findings = store.findings(handle.id)
+        assert len({f.fingerprint for f in findings}) == len(findings)
+    finally:
+        store.close()
+    keys = [d.key for d in receiver.deliveries]
+    assert keys and len(set(keys)) == 1
+    assert len(receiver.accepted) == 1  # the receiver saw one delivery for the key
+    assert second.returncode == 0
+
+
+async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, state_dir: Path, tmp_path: Path) -> None:
+    (state_dir / "seconds").write_text("2")
+    env = worker_env(temporal_env, settings)
+    proc = spawn_worker(env, tmp_path / "worker.log")
+    handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
+    await wait_pid(state_dir / "pid")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, (tmp_path / "worker.log").read_text()
+    log = (tmp_path / "worker.log").read_text()
+    assert "finishing in-flight activities" in log and "worker stopped" in log
+    # The in-flight attempt completed before exit: its result is in history.
+    completed = [e async for e in handle.fetch_history_events()
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
+    assert completed, "the running scanner was not allowed to finish"
+    restarted = spawn_worker(env, tmp_path / "worker2.log")
+    try:
+        summary = await handle.result()
+    finally:
+        restarted.terminate()
+        restarted.wait(30)
+    sleepy = summary.scanners[0]
+    assert sleepy.status is ScannerStatus.SUCCEEDED and sleepy.attempts == 1
+    started = [e.activity_task_started_event_attributes.attempt
+               async for e in handle.fetch_history_events()
+               if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
+    assert all(a == 1 for a in started), started  # nothing was retried

@@ -1,0 +1,109 @@
+"""scanward-worker: wires settings, the store, a job backend and the activities into a
+Temporal worker, and shuts it down gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.backends import JobBackend
+from activities.backends.local import LocalBackend
+from activities.notify import NotifyActivities
+from activities.results import ResultActivities
+from activities.scanner_jobs import ScannerActivities
+from activities.workspace import WorkspaceActivities
+from scanward.catalog import Catalog
+from scanward.client import connect
+from scanward.secrets import SecretStore
+from scanward.settings import Settings
+from scanward.store import Store
+from workflows.scan import ScanWorkflow
+
+log = logging.getLogger("scanward.worker")
+
+
+class ConfigError(Exception):
+    """The worker's configuration cannot work."""
+
+
+def make_backend(settings: Settings) -> JobBackend:
+    if settings.backend == "local":
+        return LocalBackend(settings.workspace_root, settings.results_root)
+    raise ConfigError(f"unknown job backend {settings.backend!r} (available: local)")
+
+
+def build_worker(client: Client, settings: Settings, store: Store,
+                 executor: ThreadPoolExecutor) -> Worker:
+    """A worker for the ScanWorkflow and its activities on ``settings.task_queue``."""
+    catalog = Catalog.load(settings.catalog_file)
+    secrets = SecretStore(settings.env, settings.secrets_dir)
+    workspace = WorkspaceActivities(settings, catalog, secrets)
+    scanners = ScannerActivities(make_backend(settings), catalog)
+    results = ResultActivities(store, settings.workspace_root, settings.results_root)
+    notify = NotifyActivities(secrets)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[ScanWorkflow],
+        activities=[
+            workspace.clone_repository, workspace.cleanup_workspace, scanners.run_scanner,
+            results.persist_results, results.finalize_scan, notify.notify_webhook,
+        ],
+        activity_executor=executor,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        # Without this, shutdown cancels running scanners at once.
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+    )
+
+
+async def run(settings: Settings, stop: asyncio.Event, client: Client | None = None) -> None:
+    """Run a worker until ``stop`` is set, then drain in-flight work and return."""
+    for path in (settings.workspace_root, settings.results_root):
+        path.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database_url)
+    if client is None:
+        runtime = None
+        if settings.metrics_port:
+            runtime = Runtime(telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
+        client = await connect(runtime=runtime) if runtime else await connect()
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        worker = build_worker(client, settings, store, executor)
+        async with worker:
+            log.info("worker polling %s (backend %s)", settings.task_queue, settings.backend)
+            await stop.wait()
+            log.info("shutting down: finishing in-flight activities (up to %.0fs)",
+                     settings.graceful_shutdown_seconds)
+    store.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    """Console entry point ``scanward-worker``; configuration comes from the environment."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(Settings.from_env(), stop)
+
+    try:
+        asyncio.run(_main())
+    except (ConfigError, OSError, RuntimeError) as e:
+        print(f"scanward-worker: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Temporal workflows of scanward."""
