@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -156,6 +155,7 @@ async def _watch(client: Client, scan_id: str) -> ScanSummary:
             cause = e.cause
             raise CliError(f"scan {scan_id} failed: {getattr(cause, 'message', cause)}") from e
         live.update(_progress_table(summary))
+    out.print()
     return summary
 
 
@@ -185,9 +185,11 @@ def scan(
             scanners=tuple(scanner), tenant=tenant, dedupe_key=key,
             notify=_notify_targets(notify), cluster=cluster,
         )
+        catalog = Catalog.load(settings.catalog_file)
+        catalog.check(request.scanners)  # before connecting: bad input fails fast
         client = await api.connect()
         handle = await api.start_scan(client, request, task_queue=settings.task_queue,
-                                      catalog=Catalog.load(settings.catalog_file))
+                                      catalog=catalog)
         out.print(f"scan {handle.id} started", highlight=False)
         if wait:
             summary = await _watch(client, handle.id)
@@ -214,7 +216,7 @@ class Format(StrEnum):
 
 
 @app.command()
-def findings(scan_id: str, format: Format = Format.table) -> None:  # noqa: A002
+def findings(scan_id: str, format: Format = Format.table) -> None:
     """Stored findings of a scan."""
     try:
         _print_findings(scan_id, format.value)
@@ -256,15 +258,15 @@ def retry(
 
     async def go() -> None:
         signal = RetrySignal(scanner=scanner, memory_mib=memory_mib)
+        if not (all_dead or scan_id):
+            raise CliError("give a scan id or --all-dead")
         client = await api.connect()
         if all_dead:
             job = await api.retry_all_dead(client, signal)
             out.print(f"batch {job} signalled every dead scan", highlight=False)
-        elif scan_id:
+        elif scan_id is not None:
             await api.retry(client, scan_id, signal)
             out.print(f"retry sent to {scan_id}", highlight=False)
-        else:
-            raise CliError("give a scan id or --all-dead")
 
     _run(go())
 
@@ -330,7 +332,7 @@ def dev(
                   highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal as _signal  # noqa: PLC0415
+        import signal as _signal
 
         for sig in (_signal.SIGINT, _signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -371,4 +373,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -74,7 +74,7 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         if settings.metrics_port:
             runtime = Runtime(telemetry=TelemetryConfig(
                 metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
-        client = await connect(runtime=runtime) if runtime else await connect()
+        client = await connect(runtime=runtime)
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(client, settings, store, executor)
         async with worker:

@@ -12,7 +12,7 @@ from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 
 # Classified failures are not retried by Temporal: the workflow's policy decides
 # (more memory, a backoff, or dead), with the attempt number in the job's identity.
-NON_RETRYABLE = tuple(c.value for c in FailureClass) + ("UnknownScanner",)
+NON_RETRYABLE = (*(c.value for c in FailureClass), "UnknownScanner")
 
 
 class ScannerActivities:

@@ -1,10 +1,10 @@
 """The scanner catalog: what each scanner is, how it runs and where it writes SARIF.
 
 Commands are argv templates; ``{source}`` is the read-only checkout and ``{sarif}`` the
-file the scanner must write. Local commands may also use ``{python}`` (this interpreter),
-``{bindir}`` (its scripts directory) and ``{rules}`` (rules bundled with scanward). The same entry serves both job backends: Kubernetes runs
-``command`` in ``image``; the local backend runs ``local_command`` (if the tool can be
-installed from PyPI) as a subprocess.
+file the scanner must write. Local commands may also use ``{python}`` (this
+interpreter), ``{bindir}`` (its scripts directory) and ``{rules}`` (bundled rules).
+The same entry serves both job backends: Kubernetes runs ``command`` in ``image``; the
+local backend runs ``local_command`` (if the tool installs from PyPI) as a subprocess.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ _BUILTIN: tuple[ScannerSpec, ...] = (
         name="gitleaks",
         image="zricethezav/gitleaks:v8.28.0",
         command=("gitleaks", "dir", "{source}", "--report-format", "sarif", "--report-path",
-                 "{sarif}", "--exit-code", "0", "--no-banner"),
+                 "{sarif}", "--exit-code", "0", "--no-banner", "--redact"),
         bad_input_exit_codes=frozenset({126}),
         base=Resources(cpu_millis=250, memory_mib=256),
         memory_mib_per_gib=256,

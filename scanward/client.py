@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.api.workflowservice.v1 import StartBatchOperationRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
+    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -18,6 +20,7 @@ from temporalio.common import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 
 from scanward import search_attributes as sa
 from scanward.catalog import Catalog
@@ -27,17 +30,27 @@ from scanward.settings import DEFAULT_TASK_QUEUE
 WORKFLOW = "ScanWorkflow"
 
 
+class TemporalUnavailable(RuntimeError):
+    """Temporal could not be reached at the configured address."""
+
+
 class ScanAlreadyFinished(Exception):
     """The same request was already scanned to completion; pass a new ``dedupe_key``."""
 
 
-async def connect(profile: str | None = None, **overrides: Any) -> Client:
+async def connect(profile: str | None = None, *, runtime: Runtime | None = None) -> Client:
     """Connect with Temporal's own conventions (``TEMPORAL_ADDRESS``,
     ``TEMPORAL_NAMESPACE``, ``TEMPORAL_PROFILE``, config file) and the pydantic converter."""
-    config = dict(ClientConfigProfile.load(profile=profile).to_client_connect_config())
-    config.setdefault("target_host", "localhost:7233")
-    config |= overrides
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    config = ClientConfigProfile.load(profile=profile).to_client_connect_config()
+    target = config.setdefault("target_host", "localhost:7233")
+    try:
+        return await Client.connect(**config, data_converter=pydantic_data_converter,
+                                    runtime=runtime)
+    except RuntimeError as e:
+        why = re.search(r'message: "([^"]+)"', str(e))
+        reason = why.group(1) if why else str(e).splitlines()[0]
+        raise TemporalUnavailable(f"cannot reach Temporal at {target}: {reason} "
+                                  "(set TEMPORAL_ADDRESS or a profile)") from e
 
 
 async def start_scan(
@@ -66,8 +79,8 @@ async def start_scan(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             search_attributes=TypedSearchAttributes([
-                sa.SCAN_STATUS.value_set(ScanStatus.RUNNING.value),
-                sa.SCAN_TENANT.value_set(request.tenant),
+                SearchAttributePair(sa.SCAN_STATUS, ScanStatus.RUNNING.value),
+                SearchAttributePair(sa.SCAN_TENANT, request.tenant),
             ]),
         )
     except WorkflowAlreadyStartedError as e:
@@ -83,7 +96,9 @@ def handle(client: Client, scan_id: str) -> WorkflowHandle[Any, ScanSummary]:
 
 async def progress(client: Client, scan_id: str) -> ScanSummary:
     """Live progress of a scan (works on finished scans too)."""
-    return await handle(client, scan_id).query("progress", result_type=ScanSummary)
+    summary: ScanSummary = await handle(client, scan_id).query("progress",
+                                                               result_type=ScanSummary)
+    return summary
 
 
 async def retry(client: Client, scan_id: str, signal: RetrySignal | None = None) -> None:

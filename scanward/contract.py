@@ -143,7 +143,8 @@ class ScanRequest(Frozen):
         for name in v:
             check_scanner_name(name)
         if len(set(v)) != len(v):
-            raise ValueError(f"scanners listed twice: {sorted(n for n in set(v) if v.count(n) > 1)}")
+            twice = sorted(n for n in set(v) if v.count(n) > 1)
+            raise ValueError(f"scanners listed twice: {twice}")
         return tuple(sorted(v))
 
     @model_validator(mode="after")

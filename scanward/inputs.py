@@ -28,7 +28,8 @@ def check_repository_url(url: str) -> str:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise InputError(f"repository URL {url!r} contains whitespace or control characters")
     if url.startswith("-"):
-        raise InputError(f"repository URL {url!r} starts with '-' and would be read as a git option")
+        raise InputError(
+            f"repository URL {url!r} starts with '-' and would be read as a git option")
     if _REMOTE_HELPER.match(url):
         raise InputError(
             f"repository URL {url!r} uses a git remote helper ('<transport>::'), which is refused"
@@ -45,7 +46,8 @@ def check_repository_url(url: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise InputError(
-            f"repository URL scheme {scheme!r} is not allowed (allowed: {', '.join(ALLOWED_SCHEMES)})"
+            f"repository URL scheme {scheme!r} is not allowed "
+            f"(allowed: {', '.join(ALLOWED_SCHEMES)})"
         )
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):

@@ -14,8 +14,8 @@ ALL = (SCAN_STATUS, SCAN_TENANT, SCAN_DEAD_SCANNERS)
 
 def dev_server_args() -> list[str]:
     """``--search-attribute Name=Type`` arguments for ``temporal server start-dev``."""
-    kinds = {SCAN_STATUS: "Keyword", SCAN_TENANT: "Keyword", SCAN_DEAD_SCANNERS: "KeywordList"}
     args: list[str] = []
-    for key, kind in kinds.items():
+    for key in ALL:
+        kind = "KeywordList" if key is SCAN_DEAD_SCANNERS else "Keyword"
         args += ["--search-attribute", f"{key.name}={kind}"]
     return args

@@ -41,7 +41,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = dict(os.environ if env is None else env)
-        home = Path(e.get("SCANWARD_HOME", str(DEFAULT_HOME))).expanduser()
+        home = Path(e.get("SCANWARD_HOME", str(DEFAULT_HOME))).expanduser().resolve()
 
         def path(name: str, default: Path) -> Path:
             return Path(e[name]).expanduser() if e.get(name) else default

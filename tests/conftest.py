@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -154,11 +153,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
             last = await check()
             if last:
                 return last
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+        except Exception as e:  # keep polling; report the last error
             last = e
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def python() -> str:
-    return sys.executable

@@ -84,7 +84,7 @@ def test_request_validation_names_the_field() -> None:
         ScanRequest(repository="https://example.com/r.git", scanners=("Bandit!",))
     with pytest.raises(ValidationError, match="scanners listed twice"):
         ScanRequest(repository="https://example.com/r.git", scanners=("bandit", "bandit"))
-    with pytest.raises(ValidationError, match="at least 1 item"):
+    with pytest.raises(ValidationError, match=r"at least 1 item"):
         ScanRequest(repository="https://example.com/r.git", scanners=())
 
 
@@ -96,7 +96,7 @@ def test_unknown_scanner_is_named() -> None:
 def test_broken_catalog_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "catalog.json"
     bad.write_text(json.dumps({"scanners": [{"name": "x"}]}))
-    with pytest.raises(InputError, match="catalog.json: invalid"):
+    with pytest.raises(InputError, match=r"catalog\.json: invalid"):
         Catalog.load(bad)
     with pytest.raises(InputError, match="file not found"):
         Catalog.load(tmp_path / "missing.json")

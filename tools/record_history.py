@@ -74,7 +74,7 @@ async def main() -> None:
         retried = await api.start_scan(env.client, ScanRequest(
             repository=repo.as_uri(), ref="main", scanners=("bandit", "flaky"), tuning=TUNING),
             task_queue="record", catalog=cat)
-        while not any(r.status is ScannerStatus.DEAD
+        while not any(r.status is ScannerStatus.DEAD  # noqa: ASYNC110 - polls a query
                       for r in (await api.progress(env.client, retried.id)).scanners):
             await asyncio.sleep(0.2)
         (tmp / "state" / "fixed").touch()

@@ -35,9 +35,9 @@ with workflow.unsafe.imports_passed_through():
         Resources,
         RetrySignal,
         RetryTuning,
+        ScannerJobInput,
         ScannerPlan,
         ScannerRun,
-        ScannerJobInput,
         ScannerStatus,
         ScanRequest,
         ScanStatus,
@@ -74,9 +74,10 @@ def _failure_of(err: ActivityError) -> tuple[FailureClass, str]:
 class ScanWorkflow:
     """One scan of one repository at one commit."""
 
-    def __init__(self) -> None:
-        self._request: ScanRequest | None = None
-        self._runs: dict[str, ScannerRun] = {}
+    @workflow.init
+    def __init__(self, request: ScanRequest) -> None:
+        self._request = request
+        self._runs = {name: ScannerRun(scanner=name) for name in request.scanners}
         self._status = ScanStatus.RUNNING
         self._verdicts: dict[str, RetrySignal | AbandonSignal] = {}
         self._commit: str | None = None
@@ -118,8 +119,6 @@ class ScanWorkflow:
 
     @workflow.run
     async def run(self, request: ScanRequest) -> ScanSummary:
-        self._request = request
-        self._runs = {name: ScannerRun(scanner=name) for name in request.scanners}
         scan_id = workflow.info().workflow_id
         try:
             try:
@@ -153,7 +152,6 @@ class ScanWorkflow:
 
     async def _scan_with(self, plan: ScannerPlan, checkout: Checkout) -> None:
         """Attempts of one scanner until it succeeds or an operator abandons it."""
-        assert self._request is not None
         tuning = self._request.tuning
         name, resources = plan.scanner, plan.resources
         attempt = counted = 0
@@ -190,7 +188,6 @@ class ScanWorkflow:
 
     async def _attempt(self, name: str, attempt: int, resources: Resources,
                        checkout: Checkout) -> None:
-        assert self._request is not None
         req, tuning = self._request, self._request.tuning
         job = await workflow.execute_activity_method(
             ScannerActivities.run_scanner,
@@ -248,7 +245,6 @@ class ScanWorkflow:
             ])
 
     def _summary(self) -> ScanSummary:
-        assert self._request is not None
         req = self._request
         return ScanSummary(
             scan_id=workflow.info().workflow_id, tenant=req.tenant, repository=req.repository,
@@ -261,7 +257,6 @@ class ScanWorkflow:
 
     async def _finish(self, status: ScanStatus) -> None:
         """Record the outcome, notify each target once, remove the workspace."""
-        assert self._request is not None
         tuning = self._request.tuning
         self._status = status
         workflow.upsert_search_attributes([

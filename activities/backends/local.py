@@ -71,7 +71,7 @@ class LocalBackend:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, cwd=paths.source, env=env, stdin=asyncio.subprocess.DEVNULL,
                     stdout=log, stderr=log, start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+                    preexec_fn=_die_with_parent,  # prctl only: takes no locks
                 )
             except OSError as e:
                 raise ScannerFailed(FailureClass.BAD_IMAGE, f"cannot start {argv[0]}: {e}") from e
@@ -88,8 +88,7 @@ class LocalBackend:
             except BaseException:
                 await self._kill(proc)
                 raise
-        code = proc.returncode
-        assert code is not None
+        code = proc.returncode if proc.returncode is not None else -1
         failure = classify_exit(spec, code)
         if failure is not None:
             how = f"killed by signal {-code}" if code < 0 else f"exited {code}"

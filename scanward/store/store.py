@@ -1,0 +1,581 @@
+"""The :class:`Store`: scans, per-scanner results and findings in SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from scanward.contract import Finding, ScannerStatus, ScanStatus, ScanSummary, Severity
+from scanward.store.errors import StoreError
+from scanward.store.models import FindingRow, ScannerResultRow, ScanRow
+from scanward.store.urls import SQLITE, mask_url, normalize_url, scrub
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+# Rows per INSERT: well under SQLite's 32766 and PostgreSQL's 65535 bound parameters.
+_INSERT_CHUNK = 500
+# Scans in these states are over: a late (retried) scanner result does not reopen them.
+FINAL_STATUSES: frozenset[ScanStatus] = frozenset(
+    {ScanStatus.COMPLETED, ScanStatus.PARTIAL, ScanStatus.FAILED, ScanStatus.CANCELLED}
+)
+SEVERITY_RANK: dict[Severity, int] = {
+    Severity.CRITICAL: 0,
+    Severity.HIGH: 1,
+    Severity.MEDIUM: 2,
+    Severity.LOW: 3,
+    Severity.INFO: 4,
+}
+# Execution option that makes a SQLite transaction take the write lock up front.
+_SQLITE_IMMEDIATE = "scanward_sqlite_immediate"
+_MIGRATION_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """A stored scan. ``summary`` is set once :meth:`Store.finish_scan` has run."""
+
+    scan_id: str
+    tenant: str
+    repository: str
+    ref: str
+    commit: str | None
+    status: ScanStatus
+    finding_count: int
+    summary: ScanSummary | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerResultRecord:
+    """The latest recorded attempt of one scanner in one scan."""
+
+    scan_id: str
+    scanner: str
+    attempt: int
+    status: ScannerStatus
+    finding_count: int
+    updated_at: datetime
+
+
+def scrub_repository(repository: str) -> str:
+    """``repository`` without credentials: a password, or an HTTP(S) user (often a
+    token), is dropped from the URL. The store never persists secrets."""
+    if "://" not in repository:
+        return repository
+    try:
+        parts = urlsplit(repository)
+        has_secret = parts.password is not None or (
+            parts.scheme.lower() in ("http", "https") and parts.username is not None
+        )
+        if not has_secret:
+            return repository
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # unparsable: keep nothing that could be a secret
+        return repository.split("://", 1)[0] + "://<redacted>"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def make_engine(url: URL) -> Engine:
+    """An engine for a URL returned by :func:`normalize_url`.
+
+    SQLite: creates the file's directory; every connection runs in WAL mode with foreign
+    keys on and a busy timeout, and write transactions start with ``BEGIN IMMEDIATE``.
+    """
+    masked = mask_url(url)
+    if url.get_backend_name() == SQLITE:
+        try:
+            Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the directory of SQLite database {masked!r}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "scanward"},
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event, not the sqlite3 module, start transactions.
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        _sqlite_enable_wal(cur)
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cur.close()
+
+
+def _sqlite_enable_wal(cur: Any) -> None:
+    # WAL is persistent, so usually this is a read. Switching a new database to WAL takes
+    # an exclusive lock and SQLite may report "database is locked" at once instead of
+    # waiting on the busy handler when several connections race to do it: retry.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(_SQLITE_IMMEDIATE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def alembic_config(url: URL) -> Config:
+    """An Alembic configuration built in code (no alembic.ini) for ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a literal '%' in the URL (password) must be doubled.
+    cfg.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    return cfg
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Durable storage of scans, scanner results and findings.
+
+    Open it with :meth:`open`; it is safe to share between threads (each call checks a
+    connection out of the engine's pool). Every write is one transaction and idempotent,
+    so an activity retried after a crash can simply call it again.
+    """
+
+    def __init__(self, engine: Engine, url: URL) -> None:
+        """Wrap an engine made by :func:`make_engine`; use :meth:`open` instead."""
+        self._engine = engine
+        self._url = url
+        self._masked = mask_url(url)
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Open the database at ``url`` and, when ``migrate``, upgrade it to the newest
+        schema. Raises :class:`StoreError` if the URL is malformed or unsupported or the
+        database cannot be reached."""
+        parsed = normalize_url(url)
+        store = cls(make_engine(parsed), parsed)
+        try:
+            store._check_connection()
+            if migrate:
+                store.migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._masked
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        """Release every pooled connection. Closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision (concurrent callers serialise)."""
+        cfg = alembic_config(self._url)
+        # alembic.context is process-global: one migration at a time per process; other
+        # processes are serialised by the database (advisory lock / BEGIN IMMEDIATE).
+        with _MIGRATION_LOCK, self._guard("migrating"), self._engine.connect() as conn:
+            conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+            cfg.attributes["connection"] = conn
+            try:
+                command.upgrade(cfg, "head")
+            except CommandError as exc:  # e.g. the database is newer than this code
+                raise StoreError(
+                    f"cannot migrate {self._masked} to schema {self.head_revision()}: "
+                    f"{scrub(str(exc), self._url)}"
+                ) from exc
+
+    def schema_revision(self) -> str | None:
+        """The schema revision the database is at (``None`` before any migration)."""
+        with self._guard("reading the schema revision"), self._engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str:
+        """The newest schema revision this code ships."""
+        script = ScriptDirectory.from_config(alembic_config(URL.create("sqlite")))
+        return script.get_current_head() or ""
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises :class:`StoreError` if the database is unreachable."""
+        with self._guard("pinging"), self._engine.connect() as conn:
+            conn.execute(text("SELECT 1")).one()
+
+    # ------------------------------------------------------------------ writes
+
+    def record_scanner_result(
+        self,
+        *,
+        scan_id: str,
+        tenant: str,
+        repository: str,
+        ref: str,
+        commit: str,
+        scanner: str,
+        attempt: int,
+        findings: Sequence[Finding],
+    ) -> int:
+        """Store one scanner's findings for a scan, in one transaction.
+
+        Creates the scan (status ``running``) or touches it (its status becomes
+        ``running`` unless it is already final), records the scanner as ``succeeded`` at
+        the highest attempt seen, and inserts each finding once per ``(scan_id,
+        fingerprint)``: calling this again with the same arguments changes nothing.
+        Returns the number of distinct findings stored for ``(scan_id, scanner)``.
+        """
+        now = _now()
+        unique: dict[str, Finding] = {}
+        for f in findings:
+            unique.setdefault(f.fingerprint, f)
+        rows = [
+            {
+                "scan_id": scan_id,
+                "fingerprint": f.fingerprint,
+                "scanner": f.scanner,
+                "rule_id": f.rule_id,
+                "severity": f.severity.value,
+                "path": f.path,
+                "start_line": f.start_line,
+                "end_line": f.end_line,
+                "message": f.message,
+            }
+            for f in unique.values()
+        ]
+        with self._write("recording scanner result") as conn:
+            scans = ScanRow.__table__
+            ins = self._insert(ScanRow).values(
+                scan_id=scan_id,
+                tenant=tenant,
+                repository=scrub_repository(repository),
+                ref=ref,
+                commit=commit,
+                status=ScanStatus.RUNNING.value,
+                finding_count=0,
+                summary=None,
+                created_at=now,
+                updated_at=now,
+            )
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[scans.c.scan_id],
+                    set_={
+                        "status": case(
+                            (scans.c.status.in_([s.value for s in FINAL_STATUSES]),
+                             scans.c.status),
+                            else_=ScanStatus.RUNNING.value,
+                        ),
+                        "commit": func.coalesce(scans.c.commit, ins.excluded.commit),
+                        "updated_at": ins.excluded.updated_at,
+                    },
+                )
+            )
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                chunk = rows[start : start + _INSERT_CHUNK]
+                conn.execute(
+                    self._insert(FindingRow)
+                    .values(chunk)
+                    .on_conflict_do_nothing(index_elements=["scan_id", "fingerprint"])
+                )
+            count = conn.execute(
+                select(func.count())
+                .select_from(FindingRow)
+                .where(FindingRow.scan_id == scan_id, FindingRow.scanner == scanner)
+            ).scalar_one()
+            results = ScannerResultRow.__table__
+            rins = self._insert(ScannerResultRow).values(
+                scan_id=scan_id,
+                scanner=scanner,
+                attempt=attempt,
+                status=ScannerStatus.SUCCEEDED.value,
+                finding_count=count,
+                updated_at=now,
+            )
+            conn.execute(
+                rins.on_conflict_do_update(
+                    index_elements=[results.c.scan_id, results.c.scanner],
+                    set_={
+                        "attempt": case(
+                            (rins.excluded.attempt > results.c.attempt, rins.excluded.attempt),
+                            else_=results.c.attempt,
+                        ),
+                        "status": rins.excluded.status,
+                        "finding_count": rins.excluded.finding_count,
+                        "updated_at": rins.excluded.updated_at,
+                    },
+                )
+            )
+        return int(count)
+
+    def finish_scan(self, summary: ScanSummary) -> None:
+        """Record the scan's final state: status, finding count and the summary (as
+        JSON); the scan row is created if no scanner result was recorded (e.g. the clone
+        failed). Each scanner of ``summary.scanners`` gets a ``scanner_results`` row with
+        its final status; a stored finding count is kept. Idempotent."""
+        now = _now()
+        summary = summary.model_copy(update={"repository": scrub_repository(summary.repository)})
+        with self._write("finishing scan") as conn:
+            scans = ScanRow.__table__
+            ins = self._insert(ScanRow).values(
+                scan_id=summary.scan_id,
+                tenant=summary.tenant,
+                repository=summary.repository,
+                ref=summary.ref,
+                commit=summary.commit,
+                status=summary.status.value,
+                finding_count=summary.finding_count,
+                summary=summary.model_dump_json(),
+                created_at=now,
+                updated_at=now,
+            )
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[scans.c.scan_id],
+                    set_={
+                        "status": ins.excluded.status,
+                        "finding_count": ins.excluded.finding_count,
+                        "summary": ins.excluded.summary,
+                        "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
+                        "updated_at": ins.excluded.updated_at,
+                    },
+                )
+            )
+            results = ScannerResultRow.__table__
+            for run in summary.scanners:
+                rins = self._insert(ScannerResultRow).values(
+                    scan_id=summary.scan_id,
+                    scanner=run.scanner,
+                    attempt=run.attempts,
+                    status=run.status.value,
+                    finding_count=run.finding_count or 0,
+                    updated_at=now,
+                )
+                conn.execute(
+                    rins.on_conflict_do_update(
+                        index_elements=[results.c.scan_id, results.c.scanner],
+                        set_={
+                            "attempt": case(
+                                (rins.excluded.attempt > results.c.attempt,
+                                 rins.excluded.attempt),
+                                else_=results.c.attempt,
+                            ),
+                            "status": rins.excluded.status,
+                            "updated_at": rins.excluded.updated_at,
+                        },
+                    )
+                )
+
+    # ------------------------------------------------------------------ reads
+
+    def get_scan(self, scan_id: str) -> ScanRecord | None:
+        """The stored scan, or ``None`` if nothing was recorded for ``scan_id``."""
+        with self._read("reading scan") as session:
+            row = session.get(ScanRow, scan_id)
+            if row is None:
+                return None
+            return ScanRecord(
+                scan_id=row.scan_id,
+                tenant=row.tenant,
+                repository=row.repository,
+                ref=row.ref,
+                commit=row.commit,
+                status=ScanStatus(row.status),
+                finding_count=row.finding_count,
+                summary=(
+                    ScanSummary.model_validate_json(row.summary)
+                    if row.summary is not None
+                    else None
+                ),
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+
+    def scanner_results(self, scan_id: str) -> list[ScannerResultRecord]:
+        """The scan's scanner results, ordered by scanner name."""
+        with self._read("reading scanner results") as session:
+            rows = session.scalars(
+                select(ScannerResultRow)
+                .where(ScannerResultRow.scan_id == scan_id)
+                .order_by(ScannerResultRow.scanner)
+            ).all()
+            return [
+                ScannerResultRecord(
+                    scan_id=r.scan_id,
+                    scanner=r.scanner,
+                    attempt=r.attempt,
+                    status=ScannerStatus(r.status),
+                    finding_count=r.finding_count,
+                    updated_at=r.updated_at,
+                )
+                for r in rows
+            ]
+
+    def findings(self, scan_id: str, *, scanner: str | None = None) -> list[Finding]:
+        """The scan's findings (of one scanner, if given): most severe first, then by
+        path and line."""
+        rank = case(
+            {sev.value: r for sev, r in SEVERITY_RANK.items()},
+            value=FindingRow.severity,
+            else_=len(SEVERITY_RANK),
+        )
+        stmt = select(FindingRow).where(FindingRow.scan_id == scan_id)
+        if scanner is not None:
+            stmt = stmt.where(FindingRow.scanner == scanner)
+        stmt = stmt.order_by(
+            rank,
+            FindingRow.path,
+            FindingRow.start_line.asc().nulls_first(),
+            FindingRow.end_line.asc().nulls_first(),
+            FindingRow.rule_id,
+            FindingRow.fingerprint,
+        )
+        with self._read("reading findings") as session:
+            return [
+                Finding(
+                    scanner=r.scanner,
+                    rule_id=r.rule_id,
+                    severity=Severity(r.severity),
+                    path=r.path,
+                    start_line=r.start_line,
+                    end_line=r.end_line,
+                    message=r.message,
+                    fingerprint=r.fingerprint,
+                )
+                for r in session.scalars(stmt)
+            ]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _insert(self, model: type[ScanRow | ScannerResultRow | FindingRow]) -> Any:
+        """A dialect-specific INSERT supporting ``on_conflict_*``."""
+        stmt: sqlite.Insert | pg.Insert
+        if self._engine.dialect.name == SQLITE:
+            stmt = sqlite.insert(model)
+        else:
+            stmt = pg.insert(model)
+        return stmt
+
+    def _check_connection(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1")).one()
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot connect to database {self._masked}: {self._detail(exc)}"
+            ) from exc
+
+    def _detail(self, exc: SQLAlchemyError) -> str:
+        orig = getattr(exc, "orig", None)
+        detail = str(orig) if orig is not None else str(exc)
+        return scrub(detail, self._url) or type(exc).__name__
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        if self._closed:
+            raise StoreError(f"{action} failed: the store on {self._masked} is closed")
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"{action} failed on {self._masked}: {self._detail(exc)}"
+            ) from exc
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[Connection]:
+        with self._guard(action), self._engine.connect() as conn:
+            conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[Session]:
+        with self._guard(action), Session(self._engine, expire_on_commit=False) as session:
+            yield session
+
+
+__all__ = [
+    "FINAL_STATUSES",
+    "ScanRecord",
+    "ScannerResultRecord",
+    "Store",
+    "alembic_config",
+    "make_engine",
+    "scrub_repository",
+]

@@ -1,0 +1,92 @@
+"""The `scanward` command line, run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from scanward.settings import Settings
+
+REPO_ROOT = Path(__file__).parent.parent
+
+
+async def scanward(*args: str, env: dict[str, str] | None = None,
+                   timeout: float = 180) -> tuple[int, str, str]:
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+                "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200", **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", *args, cwd=REPO_ROOT, env=full_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def cli_env(temporal_env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
+    return {
+        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "SCANWARD_DATABASE_URL": settings.database_url,
+        "SCANWARD_TASK_QUEUE": settings.task_queue,
+        "SCANWARD_CATALOG": str(settings.catalog_file),
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["scan", "ext::sh -c id"], "invalid request: repository: repository URL"),
+        (["scan", "https://example.com/r.git", "--ref", "--upload-pack=x"],
+         "ref '--upload-pack=x' starts with '-'"),
+        (["scan", "https://example.com/r.git", "-s", "nosuch"], "unknown scanner 'nosuch'"),
+        (["scan", "https://example.com/r.git", "--notify", "no-secret"],
+         "--notify 'no-secret': expected URL=SECRET_NAME"),
+        (["retry"], "give a scan id or --all-dead"),
+    ],
+)
+async def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:
+    code, _, err = await scanward(*args, env={"TEMPORAL_ADDRESS": "127.0.0.1:9"})
+    assert code == 1
+    assert err.startswith("scanward: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_unreachable_temporal_is_named() -> None:
+    code, _, err = await scanward("status", "scan-default-0123456789abcdef0123",
+                                  env={"TEMPORAL_ADDRESS": "127.0.0.1:9"})
+    assert code == 1 and err.startswith("scanward: error: ")
+    assert "127.0.0.1:9" in err or "connect" in err.lower(), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_scan_wait_then_findings_json(temporal_env: WorkflowEnvironment,
+                                            settings: Settings, flawed_repo: Path) -> None:
+    env = cli_env(temporal_env, settings)
+    code, out, err = await scanward("scan", str(flawed_repo), "--ref", "main", "-s", "bandit",
+                                    "--key", settings.task_queue, "--wait", env=env)
+    assert code == 0, err
+    scan_id = out.split()[1]
+    assert scan_id.startswith("scan-default-")
+    assert "succeeded" in out and "B602" in out
+    code, out, err = await scanward("findings", scan_id, "--format", "json", env=env)
+    assert code == 0, err
+    findings = json.loads(out)
+    assert {"B602", "B301"} <= {f["rule_id"] for f in findings}
+    code, out, _ = await scanward("status", scan_id, env=env)
+    assert code == 0 and "completed" in out and "bandit" in out
+    code, out, _ = await scanward("list", "--status", "completed", env=env)
+    assert code == 0 and scan_id in out
+
+
+async def test_demo_runs_a_real_scan(tmp_path: Path) -> None:
+    """The README's first command (after setup): a real scan on the embedded defaults."""
+    code, out, err = await scanward("demo", env={"HOME": str(tmp_path)}, timeout=300)
+    assert code == 0, out + err
+    assert "B602" in out and "B301" in out
+    assert "scan completed:" in out

@@ -1,0 +1,548 @@
+"""Tests of SARIF normalisation (``scanward.sarif``).
+
+Fixtures in ``tests/data/sarif``:
+
+* ``bandit.sarif`` is REAL bandit 1.9.4 output: ``bandit -q -r . -f sarif`` run inside
+  ``bandit_src/``. The tests below also run the real bandit binary themselves.
+* ``gitleaks.sarif`` and ``trivy.sarif`` are HAND-WRITTEN in the shape gitleaks 8.28
+  (``gitleaks dir``) and trivy 0.67 (``trivy fs``) emit — partialFingerprints, absolute
+  paths, ``security-severity``, rules with ``defaultConfiguration``, ``uriBaseId`` with
+  ``originalUriBaseIds`` — because those tools are not installable here. Semgrep-shaped
+  cases (placeholder fingerprints, ``nosemgrep`` suppressions) are written inline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanward.contract import Finding, Severity
+from scanward.sarif import (
+    MAX_FILE_BYTES,
+    MAX_MESSAGE_CHARS,
+    SarifError,
+    dedupe,
+    load_findings,
+    parse_findings,
+)
+
+DATA = Path(__file__).parent / "data" / "sarif"
+BANDIT_SRC = DATA / "bandit_src"
+CHECKOUT = Path("/workspace/scan-demo/src")  # where the hand-written fixtures were "scanned"
+
+BANDIT_EXPECTED = [
+    ("B403", Severity.LOW, "app.py", 3),
+    ("B404", Severity.LOW, "app.py", 4),
+    ("B105", Severity.LOW, "app.py", 8),
+    ("B602", Severity.HIGH, "app.py", 12),
+    ("B301", Severity.MEDIUM, "app.py", 16),
+    ("B506", Severity.MEDIUM, "app.py", 20),
+    ("B101", Severity.LOW, "app.py", 24),
+]
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def bandit_exe() -> str:
+    found = shutil.which("bandit") or str(Path(sys.executable).parent / "bandit")
+    assert Path(found).exists(), "bandit is a dependency (bandit[sarif]) and must be installed"
+    return found
+
+
+def run_bandit(target: Path, out: Path) -> None:
+    """Run the real bandit on ``target`` (absolute: it then writes file:// URIs)."""
+    proc = subprocess.run(
+        [bandit_exe(), "-q", "-r", str(target), "-f", "sarif", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1 means "found issues"
+
+
+def sarif(results: list[dict[str, Any]], *, rules: list[dict[str, Any]] | None = None,
+          **run: Any) -> bytes:
+    """A minimal SARIF log with one run."""
+    driver: dict[str, Any] = {"name": "tool"}
+    if rules is not None:
+        driver["rules"] = rules
+    doc = {"version": "2.1.0", "runs": [{"tool": {"driver": driver}, "results": results, **run}]}
+    return json.dumps(doc).encode()
+
+
+def result(rule_id: str | None = "R1", *, uri: str | None = "src/a.py", line: int | None = 3,
+           snippet: str | None = None, text: str = "bad thing", **extra: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {"message": {"text": text}, **extra}
+    if rule_id is not None:
+        res["ruleId"] = rule_id
+    if uri is not None:
+        region: dict[str, Any] = {}
+        if line is not None:
+            region["startLine"] = line
+        if snippet is not None:
+            region["snippet"] = {"text": snippet}
+        res["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": uri},
+                                                  "region": region}}]
+    return res
+
+
+def parse(data: bytes, **kw: Any) -> list[Finding]:
+    return parse_findings(data, scanner="tool", origin="results.sarif", **kw)
+
+
+def summary(findings: list[Finding]) -> list[tuple[str, Severity, str, int | None]]:
+    return [(f.rule_id, f.severity, f.path, f.start_line) for f in findings]
+
+
+# ---------------------------------------------------------------- real bandit output
+
+
+def test_real_bandit_output_normalises() -> None:
+    findings = load_findings(DATA / "bandit.sarif", scanner="bandit")
+    assert summary(findings) == BANDIT_EXPECTED
+    assert all(f.scanner == "bandit" for f in findings)
+    by_rule = {f.rule_id: f for f in findings}
+    assert by_rule["B602"].message == (
+        "subprocess call with shell=True identified, security issue.")
+    assert by_rule["B602"].end_line == 12
+    assert all(re.fullmatch(r"[0-9a-f]{64}", f.fingerprint) for f in findings)
+    assert len({f.fingerprint for f in findings}) == len(findings)
+
+
+def test_live_bandit_with_absolute_paths_matches_the_fixture(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(BANDIT_SRC, src)
+    out = tmp_path / "out.sarif"
+    run_bandit(src, out)  # absolute target: bandit writes file:///.../src/app.py
+    assert "file://" in out.read_text()
+    live = load_findings(out, scanner="bandit", source_root=src)
+    fixture = load_findings(DATA / "bandit.sarif", scanner="bandit")
+    assert summary(live) == BANDIT_EXPECTED
+    # Same code, relative vs absolute invocation, another run: same fingerprints.
+    assert [f.fingerprint for f in live] == [f.fingerprint for f in fixture]
+    with pytest.raises(SarifError, match="absolute path outside the source root"):
+        load_findings(out, scanner="bandit", source_root=tmp_path / "elsewhere")
+    with pytest.raises(SarifError, match="no source root was given"):
+        load_findings(out, scanner="bandit")
+
+
+def test_fingerprints_survive_inserting_lines_above_findings(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(BANDIT_SRC, src)
+    run_bandit(src, tmp_path / "before.sarif")
+    before = load_findings(tmp_path / "before.sarif", scanner="bandit", source_root=src)
+
+    app = src / "app.py"
+    text = app.read_text()
+    text = "\n\n\n" + text.replace("def load_session", "\n\n# a comment\n\ndef load_session")
+    app.write_text(text)
+    run_bandit(src, tmp_path / "after.sarif")
+    after = load_findings(tmp_path / "after.sarif", scanner="bandit", source_root=src)
+
+    assert [f.rule_id for f in after] == [f.rule_id for f in before]
+    assert [f.start_line for f in after] != [f.start_line for f in before]  # really shifted
+    assert [f.start_line for f in after][-1] == 24 + 3 + 4
+    assert [f.fingerprint for f in after] == [f.fingerprint for f in before]
+
+
+def test_identical_flaws_stay_distinct_and_keep_their_fingerprints(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    code = "def f(x):\n    assert x\n\n\ndef g(x):\n    assert x\n"
+    (src / "m.py").write_text(code)
+    run_bandit(src, tmp_path / "a.sarif")
+    first = load_findings(tmp_path / "a.sarif", scanner="bandit", source_root=src)
+    assert [(f.rule_id, f.start_line) for f in first] == [("B101", 2), ("B101", 6)]
+    assert first[0].fingerprint != first[1].fingerprint  # same snippet and message
+
+    (src / "m.py").write_text("import os\n\n" + code)
+    run_bandit(src, tmp_path / "b.sarif")
+    second = load_findings(tmp_path / "b.sarif", scanner="bandit", source_root=src)
+    assert [f.start_line for f in second] == [4, 8]
+    assert [f.fingerprint for f in second] == [f.fingerprint for f in first]
+
+
+# ------------------------------------------------------ gitleaks and trivy (hand-written)
+
+
+def test_gitleaks_shape() -> None:
+    findings = load_findings(DATA / "gitleaks.sarif", scanner="gitleaks", source_root=CHECKOUT)
+    assert summary(findings) == [
+        ("aws-access-token", Severity.MEDIUM, "config/settings.py", 12),
+        ("generic-api-key", Severity.MEDIUM, "config/settings.py", 18),
+        ("generic-api-key", Severity.MEDIUM, "config/settings.py", 27),
+        ("private-key", Severity.MEDIUM, "deploy/id_rsa", 1),
+    ]
+    assert findings[3].end_line == 27
+    # Two redacted secrets with the same rule, snippet and message remain two findings.
+    assert len({f.fingerprint for f in findings}) == 4
+
+
+def test_gitleaks_fingerprints_survive_line_shifts() -> None:
+    doc = json.loads((DATA / "gitleaks.sarif").read_bytes())
+    before = parse_findings(json.dumps(doc).encode(), scanner="gitleaks", origin="a",
+                            source_root=CHECKOUT)
+    for res in doc["runs"][0]["results"]:
+        region = res["locations"][0]["physicalLocation"]["region"]
+        region["startLine"] += 7
+        region["endLine"] += 7
+    after = parse_findings(json.dumps(doc).encode(), scanner="gitleaks", origin="b",
+                           source_root=CHECKOUT)
+    assert [f.start_line for f in after] == [19, 25, 34, 8]
+    assert [f.fingerprint for f in after] == [f.fingerprint for f in before]
+
+
+def test_shared_tool_fingerprints_do_not_merge_distinct_findings() -> None:
+    """gitleaks' partialFingerprints are commit metadata: every secret of one commit has
+    the same ones, so they cannot identify a finding on their own."""
+    commit = {"commitSha": "abc123", "email": "a@example.com", "author": "A",
+              "date": "2025-01-01T00:00:00Z", "commitMessage": "oops"}
+    data = sarif([result("generic-api-key", line=3, snippet="REDACTED", text="m",
+                         partialFingerprints=commit),
+                  result("generic-api-key", line=9, snippet="REDACTED", text="m",
+                         partialFingerprints=commit)])
+    a, b = parse(data)
+    assert a.fingerprint != b.fingerprint
+
+
+def test_trivy_shape_resolves_uri_base_ids_and_scores() -> None:
+    findings = load_findings(DATA / "trivy.sarif", scanner="trivy", source_root=CHECKOUT)
+    assert summary(findings) == [
+        ("CVE-2023-32681", Severity.MEDIUM, "requirements.txt", 3),  # security-severity 6.1
+        ("CVE-2020-14343", Severity.CRITICAL, "requirements.txt", 5),  # 9.8
+        ("DS002", Severity.HIGH, "docker/Dockerfile", 1),  # 8.0
+        ("DS026", Severity.LOW, "docker/Dockerfile", 1),  # 2.0
+    ]
+    assert findings[0].message.startswith("Package: requests\nInstalled Version: 2.25.1\n")
+    # The scanner saw the checkout at another mount path: the base is the scan root.
+    elsewhere = load_findings(DATA / "trivy.sarif", scanner="trivy", source_root=Path("/x"))
+    assert [f.path for f in elsewhere] == [f.path for f in findings]
+    assert [f.fingerprint for f in elsewhere] == [f.fingerprint for f in findings]
+    # The base is a subdirectory of the checkout: its path is kept.
+    parent = load_findings(DATA / "trivy.sarif", scanner="trivy", source_root=CHECKOUT.parent)
+    assert parent[0].path == "src/requirements.txt"
+
+
+# -------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(
+    ("res", "rules", "expected"),
+    [
+        pytest.param({"level": "note", "properties": {"issue_severity": "HIGH"}}, None,
+                     Severity.HIGH, id="bandit-issue-severity-beats-level"),
+        pytest.param({"properties": {"security-severity": "9.0"}}, None, Severity.CRITICAL,
+                     id="score-9-critical"),
+        pytest.param({"properties": {"security-severity": 8.9}}, None, Severity.HIGH,
+                     id="score-8.9-high"),
+        pytest.param({"properties": {"security-severity": "7"}}, None, Severity.HIGH,
+                     id="score-7-high"),
+        pytest.param({"properties": {"security-severity": "4.0"}}, None, Severity.MEDIUM,
+                     id="score-4-medium"),
+        pytest.param({"properties": {"security-severity": "0.1"}}, None, Severity.LOW,
+                     id="score-0.1-low"),
+        pytest.param({"properties": {"security-severity": "0"}}, None, Severity.INFO,
+                     id="score-0-info"),
+        pytest.param({"level": "note", "properties": {"security-severity": "n/a"}}, None,
+                     Severity.LOW, id="unparseable-score-falls-through"),
+        pytest.param({"level": "note"},
+                     [{"id": "R1", "properties": {"security-severity": "9.1"}}],
+                     Severity.CRITICAL, id="rule-score-beats-level"),
+        pytest.param({"level": "note"}, [{"id": "R1", "defaultConfiguration": {"level": "error"}}],
+                     Severity.LOW, id="result-level-overrides-rule-default"),
+        pytest.param({}, [{"id": "R1", "defaultConfiguration": {"level": "error"}}],
+                     Severity.HIGH, id="rule-default-level"),
+        pytest.param({"ruleIndex": 0}, [{"id": "R1", "defaultConfiguration": {"level": "none"}}],
+                     Severity.INFO, id="rule-by-index"),
+        pytest.param({"level": "error"}, None, Severity.HIGH, id="error-high"),
+        pytest.param({"level": "warning"}, None, Severity.MEDIUM, id="warning-medium"),
+        pytest.param({"level": "none"}, None, Severity.INFO, id="none-info"),
+        pytest.param({}, None, Severity.MEDIUM, id="absent-is-warning"),
+        pytest.param({"kind": "informational"}, None, Severity.INFO, id="non-fail-kind-is-none"),
+    ],
+)
+def test_severity_mapping(res: dict[str, Any], rules: list[dict[str, Any]] | None,
+                          expected: Severity) -> None:
+    (finding,) = parse(sarif([{**result(), **res}], rules=rules))
+    assert finding.severity is expected
+
+
+def test_rule_found_through_index_and_extension() -> None:
+    run = {"tool": {"driver": {"name": "codeql"},
+                    "extensions": [{"name": "pack", "rules": [
+                        {"id": "js/xss", "defaultConfiguration": {"level": "error"}}]}]},
+           "results": [{"rule": {"index": 0, "toolComponent": {"index": 0}},
+                        "message": {"text": "xss"}}]}
+    (f,) = parse(json.dumps({"version": "2.1.0", "runs": [run]}).encode())
+    assert (f.rule_id, f.severity, f.path, f.start_line) == ("js/xss", Severity.HIGH, "", None)
+
+
+@pytest.mark.parametrize(
+    ("uri", "base", "expected"),
+    [
+        ("./src/./app.py", None, "src/app.py"),
+        ("src//pkg/app.py", None, "src/pkg/app.py"),
+        ("src/my%20file.py", None, "src/my file.py"),
+        ("file:///workspace/scan-demo/src/pkg/a.py", None, "pkg/a.py"),
+        ("file://localhost/workspace/scan-demo/src/a.py", None, "a.py"),
+        ("/workspace/scan-demo/src/a.py", None, "a.py"),
+        ("a.py", "SRC", "pkg/a.py"),
+        ("a.py", "NESTED", "pkg/sub/a.py"),
+        ("a.py", "%SRCROOT%", "a.py"),  # undefined base: the scan root
+        ("https://user:tok@example.com/mod/main.tf?ref=v1#x", None,
+         "https://example.com/mod/main.tf"),
+    ],
+)
+def test_paths(uri: str, base: str | None, expected: str) -> None:
+    res = result(uri=uri)
+    if base:
+        res["locations"][0]["physicalLocation"]["artifactLocation"]["uriBaseId"] = base
+    bases = {"SRC": {"uri": "file:///workspace/scan-demo/src/pkg/"},
+             "NESTED": {"uri": "sub/", "uriBaseId": "SRC"}}
+    (f,) = parse(sarif([res], originalUriBaseIds=bases), source_root=CHECKOUT)
+    assert f.path == expected
+
+
+def test_location_forms() -> None:
+    artifacts = [{"location": {"uri": "lib/x.py"}}]
+    data = sarif([
+        result(uri=None),  # no location: repository-level finding
+        {"ruleId": "R1", "message": {"text": "m"},
+         "locations": [{"physicalLocation": {"artifactLocation": {"index": 0},
+                                             "region": {"startLine": 2, "endLine": 4}}}]},
+        {"ruleId": "R1", "message": {"text": "m"},
+         "locations": [{"logicalLocations": [{"fullyQualifiedName": "pkg.mod"}]}]},
+    ], artifacts=artifacts)
+    assert [(f.path, f.start_line, f.end_line) for f in parse(data)] == [
+        ("", None, None), ("lib/x.py", 2, 4), ("", None, None)]
+
+
+def test_messages() -> None:
+    rules = [{"id": "R1", "messageStrings": {"default": {"text": "{0} flows into {1}"}}}]
+    data = sarif([
+        {"ruleId": "R1", "message": {"id": "default", "arguments": ["input", "exec()"]}},
+        result(text="x" * 5000),
+    ], rules=rules)
+    a, b = parse(data)
+    assert a.message == "input flows into exec()"
+    assert len(b.message) == MAX_MESSAGE_CHARS
+    assert b.message.endswith("…")
+
+
+def test_results_that_are_not_findings_are_skipped() -> None:
+    data = sarif([
+        result(text="kept"),
+        result(kind="pass"),
+        result(kind="notApplicable"),
+        result(baselineState="absent"),
+        result(suppressions=[{"kind": "inSource"}]),  # e.g. # nosemgrep
+        result(suppressions=[{"kind": "external", "status": "rejected"}], text="kept too"),
+    ])
+    assert [f.message for f in parse(data)] == ["kept", "kept too"]
+
+
+def test_tool_fingerprints_are_preferred_and_placeholders_ignored() -> None:
+    fp = {"matchBasedId/v1": "5f9c0e3b" * 8}
+    a1, a2 = parse(sarif([result(line=3, snippet="os.system(x)", fingerprints=fp),
+                          result(line=30, snippet="os.system(y)", text="moved", fingerprints=fp,
+                                 )]))
+    # Different content under one tool fingerprint: not trusted, content decides.
+    assert a1.fingerprint != a2.fingerprint
+    (b1,) = parse(sarif([result(line=3, snippet="os.system(x)", fingerprints=fp)]))
+    (b2,) = parse(sarif([result(line=40, snippet="os.system(x)  # edited", fingerprints=fp)]))
+    assert b1.fingerprint == b2.fingerprint  # the tool's fingerprint wins
+    # semgrep logged out: "requires login" everywhere identifies nothing.
+    login = {"matchBasedId/v1": "requires login"}
+    c1, c2 = parse(sarif([result(line=3, snippet="requires login", fingerprints=login),
+                          result(line=9, snippet="requires login", fingerprints=login)]))
+    assert c1.fingerprint != c2.fingerprint
+
+
+def test_fingerprint_depends_on_scanner_rule_path_and_message() -> None:
+    base = parse(sarif([result()]))[0].fingerprint
+    assert parse_findings(sarif([result()]), scanner="other", origin="o")[0].fingerprint != base
+    assert parse(sarif([result("R2")]))[0].fingerprint != base
+    assert parse(sarif([result(uri="src/b.py")]))[0].fingerprint != base
+    assert parse(sarif([result(text="other")]))[0].fingerprint != base
+    assert parse(sarif([result(line=4)]))[0].fingerprint != base  # no snippet: the line counts
+    assert parse(sarif([result()]))[0].fingerprint == base
+
+
+def test_dedupe_first_wins_order_preserved() -> None:
+    data = sarif([
+        result("R1", line=3, text="first"),
+        result("R2", line=5),
+        result("R1", line=3, text="first"),  # the tool reported it twice
+        result("R3", line=1),
+    ])
+    findings = parse(data)
+    assert len(findings) == 4
+    assert findings[0].fingerprint == findings[2].fingerprint
+    kept = dedupe(findings)
+    assert [f.rule_id for f in kept] == ["R1", "R2", "R3"]
+    assert kept[0] is findings[0]
+    # Across files too (e.g. two attempts' outputs), and with any iterable.
+    assert dedupe(iter(findings + findings)) == kept
+    renamed = findings[2].model_copy(update={"message": "second"})
+    assert dedupe([findings[0], renamed])[0].message == "first"
+
+
+# ------------------------------------------------------------------ broken SARIF
+
+
+def _doc(**top: Any) -> bytes:
+    return json.dumps({"version": "2.1.0", **top}).encode()
+
+
+BROKEN: list[Any] = [
+    pytest.param(b"", {}, "results.sarif: file is empty", id="empty"),
+    pytest.param(b" \n\t\n", {}, "results.sarif: file is empty", id="whitespace"),
+    pytest.param(b'{"version": "2.1.0",\n "runs": [\n  {"tool" {}}]}', {},
+                 "results.sarif: not JSON (line 3, column 11: Expecting ':' delimiter)",
+                 id="not-json"),
+    pytest.param(b'{"version": "2.1.0", "runs": [', {},
+                 "results.sarif: not JSON (line 1, column 31: Expecting value)", id="truncated"),
+    pytest.param(b'\xff\xfe{"v": 1}', {}, "results.sarif: not UTF-8 (invalid byte 0xff at "
+                 "offset 0)", id="not-utf8"),
+    pytest.param(b'{"version": "2.1.0", "runs": [], "x": NaN}', {},
+                 "results.sarif: not JSON (NaN is not a JSON value)", id="nan"),
+    pytest.param(b"[1, 2]", {},
+                 "results.sarif: the JSON document is an array, not a SARIF log object",
+                 id="json-not-object"),
+    pytest.param(b'"2.1.0"', {},
+                 "results.sarif: the JSON document is a string, not a SARIF log object",
+                 id="json-string"),
+    pytest.param(json.dumps({"version": "1.0", "runs": []}).encode(), {},
+                 "results.sarif: version '1.0' is not SARIF 2.1.0", id="wrong-version"),
+    pytest.param(json.dumps({"runs": []}).encode(), {},
+                 "results.sarif: has no 'version': not a SARIF 2.1.0 log", id="no-version"),
+    pytest.param(_doc(), {}, "results.sarif: has no 'runs'", id="no-runs-key"),
+    pytest.param(_doc(runs=[]), {}, "results.sarif: has no runs ('runs' is empty)",
+                 id="no-runs"),
+    pytest.param(_doc(runs={}), {}, "results.sarif: 'runs' is an object, not an array",
+                 id="runs-not-array"),
+    pytest.param(_doc(runs=[{"results": {}}]), {},
+                 "results.sarif: runs[0].results is an object, not an array",
+                 id="results-not-array"),
+    pytest.param(sarif([result(), result(), {"message": {"text": "no rule"}}]), {},
+                 "results.sarif: runs[0].results[2] has no ruleId (and no rule reference)",
+                 id="no-rule-id"),
+    pytest.param(sarif([{"ruleIndex": 5, "message": {"text": "m"}}], rules=[{"id": "R1"}]),
+                 {}, "results.sarif: runs[0].results[0] has no ruleId and its ruleIndex 5 "
+                 "does not name a rule (the run has 1 rules)", id="rule-index-out-of-range"),
+    pytest.param(sarif([result(uri="file:///etc/passwd")]), {"source_root": "/src"},
+                 "results.sarif: runs[0].results[0].locations[0].physicalLocation."
+                 "artifactLocation.uri 'file:///etc/passwd' is an absolute path outside the "
+                 "source root '/src'", id="absolute-outside-root"),
+    pytest.param(sarif([result(uri="/src/../etc/passwd")]), {"source_root": "/src"},
+                 "artifactLocation.uri '/src/../etc/passwd' contains '..'",
+                 id="dotdot-absolute"),
+    pytest.param(sarif([result(uri="../../etc/passwd")]), {},
+                 "results.sarif: runs[0].results[0].locations[0].physicalLocation."
+                 "artifactLocation.uri '../../etc/passwd' contains '..'", id="dotdot"),
+    pytest.param(sarif([result(uri="src/%2e%2e/%2e%2e/etc/passwd")]), {},
+                 "uri 'src/%2e%2e/%2e%2e/etc/passwd' contains '..'", id="dotdot-encoded"),
+    pytest.param(sarif([result(line="3")]), {},  # type: ignore[arg-type]
+                 "results.sarif: runs[0].results[0].locations[0].physicalLocation.region."
+                 "startLine is '3', not an integer", id="startline-string"),
+    pytest.param(sarif([result(line=None, snippet=None)]), {}, None, id="no-region-is-fine"),
+    pytest.param(sarif([result(level="fatal")]), {},
+                 "results.sarif: runs[0].results[0].level is 'fatal', not one of error, "
+                 "warning, note, none", id="bad-level"),
+    pytest.param(sarif([{"ruleId": "R1"}]), {},
+                 "results.sarif: runs[0].results[0] has no message", id="no-message"),
+    pytest.param(sarif([{"ruleId": "R1", "message": {"id": "nope"}}]), {},
+                 "results.sarif: runs[0].results[0].message.id 'nope' is not in its rule's "
+                 "messageStrings", id="unresolvable-message-id"),
+    pytest.param(sarif([result(), result(), result()]), {"max_results": 2},
+                 "results.sarif: more than 2 results: refusing to normalise them (runs[0] "
+                 "brings the count to 3)", id="too-many-results"),
+    pytest.param(sarif([result()]), {"max_bytes": 10}, "results.sarif: larger than 10 bytes",
+                 id="too-large"),
+    pytest.param(b'{"version": "2.1.0", "runs": [{"results": ["not an object"]}]}', {},
+                 "results.sarif: runs[0].results[0] is a string, not an object",
+                 id="result-not-object"),
+]
+
+
+@pytest.mark.parametrize(("data", "kwargs", "expected"), BROKEN)
+def test_broken_sarif(data: bytes, kwargs: dict[str, Any], expected: str | None) -> None:
+    if expected is None:
+        parse(data, **kwargs)
+        return
+    with pytest.raises(SarifError) as info:
+        parse(data, **kwargs)
+    assert expected in str(info.value)
+    assert str(info.value).startswith("results.sarif: ")
+
+
+def test_broken_startline_variants() -> None:
+    for bad, shown in ((3.5, "3.5"), (True, "true"), ([3], "[3]"), ("3", "'3'")):
+        res = result()
+        res["locations"][0]["physicalLocation"]["region"]["startLine"] = bad
+        with pytest.raises(SarifError) as info:
+            parse(sarif([res]))
+        assert f"region.startLine is {shown}, not an integer" in str(info.value)
+    res = result()
+    res["locations"][0]["physicalLocation"]["region"]["startLine"] = -1
+    with pytest.raises(SarifError, match=r"region has a negative line number"):
+        parse(sarif([res]))
+
+
+@pytest.mark.parametrize(
+    ("region", "lines"),
+    [
+        ({"startLine": 3.0}, (3, 3)),  # an integer, as some encoders write it
+        ({"startLine": 3, "endLine": 5}, (3, 5)),
+        ({"startLine": 0, "endLine": 0}, (None, None)),  # 0: the tool knows no line
+        ({"startLine": 7, "endLine": 0}, (7, 7)),
+        ({"startLine": 7, "endLine": 6}, (7, 7)),
+        ({"endLine": 4}, (None, None)),
+        ({"charOffset": 10, "charLength": 4}, (None, None)),
+    ],
+)
+def test_lines(region: dict[str, Any], lines: tuple[int | None, int | None]) -> None:
+    res = result()
+    res["locations"][0]["physicalLocation"]["region"] = region
+    (f,) = parse(sarif([res]))
+    assert (f.start_line, f.end_line) == lines
+
+
+def test_messages_never_break_storage() -> None:
+    (f,) = parse(sarif([result(text="nul \x00 and lone \ud800 surrogate")]))
+    assert "\x00" not in f.message
+    assert "\ud800" not in f.message
+
+
+# --------------------------------------------------------------------- file access
+
+
+def test_load_findings_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.sarif"
+    with pytest.raises(SarifError, match=re.escape(f"{missing}: file not found")):
+        load_findings(missing, scanner="bandit")
+    with pytest.raises(SarifError, match=re.escape(f"{tmp_path}: is a directory")):
+        load_findings(tmp_path, scanner="bandit")
+    empty = tmp_path / "empty.sarif"
+    empty.write_bytes(b"")
+    with pytest.raises(SarifError, match=re.escape(f"{empty}: file is empty")):
+        load_findings(empty, scanner="bandit")
+
+
+def test_files_over_256_mib_are_refused_without_reading(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.sarif"
+    with huge.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used, nothing to read
+    with pytest.raises(SarifError, match=re.escape(f"{huge}: larger than 256 MiB")):
+        load_findings(huge, scanner="bandit")
+    small = tmp_path / "small.sarif"
+    small.write_bytes(sarif([result()]))
+    with pytest.raises(SarifError, match="larger than 100 bytes"):
+        load_findings(small, scanner="bandit", max_bytes=100)
+    assert len(load_findings(small, scanner="bandit")) == 1
