@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sysconfig
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -353,7 +354,10 @@ def demo() -> None:
 
     async def body(client: Client) -> None:
         repo = create_example_repo(home / "flawed-app")
-        request = ScanRequest(repository=repo.as_uri(), ref="main", scanners=("bandit",))
+        # semgrep is an optional extra (tools/setup.sh installs it).
+        has_semgrep = (Path(sysconfig.get_path("scripts")) / "semgrep").exists()
+        scanners = ("bandit", "semgrep") if has_semgrep else ("bandit",)
+        request = ScanRequest(repository=repo.as_uri(), ref="main", scanners=scanners)
         handle = await api.start_scan(client, request, task_queue=settings.task_queue)
         out.print(f"scanning {repo} (bundled flawed app) as {handle.id}", highlight=False)
         summary = await _watch(client, handle.id)

@@ -30,6 +30,7 @@ class ScannerSpec(BaseModel):
     command: tuple[str, ...] = Field(min_length=1)
     local_command: tuple[str, ...] | None = None
     local_env: dict[str, str] = Field(default_factory=dict)
+    local_cwd: str = "{source}"  # a template like the command's arguments
     # Exit codes that mean "ran fine and found something" rather than failure.
     findings_exit_codes: frozenset[int] = frozenset()
     # Exit codes that mean the scanner rejected its input: retrying cannot fix them.
@@ -60,7 +61,9 @@ _BUILTIN: tuple[ScannerSpec, ...] = (
         image="semgrep/semgrep:1.185.0",
         command=("semgrep", "scan", "--config", "p/default", "--metrics", "off", "--sarif",
                  "--output", "{sarif}", "{source}"),
-        local_command=("{bindir}/semgrep", "scan", "--config", "{rules}/semgrep-python.yml",
+        # Run from the rules directory: semgrep prefixes rule ids with the config's path.
+        local_cwd="{rules}",
+        local_command=("{bindir}/semgrep", "scan", "--config", "semgrep-python.yml",
                        "--metrics", "off", "--disable-version-check", "--quiet", "--sarif",
                        "--output", "{sarif}", "{source}"),
         local_env={"SEMGREP_ENABLE_VERSION_CHECK": "0", "SEMGREP_SEND_METRICS": "off"},

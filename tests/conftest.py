@@ -26,8 +26,9 @@ from scanward.contract import RetryTuning, ScanRequest
 from scanward.devserver import temporal_binary
 from scanward.example import create_example_repo
 from scanward.settings import Settings
-from tests.postgres_fixture import postgres_url  # noqa: F401 - fixture
 from tests.webhook_receiver import WebhookReceiver
+
+pytest_plugins = ["tests.postgres_fixture"]
 
 HERE = Path(__file__).parent
 FAKE_SCANNER = HERE / "scanners" / "fake_scanner.py"

@@ -3,13 +3,17 @@ SQLite store and a real local HTTP receiver."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
+import worker as scan_worker
 from scanward import client as api
 from scanward import search_attributes as sa
 from scanward.contract import (
@@ -210,3 +214,33 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_bandit_and_semgrep_into_postgres(client: Client, settings: Settings,
+                                                flawed_repo: Path,
+                                                postgres_database: str) -> None:
+    """Two real scanners against one checkout, stored in a real PostgreSQL."""
+    pg = dataclasses.replace(settings, database_url=postgres_database,
+                             task_queue=f"pg-{uuid.uuid4().hex[:8]}")
+    stop = asyncio.Event()
+    task = asyncio.create_task(scan_worker.run(pg, stop, client))
+    try:
+        handle = await start(client, pg, scan_request(flawed_repo, "bandit", "semgrep"))
+        summary = await handle.result()
+    finally:
+        stop.set()
+        await task
+    assert summary.status is ScanStatus.COMPLETED
+    store = Store.open(postgres_database)
+    try:
+        findings = store.findings(handle.id)
+        by_scanner = {s: {f.rule_id for f in findings if f.scanner == s}
+                      for s in ("bandit", "semgrep")}
+        assert "B602" in by_scanner["bandit"]
+        assert "scanward.python.subprocess-shell-true" in by_scanner["semgrep"]
+        assert "scanward.python.pickle-loads" in by_scanner["semgrep"]
+        assert sorted(r.scanner for r in store.scanner_results(handle.id)) == ["bandit",
+                                                                             "semgrep"]
+        assert store.get_scan(handle.id).status == ScanStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        store.close()

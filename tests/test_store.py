@@ -29,7 +29,6 @@ from scanward.store.models import Base
 from scanward.store.store import alembic_config
 
 # Fixtures postgres_url (session) and postgres_database (fresh database per test).
-pytest_plugins = ["tests.postgres_fixture"]
 
 SCAN = "scan-acme-0123456789abcdef0123"
 BACKENDS = ["sqlite", "postgresql"]

@@ -59,9 +59,10 @@ class LocalBackend:
         if paths.out_dir.exists():  # an earlier try of this attempt died half-way
             shutil.rmtree(paths.out_dir)
         paths.out_dir.mkdir(parents=True)
-        argv = [a.format(source=paths.source, sarif=paths.sarif, python=sys.executable,
-                         bindir=sysconfig.get_path("scripts"), rules=RULES_DIR)
-                for a in spec.local_command]
+        values = {"source": paths.source, "sarif": paths.sarif, "python": sys.executable,
+                  "bindir": sysconfig.get_path("scripts"), "rules": RULES_DIR}
+        argv = [a.format(**values) for a in spec.local_command]
+        cwd = spec.local_cwd.format(**values)
         # A minimal environment: the worker's secrets must not reach scanners.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(paths.out_dir),
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **spec.local_env}
@@ -69,7 +70,7 @@ class LocalBackend:
         with paths.log.open("wb") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=paths.source, env=env, stdin=asyncio.subprocess.DEVNULL,
+                    *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                     stdout=log, stderr=log, start_new_session=True,
                     preexec_fn=_die_with_parent,  # prctl only: takes no locks
                 )
