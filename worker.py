@@ -22,6 +22,7 @@ from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
 from scanward.catalog import Catalog
 from scanward.client import connect
+from scanward.health import Health
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
@@ -75,15 +76,42 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
             runtime = Runtime(telemetry=TelemetryConfig(
                 metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
         client = await connect(runtime=runtime)
-    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
-        worker = build_worker(client, settings, store, executor)
-        async with worker:
-            log.info("worker polling %s (backend %s)", settings.task_queue, settings.backend)
-            await stop.wait()
-            log.info("shutting down: finishing in-flight activities (up to %.0fs)",
-                     settings.graceful_shutdown_seconds)
-    store.close()
+    health = _health(settings, store, client)
+    probes = asyncio.create_task(health.run())
+    try:
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+            worker = build_worker(client, settings, store, executor)
+            async with worker:
+                health.set_ready(True)
+                log.info("worker polling %s (backend %s)", settings.task_queue,
+                         settings.backend)
+                await stop.wait()
+                health.set_draining()
+                log.info("shutting down: finishing in-flight activities (up to %.0fs)",
+                         settings.graceful_shutdown_seconds)
+    finally:
+        probes.cancel()
+        health.close()
+        store.close()
     log.info("worker stopped")
+
+
+def _health(settings: Settings, store: Store, client: Client) -> Health:
+    health = Health()
+
+    async def temporal() -> None:
+        if not await client.service_client.check_health():
+            raise RuntimeError("Temporal reports NOT_SERVING")
+
+    async def database() -> None:
+        await asyncio.to_thread(store.ping)
+
+    health.add_check("temporal", temporal)
+    health.add_check("store", database)
+    if settings.health_port is not None:
+        port = health.serve(settings.health_port)
+        log.info("health probes on :%d (/livez, /readyz)", port)
+    return health
 
 
 def main() -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from scanward.devserver import free_port
 from scanward.settings import Settings
+from tests.conftest import eventually
 
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -90,3 +94,38 @@ async def test_demo_runs_a_real_scan(tmp_path: Path) -> None:
     assert code == 0, out + err
     assert "B602" in out and "B301" in out
     assert "scan completed:" in out
+
+
+async def test_dev_serves_ui_and_scans_then_stops_on_sigint(tmp_path: Path,
+                                                           flawed_repo: Path) -> None:
+    """`scanward dev`: a dev server with the Web UI and search attributes, plus a worker."""
+    port, ui_port = free_port(), free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "PYTHONPATH": str(REPO_ROOT), "SCANWARD_HOME": str(tmp_path / "home")}
+    dev = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starter", "dev", "--port", str(port), "--ui-port", str(ui_port),
+        cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        async def ui_up() -> bool:
+            async with httpx.AsyncClient() as http:
+                return (await http.get(f"http://127.0.0.1:{ui_port}/", timeout=2)).is_success
+
+        await eventually(ui_up, timeout=60, what="the Web UI")
+        cli = {"TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "SCANWARD_HOME": str(tmp_path / "home")}
+        code, out, err = await scanward("scan", str(flawed_repo), "--ref", "main", "--wait",
+                                        env=cli)
+        assert code == 0, out + err
+        scan_id = out.split()[1]
+
+        async def listed() -> bool:
+            _, listing, _ = await scanward("list", "--status", "completed", env=cli)
+            return scan_id in listing
+
+        await eventually(listed, what="the scan in visibility by ScanStatus")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(dev.communicate(), 60)
+    assert dev.returncode == 0, output.decode()
+    assert b"Web UI http://127.0.0.1:" in output
+    assert (tmp_path / "home" / "temporal.db").exists()  # dev keeps its history

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from scanward.contract import NotifyTarget, ScannerStatus, ScanStatus
+from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
 from tests.conftest import WEBHOOK_SECRET, eventually, scan_request, start
@@ -46,6 +49,12 @@ def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env,
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+
+async def _probe(port: int, path: str, status: int, text: str = "") -> bool:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+    return response.status_code == status and text in response.text
 
 
 def alive(pid: int) -> bool:
@@ -112,13 +121,19 @@ async def test_sigkill_mid_scan_then_restart_completes_once(
 async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(
         temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
         flawed_repo: Path, state_dir: Path, tmp_path: Path) -> None:
-    (state_dir / "seconds").write_text("2")
-    env = worker_env(temporal_env, settings)
+    (state_dir / "seconds").write_text("3")
+    port = free_port()
+    env = worker_env(temporal_env, settings) | {"SCANWARD_HEALTH_PORT": str(port)}
     proc = spawn_worker(env, tmp_path / "worker.log")
+    await eventually(lambda: _probe(port, "/readyz", 200), what="worker ready")
+    assert await _probe(port, "/livez", 200)
     handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
     await wait_pid(state_dir / "pid")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, (tmp_path / "worker.log").read_text()
+    # While it drains, it is alive but takes no new work.
+    await eventually(lambda: _probe(port, "/readyz", 503, "draining"), what="draining")
+    assert await _probe(port, "/livez", 200)
+    assert await asyncio.to_thread(proc.wait, 30) == 0, (tmp_path / "worker.log").read_text()
     log = (tmp_path / "worker.log").read_text()
     assert "finishing in-flight activities" in log and "worker stopped" in log
     # The in-flight attempt completed before exit: its result is in history.

@@ -1,0 +1,106 @@
+"""Honest liveness and readiness for the worker (``SCANWARD_HEALTH_PORT``).
+
+``/livez`` fails when the worker's event loop has not ticked recently (a blocked loop
+also blocks every workflow and heartbeat): restarting is the right cure. ``/readyz``
+fails while the worker is starting or draining, or when the store or Temporal cannot be
+reached: not a reason to restart, only to take no new work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Check = Callable[[], Awaitable[None]]
+
+
+class Health:
+    """Probe state, updated from the event loop and served from a thread."""
+
+    def __init__(self, *, stale_after: float = 10.0, check_every: float = 5.0) -> None:
+        self.stale_after = stale_after
+        self.check_every = check_every
+        self._tick = time.monotonic()
+        self._ready = False
+        self._draining = False
+        self._problem: str | None = "starting"
+        self._checks: dict[str, Check] = {}
+        self._server: ThreadingHTTPServer | None = None
+
+    def add_check(self, name: str, check: Check) -> None:
+        self._checks[name] = check
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def set_draining(self) -> None:
+        self._draining = True
+
+    def live(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._tick
+        if age > self.stale_after:
+            return False, f"event loop has not ticked for {age:.1f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining: shutting down"
+        if not self._ready:
+            return False, "worker not started"
+        if self._problem:
+            return False, self._problem
+        return True, "ok"
+
+    async def run(self) -> None:
+        """Tick and run the dependency checks until cancelled."""
+        last_check = 0.0
+        while True:
+            self._tick = time.monotonic()
+            if self._tick - last_check >= self.check_every:
+                last_check = self._tick
+                self._problem = await self._run_checks()
+            await asyncio.sleep(1.0)
+
+    async def _run_checks(self) -> str | None:
+        for name, check in self._checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=self.check_every)
+            except Exception as e:  # a probe reports any failure, it never raises
+                return f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet
+        """Serve ``/livez`` and ``/readyz`` from a daemon thread; returns the bound port."""
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                probes = {"/livez": health.live, "/healthz": health.live,
+                          "/readyz": health.ready}
+                probe = probes.get(self.path)
+                ok, text = probe() if probe else (False, "not found")
+                body = (text + "\n").encode()
+                self.send_response(200 if ok else (404 if probe is None else 503))
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(OSError):
+                self._server.shutdown()
+                self._server.server_close()
+            self._server = None
