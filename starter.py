@@ -29,6 +29,7 @@ from temporalio.service import RPCError
 
 import worker as scan_worker
 from scanward import client as api
+from scanward import tracing
 from scanward.catalog import Catalog
 from scanward.contract import (
     AbandonSignal,
@@ -373,6 +374,7 @@ def demo() -> None:
 
 def main() -> None:
     """Console entry point ``scanward``."""
+    tracing.configure("scanward-cli")
     app(prog_name="scanward")
 
 

@@ -22,6 +22,7 @@ from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
 from scanward.catalog import Catalog
 from scanward.client import connect
+from scanward import tracing
 from scanward.health import Health
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
@@ -118,6 +119,7 @@ def main() -> None:
     """Console entry point ``scanward-worker``; configuration comes from the environment."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracing.configure("scanward-worker")
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -23,6 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 
 from scanward import search_attributes as sa
+from scanward import tracing
 from scanward.catalog import Catalog
 from scanward.contract import AbandonSignal, RetrySignal, ScanRequest, ScanStatus, ScanSummary
 from scanward.settings import DEFAULT_TASK_QUEUE
@@ -45,7 +46,7 @@ async def connect(profile: str | None = None, *, runtime: Runtime | None = None)
     target = config.setdefault("target_host", "localhost:7233")
     try:
         return await Client.connect(**config, data_converter=pydantic_data_converter,
-                                    runtime=runtime)
+                                    runtime=runtime, interceptors=tracing.interceptors())
     except RuntimeError as e:
         why = re.search(r'message: "([^"]+)"', str(e))
         reason = why.group(1) if why else str(e).splitlines()[0]

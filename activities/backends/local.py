@@ -23,6 +23,7 @@ from activities.backends import (
     tail,
 )
 from scanward.catalog import ScannerSpec
+from scanward.tracing import traceparent_env
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 
 _PR_SET_PDEATHSIG = 1
@@ -65,7 +66,8 @@ class LocalBackend:
         cwd = spec.local_cwd.format(**values)
         # A minimal environment: the worker's secrets must not reach scanners.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(paths.out_dir),
-               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **spec.local_env}
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **spec.local_env,
+               **traceparent_env()}
         started = time.monotonic()
         with paths.log.open("wb") as log:
             try:

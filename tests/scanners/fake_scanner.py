@@ -40,6 +40,8 @@ def main() -> int:
     mode, source, sarif = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     state = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     print(f"fake scanner {mode} on {source}", flush=True)
+    if state is not None and os.environ.get("TRACEPARENT"):
+        (state / "traceparent").write_text(os.environ["TRACEPARENT"])
     if mode == "flaky" and not (state and (state / "fixed").exists()):
         print("simulated crash: state not fixed", file=sys.stderr)
         return 3
