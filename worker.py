@@ -20,9 +20,9 @@ from activities.notify import NotifyActivities
 from activities.results import ResultActivities
 from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
+from scanward import tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
-from scanward import tracing
 from scanward.health import Health
 from scanward.secrets import SecretStore
 from scanward.settings import Settings

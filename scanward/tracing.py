@@ -29,7 +29,7 @@ def configure(service_name: str, env: Mapping[str, str] | None = None) -> bool:
     if _configured or not (e.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                            or e.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter,
     )
 

@@ -23,8 +23,8 @@ from activities.backends import (
     tail,
 )
 from scanward.catalog import ScannerSpec
-from scanward.tracing import traceparent_env
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+from scanward.tracing import traceparent_env
 
 _PR_SET_PDEATHSIG = 1
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
