@@ -15,6 +15,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.backends import JobBackend
+from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
 from activities.backends.local import LocalBackend
 from activities.notify import NotifyActivities
 from activities.results import ResultActivities
@@ -37,18 +38,24 @@ class ConfigError(Exception):
 
 
 def make_backend(settings: Settings) -> JobBackend:
+    """The job backend the settings name: ``local`` or ``kubernetes``."""
     if settings.backend == "local":
         return LocalBackend(settings.workspace_root, settings.results_root)
-    raise ConfigError(f"unknown job backend {settings.backend!r} (available: local)")
+    if settings.backend == "kubernetes":
+        try:
+            return KubernetesBackend(KubeSettings.from_env(settings.env), settings.results_root)
+        except ClusterError as e:
+            raise ConfigError(str(e)) from e
+    raise ConfigError(f"unknown job backend {settings.backend!r} (available: local, kubernetes)")
 
 
 def build_worker(client: Client, settings: Settings, store: Store,
-                 executor: ThreadPoolExecutor) -> Worker:
+                 executor: ThreadPoolExecutor, backend: JobBackend) -> Worker:
     """A worker for the ScanWorkflow and its activities on ``settings.task_queue``."""
     catalog = Catalog.load(settings.catalog_file)
     secrets = SecretStore(settings.env, settings.secrets_dir)
     workspace = WorkspaceActivities(settings, catalog, secrets)
-    scanners = ScannerActivities(make_backend(settings), catalog)
+    scanners = ScannerActivities(backend, catalog)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets)
     return Worker(
@@ -70,6 +77,12 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
     """Run a worker until ``stop`` is set, then drain in-flight work and return."""
     for path in (settings.workspace_root, settings.results_root):
         path.mkdir(parents=True, exist_ok=True)
+    backend = make_backend(settings)
+    try:
+        await asyncio.to_thread(backend.start)
+    except ClusterError as e:
+        backend.close()
+        raise ConfigError(str(e)) from e
     store = Store.open(settings.database_url)
     if client is None:
         runtime = None
@@ -80,8 +93,10 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
     health = _health(settings, store, client)
     probes = asyncio.create_task(health.run())
     try:
-        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
-            worker = build_worker(client, settings, store, executor)
+        # Threads only for the synchronous (database) activities; waiting scanners are
+        # coroutines and need none.
+        with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
+            worker = build_worker(client, settings, store, executor, backend)
             async with worker:
                 health.set_ready(True)
                 log.info("worker polling %s (backend %s)", settings.task_queue,
@@ -94,6 +109,7 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         probes.cancel()
         health.close()
         store.close()
+        backend.close()
     log.info("worker stopped")
 
 

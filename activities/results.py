@@ -26,9 +26,10 @@ class ResultActivities:
     def persist_results(self, req: PersistInput) -> PersistResult:
         """Parse, normalise, dedupe and upsert one scanner's findings. Idempotent."""
         path = self._results_root / req.sarif_subpath
-        source = self._workspace_root / req.scan_id / "src"
+        source = req.source_root or self._workspace_root / req.scan_id / "src"
         try:
-            findings = dedupe(load_findings(path, scanner=req.scanner, source_root=source))
+            findings = dedupe(load_findings(path, scanner=req.scanner,
+                                            source_root=Path(source)))
         except SarifError as e:
             raise ApplicationError(str(e), type=FailureClass.BROKEN_SARIF.value,
                                    non_retryable=True) from e

@@ -31,6 +31,9 @@ class ScannerSpec(BaseModel):
     local_command: tuple[str, ...] | None = None
     local_env: dict[str, str] = Field(default_factory=dict)
     local_cwd: str = "{source}"  # a template like the command's arguments
+    # Extra pod template metadata on Kubernetes (e.g. a mesh's sidecar opt-out).
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
     # Exit codes that mean "ran fine and found something" rather than failure.
     findings_exit_codes: frozenset[int] = frozenset()
     # Exit codes that mean the scanner rejected its input: retrying cannot fix them.

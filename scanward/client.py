@@ -26,7 +26,7 @@ from scanward import search_attributes as sa
 from scanward import tracing
 from scanward.catalog import Catalog
 from scanward.contract import AbandonSignal, RetrySignal, ScanRequest, ScanStatus, ScanSummary
-from scanward.settings import DEFAULT_TASK_QUEUE
+from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
 
 WORKFLOW = "ScanWorkflow"
 
@@ -69,7 +69,7 @@ async def start_scan(
     """
     (catalog or Catalog.load()).check(request.scanners)
     scan_id = request.scan_id()
-    queue = f"{task_queue}-{request.cluster}" if request.cluster else task_queue
+    queue = task_queue_for(request.cluster, task_queue)
     try:
         return await client.start_workflow(
             WORKFLOW,

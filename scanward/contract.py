@@ -69,6 +69,7 @@ class FailureClass(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"  # ran past its deadline
     BROKEN_SARIF = "broken_sarif"  # the scanner's output is not valid SARIF
     TIMED_OUT = "timed_out"  # Temporal gave up on the activity (heartbeat/start-to-close)
+    CLUSTER = "cluster_error"  # forbidden, missing namespace: fix the configuration, then retry
 
 
 class Resources(Frozen):
@@ -212,6 +213,7 @@ class ScannerJobInput(Frozen):
     checkout: Checkout
     resources: Resources
     tenant: str = "default"
+    deadline_seconds: int | None = Field(default=None, ge=1)  # the Job's activeDeadlineSeconds
 
 
 class ScannerJobResult(Frozen):
@@ -222,6 +224,7 @@ class ScannerJobResult(Frozen):
     sarif_subpath: str  # relative to the results root
     exit_code: int
     duration_seconds: float
+    source_root: str | None = None  # the checkout's path as the scanner saw it
 
 
 class PersistInput(Frozen):
@@ -233,6 +236,7 @@ class PersistInput(Frozen):
     scanner: str
     attempt: int
     sarif_subpath: str
+    source_root: str | None = None  # the checkout's path as the scanner saw it
 
 
 class PersistResult(Frozen):

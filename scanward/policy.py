@@ -17,7 +17,7 @@ GIB = 1024**3
 # Failures retrying cannot fix: the scanner is dead at once.
 TERMINAL = frozenset(
     {FailureClass.BAD_IMAGE, FailureClass.BAD_INPUT, FailureClass.BROKEN_SARIF,
-     FailureClass.DEADLINE_EXCEEDED}
+     FailureClass.DEADLINE_EXCEEDED, FailureClass.CLUSTER}
 )
 
 

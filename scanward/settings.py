@@ -15,6 +15,11 @@ DEFAULT_HOME = Path(os.path.expanduser("~")) / ".scanward"
 DEFAULT_TASK_QUEUE = "scanward"
 
 
+def task_queue_for(cluster: str | None, base: str = DEFAULT_TASK_QUEUE) -> str:
+    """Each cluster's workers serve their own task queue; scans are routed by request."""
+    return f"{base}-{cluster}" if cluster else base
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -35,7 +40,9 @@ class Settings:
     metrics_port: int | None = None
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
-    max_concurrent_activities: int = 50
+    max_concurrent_activities: int = 500
+    activity_threads: int = 16
+    cluster: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -56,7 +63,8 @@ class Settings:
             workspace_root=path("SCANWARD_WORKSPACE", home / "workspace"),
             results_root=path("SCANWARD_RESULTS", home / "results"),
             database_url=e.get("SCANWARD_DATABASE_URL") or f"sqlite:///{home / 'scanward.db'}",
-            task_queue=e.get("SCANWARD_TASK_QUEUE") or DEFAULT_TASK_QUEUE,
+            task_queue=e.get("SCANWARD_TASK_QUEUE") or task_queue_for(e.get("SCANWARD_CLUSTER")),
+            cluster=e.get("SCANWARD_CLUSTER") or None,
             backend=e.get("SCANWARD_BACKEND") or "local",
             allow_local_repositories=_flag(e.get("SCANWARD_ALLOW_LOCAL_REPOS")),
             catalog_file=Path(catalog) if catalog else None,
@@ -64,6 +72,7 @@ class Settings:
             metrics_port=port("SCANWARD_METRICS_PORT"),
             health_port=port("SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=float(e.get("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS") or 60),
-            max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 50),
+            max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 500),
+            activity_threads=int(e.get("SCANWARD_ACTIVITY_THREADS") or 16),
             env=e,
         )

@@ -57,6 +57,13 @@ def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> Retry
     )
 
 
+def _job_deadline(tuning: RetryTuning) -> int:
+    """The Job's own deadline, a minute inside the activity's, so that a scanner which runs
+    too long ends as a classified ``deadline_exceeded`` rather than an activity timeout."""
+    seconds = int(tuning.scanner_timeout.total_seconds())
+    return max(seconds - 60, seconds // 2, 1)
+
+
 def _failure_of(err: ActivityError) -> tuple[FailureClass, str]:
     """The failure class and message carried by a failed activity."""
     cause = err.cause
@@ -192,7 +199,8 @@ class ScanWorkflow:
         job = await workflow.execute_activity_method(
             ScannerActivities.run_scanner,
             ScannerJobInput(scan_id=checkout.scan_id, scanner=name, attempt=attempt,
-                            checkout=checkout, resources=resources, tenant=req.tenant),
+                            checkout=checkout, resources=resources, tenant=req.tenant,
+                            deadline_seconds=_job_deadline(tuning)),
             start_to_close_timeout=tuning.scanner_timeout,
             heartbeat_timeout=tuning.heartbeat_timeout,
             retry_policy=_io_retry(tuning, SCANNER_NON_RETRYABLE),
@@ -202,7 +210,7 @@ class ScanWorkflow:
             ResultActivities.persist_results,
             PersistInput(scan_id=checkout.scan_id, tenant=req.tenant, repository=req.repository,
                          ref=req.ref, commit=checkout.commit, scanner=name, attempt=attempt,
-                         sarif_subpath=job.sarif_subpath),
+                         sarif_subpath=job.sarif_subpath, source_root=job.source_root),
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,)),
         )

@@ -55,6 +55,12 @@ class JobBackend(Protocol):
 
     name: str
 
+    def start(self) -> None:
+        """Connect and check the configuration before the worker polls; raise on error."""
+
+    def close(self) -> None:
+        """Release connections and threads."""
+
     async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
                   heartbeat_every: float) -> ScannerJobResult: ...
 

@@ -47,6 +47,12 @@ class LocalBackend:
         self._results_root = results_root
         self._kill_grace = kill_grace
 
+    def start(self) -> None:
+        """Nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
                   heartbeat_every: float) -> ScannerJobResult:
         if spec.local_command is None:
@@ -101,7 +107,8 @@ class LocalBackend:
                                 f"{spec.name} exited {code} but wrote no SARIF file")
         return ScannerJobResult(scanner=spec.name, attempt=job.attempt,
                                 sarif_subpath=paths.sarif_subpath, exit_code=code,
-                                duration_seconds=round(time.monotonic() - started, 3))
+                                duration_seconds=round(time.monotonic() - started, 3),
+                                source_root=str(paths.source))
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the scanner's whole process group, SIGKILL after the grace period."""

@@ -1,0 +1,248 @@
+"""One shared list+watch per worker process, from which every waiting scan learns that
+its Job ended.
+
+A waiting scan is an ``asyncio.Future`` in a dict: no thread and no API request of its
+own. Two threads per worker (Jobs and Pods, label-selected) hold the watches: they
+resume from the last resourceVersion, re-list on 410 Gone, reconnect with backoff after
+a disconnect, and re-list every ``resync_seconds`` anyway, the slow reconcile path that
+catches whatever a lost watch missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from scanward.job_spec import MANAGED_BY, MANAGER
+from scanward.job_status import BAD_IMAGE, DELETED, JobOutcome, pod_bad_image, terminal_outcome
+
+log = logging.getLogger("scanward.kube.watch")
+SELECTOR = f"{MANAGED_BY}={MANAGER}"
+
+Handler = Callable[[str, dict[str, Any]], None]
+Lister = Callable[..., Any]
+
+
+class _RawWatch(k8s_watch.Watch):
+    """Events as API JSON dicts: deserialising thousands of models costs CPU for
+    nothing we read."""
+
+    def get_return_type(self, func: Any) -> None:
+        return None
+
+
+class ResourceWatch:
+    """list+watch of one resource kind in a thread, calling ``handle(event, obj)`` with
+    API JSON dicts, and ``relisted(names)`` after every full list."""
+
+    def __init__(self, api_client: k8s.ApiClient, lister: Lister, namespace: str,
+                 handle: Handler, relisted: Callable[[set[str], float], None], *,
+                 kind: str, resync_seconds: float = 300.0, watch_timeout: int = 240) -> None:
+        self._api_client = api_client
+        self._lister = lister
+        self._namespace = namespace
+        self._handle = handle
+        self._relisted = relisted
+        self._kind = kind
+        self._resync = resync_seconds
+        self._timeout = watch_timeout
+        self._stop = threading.Event()
+        self._watch: _RawWatch | None = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{kind}", daemon=True)
+        self.synced = threading.Event()
+        self.lists = 0  # full lists done (the initial one, 410s, resyncs, reconnects)
+        self.watches = 0  # watch requests opened
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        self._thread.join(timeout=10)
+
+    def _list(self) -> str:
+        started = time.monotonic()
+        raw = self._lister(self._namespace, label_selector=SELECTOR, _preload_content=False,
+                           _request_timeout=60)
+        body = _json(raw)
+        names = set()
+        for item in body.get("items") or []:
+            names.add(item["metadata"]["name"])
+            self._handle("LISTED", item)
+        self.lists += 1
+        self._relisted(names, started)
+        self.synced.set()
+        return str(body["metadata"]["resourceVersion"])
+
+    def _run(self) -> None:
+        backoff = 0.5
+        version: str | None = None
+        listed_at = 0.0
+        while not self._stop.is_set():
+            try:
+                if version is None or time.monotonic() - listed_at > self._resync:
+                    version = self._list()
+                    listed_at = time.monotonic()
+                self._watch = _RawWatch()
+                self.watches += 1
+                for event in self._watch.stream(
+                        self._lister, self._namespace, label_selector=SELECTOR,
+                        resource_version=version, allow_watch_bookmarks=True,
+                        timeout_seconds=self._timeout, _request_timeout=self._timeout + 30):
+                    kind, obj = _event(event)
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            version = None  # too old: list again
+                            break
+                        raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    version = obj["metadata"].get("resourceVersion", version)
+                    if kind != "BOOKMARK":
+                        self._handle(kind, obj)
+                    if self._stop.is_set() or time.monotonic() - listed_at > self._resync:
+                        break
+                backoff = 0.5
+            except ApiException as e:
+                if e.status == 410:
+                    version = None
+                    continue
+                self._pause(f"{self._kind} watch: API error {e.status} {e.reason}", backoff)
+                backoff = min(backoff * 2, 30.0)
+            except (HTTPError, OSError, ValueError) as e:
+                # Disconnects, an apiserver restart: resume from the last version.
+                self._pause(f"{self._kind} watch interrupted: {type(e).__name__}: {e}", backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _pause(self, message: str, seconds: float) -> None:
+        if not self._stop.is_set():
+            log.warning("%s; retrying in %.1fs", message, seconds)
+            self._stop.wait(seconds)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data = response.data if hasattr(response, "data") else response
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def _event(event: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(event, dict):
+        raw = event.get("raw_object")
+        return str(event.get("type")), raw if isinstance(raw, dict) else {}
+    return "ERROR", {"code": 500, "message": f"unexpected watch event {event!r:.200}"}
+
+
+class JobTracker:
+    """Waiters on Jobs by name, resolved from the shared Job and Pod watches."""
+
+    def __init__(self, api_client: k8s.ApiClient, namespace: str, *,
+                 resync_seconds: float = 300.0, watch_timeout: int = 240) -> None:
+        self._lock = threading.Lock()
+        self._ended: dict[str, JobOutcome] = {}  # Jobs seen ended and not yet deleted
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop,
+                                       asyncio.Future[JobOutcome], float]] = {}
+        batch = k8s.BatchV1Api(api_client)
+        core = k8s.CoreV1Api(api_client)
+        self.jobs = ResourceWatch(api_client, batch.list_namespaced_job, namespace,
+                                  self._on_job, self._jobs_relisted, kind="jobs",
+                                  resync_seconds=resync_seconds, watch_timeout=watch_timeout)
+        self.pods = ResourceWatch(api_client, core.list_namespaced_pod, namespace,
+                                  self._on_pod, lambda names, started: None, kind="pods",
+                                  resync_seconds=resync_seconds, watch_timeout=watch_timeout)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.jobs.start()
+        self.pods.start()
+        if not (self.jobs.synced.wait(timeout) and self.pods.synced.wait(timeout)):
+            log.warning("job watch not synced after %.0fs; waiting scans resolve later",
+                        timeout)
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        self.pods.stop()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self, name: str) -> JobOutcome:
+        """Until the Job ``name`` ends (or is deleted, or its image cannot be pulled)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            ended = self._ended.get(name)
+            if ended is not None:
+                return ended
+            future: asyncio.Future[JobOutcome] = loop.create_future()
+            self._waiters[name] = (loop, future, time.monotonic())
+        try:
+            return await future
+        finally:
+            with self._lock:
+                current = self._waiters.get(name)
+                if current is not None and current[1] is future:
+                    del self._waiters[name]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._ended.pop(name, None)
+
+    # ------------------------------------------------------------ watch threads
+
+    def _resolve(self, outcome: JobOutcome) -> None:
+        # Called with the lock held.
+        waiter = self._waiters.pop(outcome.name, None)
+        if waiter is not None:
+            loop, future, _ = waiter
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_set, future, outcome)
+
+    def _on_job(self, event: str, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        with self._lock:
+            if event == "DELETED":
+                ended = self._ended.pop(name, None)
+                if ended is None and name in self._waiters:
+                    self._resolve(JobOutcome(name, DELETED))
+                return
+            outcome = terminal_outcome(job)
+            if outcome is not None and name not in self._ended:
+                self._ended[name] = outcome
+                self._resolve(outcome)
+
+    def _jobs_relisted(self, names: set[str], started: float) -> None:
+        with self._lock:
+            for name in list(self._ended):
+                if name not in names:
+                    del self._ended[name]
+            # A waiter registered before this list began whose Job is absent: it was
+            # deleted while the watch was not looking.
+            for name, (_, _, since) in list(self._waiters.items()):
+                if name not in names and since < started:
+                    self._resolve(JobOutcome(name, DELETED))
+
+    def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
+        if event == "DELETED":
+            return
+        job = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
+        message = pod_bad_image(pod)
+        if job and message:
+            with self._lock:
+                if job in self._waiters and job not in self._ended:
+                    self._resolve(JobOutcome(job, BAD_IMAGE, message))
+
+
+def _set(future: asyncio.Future[JobOutcome], outcome: JobOutcome) -> None:
+    if not future.done():
+        future.set_result(outcome)

@@ -1,0 +1,302 @@
+"""The ``kubernetes`` job backend: one batch/v1 Job per (scan, scanner, attempt).
+
+Cheap for the API server: a successful attempt costs one request (the create); its end
+arrives through the worker's shared watch, and the Job removes itself
+(``ttlSecondsAfterFinished``). Failed attempts read their pods (and log tail) once to
+say why. The SARIF is read from the results volume, never from the pod's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from activities.backends import Heartbeat, ScannerFailed
+from activities.backends.job_watch import JobTracker
+from scanward.catalog import ScannerSpec
+from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+from scanward.job_spec import (
+    CONTAINER,
+    LABEL_ATTEMPT,
+    LABEL_SCAN,
+    LABEL_SCANNER,
+    MANAGED_BY,
+    MANAGER,
+    SARIF_FILE,
+    SOURCE_MOUNT,
+    KubeJobConfig,
+    build_job,
+    results_subpath,
+    scan_label,
+)
+from scanward.job_status import BAD_IMAGE, classify
+from scanward.tracing import traceparent_env
+
+log = logging.getLogger("scanward.kube")
+
+
+class ClusterError(Exception):
+    """The cluster cannot be used as configured (unreachable, forbidden, no namespace)."""
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Which cluster a worker serves and how its Jobs look."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    job: KubeJobConfig = field(default_factory=KubeJobConfig)
+    resync_seconds: float = 300.0
+    watch_timeout: int = 240
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KubeSettings:
+        def items(name: str) -> dict[str, str]:
+            pairs = [p.split("=", 1) for p in env.get(name, "").split(",") if "=" in p]
+            return {k.strip(): v.strip() for k, v in pairs}
+
+        secrets = tuple(s.strip() for s in env.get("SCANWARD_KUBE_IMAGE_PULL_SECRETS", "")
+                        .split(",") if s.strip())
+        tolerations = tuple(json.loads(env.get("SCANWARD_KUBE_TOLERATIONS") or "[]"))
+        job = KubeJobConfig(
+            namespace=env.get("SCANWARD_KUBE_NAMESPACE") or "scanward",
+            workspace_claim=env.get("SCANWARD_KUBE_WORKSPACE_CLAIM") or "scanward-workspace",
+            results_claim=env.get("SCANWARD_KUBE_RESULTS_CLAIM") or "scanward-results",
+            image_pull_policy=env.get("SCANWARD_KUBE_IMAGE_PULL_POLICY") or "IfNotPresent",
+            image_pull_secrets=secrets,
+            ttl_seconds_after_finished=int(env.get("SCANWARD_KUBE_JOB_TTL_SECONDS") or 3600),
+            node_selector=items("SCANWARD_KUBE_NODE_SELECTOR"),
+            tolerations=tolerations,
+        )
+        return cls(
+            kubeconfig=env.get("SCANWARD_KUBECONFIG") or env.get("KUBECONFIG") or None,
+            context=env.get("SCANWARD_KUBE_CONTEXT") or None,
+            job=job,
+            resync_seconds=float(env.get("SCANWARD_KUBE_RESYNC_SECONDS") or 300),
+        )
+
+
+def api_client(settings: KubeSettings) -> k8s.ApiClient:
+    """A client from the kubeconfig (and context), or the in-cluster service account."""
+    try:
+        if settings.kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            loaded: k8s.ApiClient = k8s_config.new_client_from_config(
+                config_file=settings.kubeconfig, context=settings.context)
+            return loaded
+        configuration = k8s.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return k8s.ApiClient(configuration)
+    except (k8s_config.ConfigException, OSError, ValueError) as e:
+        where = settings.kubeconfig or "~/.kube/config"
+        raise ClusterError(f"kubeconfig {where}: {e}") from e
+
+
+def describe_api_error(e: ApiException, *, action: str, namespace: str) -> str:
+    """One line naming what failed and why, for operators."""
+    try:
+        message = json.loads(e.body or "{}").get("message") or e.reason
+    except ValueError:
+        message = e.reason
+    if e.status == 403:
+        return (f"forbidden to {action} in namespace {namespace!r}: {message} "
+                "(bind the Role in deploy/rbac.yaml to the worker's identity)")
+    if e.status == 404 and "namespaces" in str(message):
+        return f"namespace {namespace!r} not found: {message} (SCANWARD_KUBE_NAMESPACE)"
+    if e.status == 401:
+        return f"unauthorized to {action}: {message} (check the kubeconfig's credentials)"
+    return f"cannot {action} in namespace {namespace!r}: {e.status} {message}"
+
+
+class KubernetesBackend:
+    """Runs scanner attempts as Jobs and learns of their ends from a shared watch."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: KubeSettings, results_root: Path) -> None:
+        self._settings = settings
+        self._cfg = settings.job
+        self._results_root = results_root
+        self._client = api_client(settings)
+        self._batch = k8s.BatchV1Api(self._client)
+        self._core = k8s.CoreV1Api(self._client)
+        self._tracker = JobTracker(self._client, self._cfg.namespace,
+                                   resync_seconds=settings.resync_seconds,
+                                   watch_timeout=settings.watch_timeout)
+        self.requests = 0  # API requests made for scans (the watch's are the tracker's)
+
+    @property
+    def server(self) -> str:
+        return str(self._client.configuration.host)
+
+    @property
+    def tracker(self) -> JobTracker:
+        return self._tracker
+
+    def preflight(self) -> None:
+        """Check, with one dry-run create, that the cluster is reachable, the namespace
+        exists and this identity may create Jobs there. Raises :class:`ClusterError`."""
+        from scanward.catalog import Catalog
+        from scanward.contract import Checkout, Resources
+
+        probe = ScannerJobInput(
+            scan_id="scan-preflight-00000000000000000000", scanner="bandit", attempt=1,
+            checkout=Checkout(scan_id="scan-preflight-00000000000000000000",
+                              source_subpath="scan-preflight/src", commit="0" * 40,
+                              size_bytes=0, file_count=0),
+            resources=Resources(cpu_millis=100, memory_mib=64))
+        manifest = build_job(probe, Catalog.load().get("bandit"), self._cfg)
+        try:
+            self._batch.create_namespaced_job(self._cfg.namespace, cast(Any, manifest),
+                                              dry_run="All", _request_timeout=15)
+        except ApiException as e:
+            raise ClusterError(describe_api_error(e, action="create jobs",
+                                                  namespace=self._cfg.namespace)) from e
+        except (HTTPError, OSError) as e:
+            raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: "
+                               f"{_reason(e)}") from e
+
+    def start(self) -> None:
+        self.preflight()
+        self._tracker.start()
+        log.info("kubernetes backend on %s, namespace %s", self.server, self._cfg.namespace)
+
+    def close(self) -> None:
+        self._tracker.stop()
+        self._client.close()
+
+    # ------------------------------------------------------------------- one attempt
+
+    async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
+                  heartbeat_every: float) -> ScannerJobResult:
+        started = time.monotonic()
+        manifest = build_job(job, spec, self._cfg, deadline_seconds=job.deadline_seconds,
+                             env=traceparent_env())
+        name = manifest["metadata"]["name"]
+        await asyncio.to_thread(self._create_or_adopt, manifest, job)
+        waiter = asyncio.ensure_future(self._tracker.wait(name))
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=heartbeat_every)
+                if not waiter.done():
+                    pending = heartbeat()
+                    if pending is not None:
+                        await pending
+            outcome = waiter.result()
+        except BaseException:
+            waiter.cancel()
+            # Cancelled (or the worker is going away without finishing): no orphans.
+            await asyncio.shield(asyncio.to_thread(self._delete, name))
+            raise
+        finally:
+            self._tracker.forget(name)
+        pods = None
+        if not outcome.succeeded and outcome.reason not in ("PodFailurePolicy",
+                                                            "DeadlineExceeded", BAD_IMAGE):
+            pods = await asyncio.to_thread(self._pods, name)
+        failure, message = classify(outcome, spec, pods)
+        if failure is not None:
+            if failure is FailureClass.BAD_IMAGE:
+                await asyncio.to_thread(self._delete, name)
+            logs = await asyncio.to_thread(self._log_tail, name, pods)
+            raise ScannerFailed(failure, f"{spec.name}: {message}" +
+                                (f"; last log lines:\n{logs}" if logs else ""))
+        sarif = f"{results_subpath(job)}/{SARIF_FILE}"
+        if not (self._results_root / sarif).is_file():
+            raise ScannerFailed(FailureClass.BROKEN_SARIF,
+                                f"{spec.name}: Job {name} ended but wrote no SARIF at "
+                                f"{sarif} on the results volume")
+        return ScannerJobResult(scanner=spec.name, attempt=job.attempt, sarif_subpath=sarif,
+                                exit_code=0, duration_seconds=round(time.monotonic() - started,
+                                                                    3),
+                                source_root=SOURCE_MOUNT)
+
+    # ------------------------------------------------------------ API requests
+
+    def _create_or_adopt(self, manifest: dict[str, Any], job: ScannerJobInput) -> None:
+        name = manifest["metadata"]["name"]
+        ns = self._cfg.namespace
+        try:
+            self.requests += 1
+            self._batch.create_namespaced_job(ns, cast(Any, manifest), _request_timeout=30)
+            return
+        except ApiException as e:
+            if e.status != 409:
+                raise self._failure(e, "create jobs") from e
+        except (HTTPError, OSError) as e:
+            raise self._unreachable(e) from e
+        # 409: an earlier try of this activity created it (a retry after a crash): adopt
+        # it, once we are sure it is ours.
+        try:
+            self.requests += 1
+            existing = self._batch.read_namespaced_job(name, ns, _request_timeout=30)
+        except ApiException as e:
+            raise self._failure(e, "read jobs") from e
+        labels = (existing.metadata.labels if existing.metadata else None) or {}
+        expected = {MANAGED_BY: MANAGER, LABEL_SCAN: scan_label(job.scan_id),
+                    LABEL_SCANNER: job.scanner, LABEL_ATTEMPT: str(job.attempt)}
+        if any(labels.get(k) != v for k, v in expected.items()):
+            raise ScannerFailed(FailureClass.BAD_INPUT,
+                                f"Job {ns}/{name} exists but was not created by scanward for "
+                                f"this attempt (labels {labels})")
+        log.info("adopted existing Job %s/%s", ns, name)
+
+    def _delete(self, name: str) -> None:
+        with contextlib.suppress(ApiException, HTTPError, OSError):
+            self.requests += 1
+            self._batch.delete_namespaced_job(name, self._cfg.namespace,
+                                              propagation_policy="Background",
+                                              _request_timeout=30)
+
+    def _pods(self, name: str) -> list[dict[str, Any]]:
+        try:
+            self.requests += 1
+            pods = self._core.list_namespaced_pod(self._cfg.namespace,
+                                                  label_selector=f"job-name={name}",
+                                                  _request_timeout=30)
+        except (ApiException, HTTPError, OSError):
+            return []
+        result: list[dict[str, Any]] = self._client.sanitize_for_serialization(pods)["items"]
+        return result
+
+    def _log_tail(self, name: str, pods: list[dict[str, Any]] | None) -> str:
+        for pod in pods or []:
+            try:
+                self.requests += 1
+                text: str = self._core.read_namespaced_pod_log(
+                    pod["metadata"]["name"], self._cfg.namespace, container=CONTAINER,
+                    tail_lines=20, _request_timeout=15)
+                return text.strip()
+            except (ApiException, HTTPError, OSError):
+                continue
+        return ""
+
+    def _failure(self, e: ApiException, action: str) -> Exception:
+        message = describe_api_error(e, action=action, namespace=self._cfg.namespace)
+        if e.status in (401, 403, 404, 422):
+            return ScannerFailed(FailureClass.CLUSTER, message)
+        return ClusterError(message)  # 5xx, 429: retried by Temporal
+
+    def _unreachable(self, e: BaseException) -> ClusterError:
+        return ClusterError(f"cannot reach the Kubernetes API at {self.server}: {_reason(e)}")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    for marker in ("Connection refused", "timed out", "Name or service not known",
+                   "No route to host", "certificate verify failed"):
+        if marker in text:
+            return marker
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -1,0 +1,180 @@
+"""Pure construction of a scanner's batch/v1 Job manifest (a plain dict, as the API
+server takes it), and of its deterministic name. No I/O: tests call it directly, and the
+server-side dry-run test validates every spec it can build."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from scanward.catalog import ScannerSpec
+from scanward.contract import ScannerJobInput
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "scanward"
+LABEL_SCAN = "scanward.dev/scan"  # a hash: label values are limited to 63 characters
+LABEL_SCANNER = "scanward.dev/scanner"
+LABEL_ATTEMPT = "scanward.dev/attempt"
+ANNOTATION_SCAN_ID = "scanward.dev/scan-id"
+ANNOTATION_WORKFLOW = "scanward.dev/workflow-id"
+ANNOTATION_RESULTS = "scanward.dev/results-subpath"
+ANNOTATION_TRACEPARENT = "scanward.dev/traceparent"
+CONTAINER = "scanner"
+SOURCE_MOUNT = "/src"
+RESULTS_MOUNT = "/results"
+SARIF_FILE = "results.sarif"
+
+# podFailurePolicy rule order: the Job's failure message names the matching rule's
+# index, which is how the backend tells "findings" from "bad input" without reading pods.
+RULE_FINDINGS = 1
+RULE_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class KubeJobConfig:
+    """Per-cluster settings of the Jobs a worker creates."""
+
+    namespace: str = "scanward"
+    workspace_claim: str = "scanward-workspace"
+    results_claim: str = "scanward-results"
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    ttl_seconds_after_finished: int = 3600
+    default_deadline_seconds: int = 3600
+    run_as_user: int = 65532
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def job_name(scan_id: str, scanner: str, attempt: int) -> str:
+    """Deterministic, DNS-1123 and at most 63 characters (the ``job-name`` pod label):
+    creating it twice names the same Job."""
+    digest = hashlib.sha256(scan_id.encode()).hexdigest()[:12]
+    return f"sw-{digest}-{scanner[:30]}-a{attempt}"
+
+
+def scan_label(scan_id: str) -> str:
+    return hashlib.sha256(scan_id.encode()).hexdigest()[:40]
+
+
+def results_subpath(job: ScannerJobInput) -> str:
+    """The attempt's directory on the results volume; the same layout as the local
+    backend's results directory."""
+    return f"{job.scan_id}/{job.scanner}/attempt-{job.attempt}"
+
+
+def build_job(job: ScannerJobInput, spec: ScannerSpec, cfg: KubeJobConfig, *,
+              deadline_seconds: int | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Job manifest for one attempt of one scanner."""
+    sarif = f"{RESULTS_MOUNT}/{SARIF_FILE}"
+    command = [a.format(source=SOURCE_MOUNT, sarif=sarif) for a in spec.command]
+    labels = {
+        MANAGED_BY: MANAGER,
+        LABEL_SCAN: scan_label(job.scan_id),
+        LABEL_SCANNER: job.scanner,
+        LABEL_ATTEMPT: str(job.attempt),
+    }
+    annotations = {
+        ANNOTATION_SCAN_ID: job.scan_id,
+        ANNOTATION_WORKFLOW: job.scan_id,
+        ANNOTATION_RESULTS: results_subpath(job),
+    }
+    all_env = {**cfg.extra_env, **(env or {})}
+    if "TRACEPARENT" in all_env:
+        annotations[ANNOTATION_TRACEPARENT] = all_env["TRACEPARENT"]
+    memory = f"{job.resources.memory_mib}Mi"
+    findings_codes = sorted(spec.findings_exit_codes)
+    bad_input_codes = sorted(spec.bad_input_exit_codes)
+    rules: list[dict[str, Any]] = [
+        # 0: evictions, preemption, node drain: not the scanner's fault, not counted.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        # 1: "ran and found something": the backend reads this as success.
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER,
+                                              "operator": "In",
+                                              "values": findings_codes or [255]}},
+        # 2: the scanner rejected its input: retrying cannot fix it.
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER,
+                                              "operator": "In",
+                                              "values": bad_input_codes or [254]}},
+    ]
+    if not findings_codes:
+        rules[RULE_FINDINGS] = {**rules[RULE_FINDINGS], "action": "Count"}
+    if not bad_input_codes:
+        rules[RULE_BAD_INPUT] = {**rules[RULE_BAD_INPUT], "action": "Count"}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": command,
+        "workingDir": SOURCE_MOUNT,
+        "env": [{"name": k, "value": v} for k, v in sorted(all_env.items())],
+        "resources": {
+            "requests": {"cpu": f"{job.resources.cpu_millis}m", "memory": memory},
+            "limits": {"memory": memory},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True,
+             "subPath": job.checkout.source_subpath},
+            {"name": "results", "mountPath": RESULTS_MOUNT, "subPath": results_subpath(job)},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": cfg.run_as_user,
+            "runAsGroup": cfg.run_as_user,
+            "fsGroup": cfg.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "source", "persistentVolumeClaim": {"claimName": cfg.workspace_claim,
+                                                         "readOnly": True}},
+            {"name": "results", "persistentVolumeClaim": {"claimName": cfg.results_claim}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    if cfg.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    if cfg.node_selector:
+        pod_spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in cfg.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.scan_id, job.scanner, job.attempt),
+            "namespace": cfg.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            # Retries are the workflow's: each attempt is its own Job, sized anew.
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": rules},
+            "activeDeadlineSeconds": deadline_seconds or cfg.default_deadline_seconds,
+            "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {
+                    "labels": {**labels, **spec.pod_labels},
+                    "annotations": {**annotations, **spec.pod_annotations},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
