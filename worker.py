@@ -93,9 +93,9 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
     health = _health(settings, store, client)
     probes = asyncio.create_task(health.run())
     try:
-        # Threads only for the synchronous (database) activities; waiting scanners are
-        # coroutines and need none.
-        with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
+        # Threads serve only the synchronous (database) activities and are started on
+        # demand; waiting scanners are coroutines and use none.
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
             worker = build_worker(client, settings, store, executor, backend)
             async with worker:
                 health.set_ready(True)

@@ -41,7 +41,6 @@ class Settings:
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
     max_concurrent_activities: int = 500
-    activity_threads: int = 16
     cluster: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -73,6 +72,5 @@ class Settings:
             health_port=port("SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=float(e.get("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS") or 60),
             max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 500),
-            activity_threads=int(e.get("SCANWARD_ACTIVITY_THREADS") or 16),
             env=e,
         )
