@@ -10,6 +10,7 @@ local backend runs ``local_command`` (if the tool installs from PyPI) as a subpr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanward.contract import Resources
 from scanward.inputs import InputError, check_scanner_name
+
+
+log = logging.getLogger("scanward.catalog")
 
 
 class ScannerSpec(BaseModel):
@@ -95,35 +99,68 @@ _BUILTIN: tuple[ScannerSpec, ...] = (
 )
 
 
+def _read(path: Path) -> dict[str, ScannerSpec]:
+    specs = {s.name: s for s in _BUILTIN}
+    try:
+        raw = json.loads(path.read_text())
+        extra = [ScannerSpec.model_validate(item) for item in raw["scanners"]]
+    except FileNotFoundError as e:
+        raise InputError(f"scanner catalog {path}: file not found") from e
+    except (ValueError, KeyError, TypeError, ValidationError) as e:
+        detail = str(e).splitlines()[0]
+        raise InputError(f"scanner catalog {path}: invalid ({detail})") from e
+    for spec in extra:
+        check_scanner_name(spec.name)
+        specs[spec.name] = spec
+    return specs
+
+
 class Catalog:
     """Scanner specs by name: the built-ins plus those of an optional JSON file
-    (``SCANWARD_CATALOG``), which may add scanners or replace built-ins."""
+    (``SCANWARD_CATALOG``), which may add scanners or replace built-ins.
 
-    def __init__(self, specs: Mapping[str, ScannerSpec]) -> None:
+    The file is read again when it changes, so an operator can fix an entry (a bad
+    image tag, say) and ``retry`` the dead scanner without restarting workers; a broken
+    edit is logged and the previous catalog kept."""
+
+    def __init__(self, specs: Mapping[str, ScannerSpec], path: Path | None = None) -> None:
         self._specs = dict(specs)
+        self._path = path
+        self._stamp = self._stat()
 
     @classmethod
     def load(cls, extra_file: str | os.PathLike[str] | None = None) -> Catalog:
-        specs = {s.name: s for s in _BUILTIN}
-        if extra_file:
-            path = Path(extra_file)
-            try:
-                raw = json.loads(path.read_text())
-                extra = [ScannerSpec.model_validate(item) for item in raw["scanners"]]
-            except FileNotFoundError as e:
-                raise InputError(f"scanner catalog {path}: file not found") from e
-            except (ValueError, KeyError, TypeError, ValidationError) as e:
-                detail = str(e).splitlines()[0]
-                raise InputError(f"scanner catalog {path}: invalid ({detail})") from e
-            for spec in extra:
-                check_scanner_name(spec.name)
-                specs[spec.name] = spec
-        return cls(specs)
+        if not extra_file:
+            return cls({s.name: s for s in _BUILTIN})
+        path = Path(extra_file)
+        return cls(_read(path), path)
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _refresh(self) -> None:
+        stamp = self._stat()
+        if self._path is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._specs = _read(self._path)
+            log.info("scanner catalog %s reloaded", self._path)
+        except InputError as e:
+            log.warning("%s; keeping the previous catalog", e)
 
     def names(self) -> list[str]:
+        self._refresh()
         return sorted(self._specs)
 
     def get(self, name: str) -> ScannerSpec:
+        self._refresh()
         try:
             return self._specs[name]
         except KeyError:

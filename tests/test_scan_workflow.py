@@ -142,6 +142,8 @@ async def test_cancel_kills_the_running_scanner(client: Client, settings: Settin
     assert isinstance(failure.value.cause, CancelledError)
     assert not _alive(pid), "the scanner process survived the cancellation"
     assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+    (run,) = (await api.progress(client, handle.id)).scanners
+    assert (run.status, run.attempts) == (ScannerStatus.CANCELLED, 1)  # not retried
     store = Store.open(settings.database_url)
     try:
         assert store.get_scan(handle.id).status == ScanStatus.CANCELLED  # type: ignore[union-attr]

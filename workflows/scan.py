@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
@@ -170,6 +170,9 @@ class ScanWorkflow:
                 await self._attempt(name, attempt, resources, checkout)
                 return
             except ActivityError as e:
+                if isinstance(e.cause, CancelledError):
+                    # The scan was cancelled and the attempt has stopped: not a failure.
+                    raise asyncio.CancelledError() from e
                 failure, message = _failure_of(e)
             decision = after_failure(failure, resources=resources, counted_attempts=counted + 1,
                                      max_attempts=tuning.scanner_attempts,

@@ -185,6 +185,9 @@ class KubernetesBackend:
         manifest = build_job(job, spec, self._cfg, deadline_seconds=job.deadline_seconds,
                              env=traceparent_env())
         name = manifest["metadata"]["name"]
+        # The kubelet would create a missing subPath directory as root, which a non-root
+        # scanner cannot write to: the worker (same uid, same volume) creates it first.
+        (self._results_root / results_subpath(job)).mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._create_or_adopt, manifest, job)
         waiter = asyncio.ensure_future(self._tracker.wait(name))
         try:

@@ -1,0 +1,101 @@
+"""A real Kubernetes control plane for the tests (tools/k8s-testenv): etcd,
+kube-apiserver, kube-controller-manager and kube-scheduler built from upstream, with
+kwok playing the kubelet. Containers never run: kwok moves pods through their lifecycle
+as their annotations ask, and the tests write each scanner's SARIF where its pod would.
+
+The binaries are built by ``tools/k8s-testenv/build.sh`` (``.ci/run`` does it); when
+they are missing the fixture fails and says so, it never skips.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTENV_DIR = Path(__file__).resolve().parent.parent / "tools" / "k8s-testenv"
+sys.path.insert(0, str(TESTENV_DIR))
+
+import testenv  # noqa: E402
+
+CLAIMS = ("scanward-workspace", "scanward-results")
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[testenv.ControlPlane]:
+    bin_dir = testenv.default_bin_dir()
+    missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager",
+                           "kube-scheduler", "kwok") if not (bin_dir / b).exists()]
+    if missing:
+        pytest.fail(f"Kubernetes test binaries missing in {bin_dir}: {', '.join(missing)}; "
+                    "build them with tools/k8s-testenv/build.sh")
+    plane = testenv.ControlPlane()
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def bound_claims(plane: testenv.ControlPlane, namespace: str) -> None:
+    """The workspace and results claims, bound to (never used) hostPath volumes: the
+    scheduler will not place a pod whose claims are unbound. They are created bound,
+    as the PV binder would leave them, instead of waiting for its 15 s resync."""
+    for claim in CLAIMS:
+        pv = f"{namespace}-{claim}"
+        plane.request("POST", "/api/v1/persistentvolumes", {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv, "labels": {"scanward-test": namespace}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                     "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                     "hostPath": {"path": f"/tmp/{pv}"},  # noqa: S108 - kwok mounts nothing
+                     "claimRef": {"namespace": namespace, "name": claim}},
+        })
+        plane.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "annotations": {
+                "pv.kubernetes.io/bind-completed": "yes",
+                "pv.kubernetes.io/bound-by-controller": "yes"}},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+        })
+        merge = "application/merge-patch+json"
+        plane.request("PATCH", f"/api/v1/persistentvolumes/{pv}/status",
+                      {"status": {"phase": "Bound"}}, content_type=merge)
+        plane.request("PATCH",
+                      f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}/status",
+                      {"status": {"phase": "Bound", "accessModes": ["ReadWriteMany"],
+                                  "capacity": {"storage": "1Gi"}}}, content_type=merge)
+
+
+@pytest.fixture
+def kube_namespace(control_plane: testenv.ControlPlane) -> Iterator[str]:
+    """A fresh namespace with bound workspace/results claims, deleted afterwards."""
+    name = f"sw-{uuid.uuid4().hex[:10]}"
+    control_plane.request("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    bound_claims(control_plane, name)
+    try:
+        yield name
+    finally:
+        control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
+        for claim in CLAIMS:
+            control_plane.request("DELETE", f"/api/v1/persistentvolumes/{name}-{claim}")
+
+
+def kwok_complete(delay: str = "1s") -> dict[str, Any]:
+    """Catalog fields that make kwok complete the scanner's pod after ``delay``."""
+    meta = testenv.job_complete_metadata(delay=delay)
+    return {"pod_annotations": meta.get("annotations", {}), "pod_labels": meta.get("labels", {})}
+
+
+def kwok_fail(exit_code: int, delay: str = "1s", reason: str = "Error") -> dict[str, Any]:
+    """Catalog fields that make kwok fail the scanner container with ``exit_code``."""
+    meta = testenv.job_fail_metadata(exit_code=exit_code, delay=delay, reason=reason)
+    meta["annotations"][
+        "pod-container-running-failed.stage.kwok.x-k8s.io/container-name"] = "scanner"
+    return {"pod_annotations": meta.get("annotations", {}), "pod_labels": meta.get("labels", {})}

@@ -1,0 +1,340 @@
+"""The kubernetes job backend against a real control plane (kube-apiserver, Job
+controller, scheduler, TTL and garbage collectors), with kwok playing the kubelet.
+
+No container runs here, so a thread plays the scanner's part that kwok cannot: when a
+scanner Job appears, it writes that attempt's SARIF into the results directory, as the
+pod would on the results volume. Everything else is the real API server's doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+
+import worker as scan_worker
+from activities.backends.kubernetes import KubernetesBackend, KubeSettings
+from scanward import client as api
+from scanward.catalog import Catalog
+from scanward.contract import (
+    Checkout,
+    FailureClass,
+    Resources,
+    RetrySignal,
+    ScannerJobInput,
+    ScannerStatus,
+    ScanStatus,
+)
+from scanward.job_spec import ANNOTATION_RESULTS, SARIF_FILE, KubeJobConfig, job_name
+from scanward.settings import Settings
+from tests.conftest import FAST, eventually, scan_request
+from tests.k8s_fixture import kwok_complete, kwok_fail
+
+IMAGE = "registry.invalid/scanward/fake-scanner:1"
+
+
+def kube_catalog(path: Path, **overrides: dict[str, Any]) -> Path:
+    """Scanners whose pods kwok completes or fails as their annotations ask."""
+    def entry(name: str, behaviour: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"name": name, "image": IMAGE, "command": ["scan", "{source}", "{sarif}"],
+                "findings_exit_codes": [1], "bad_input_exit_codes": [2],
+                "base": {"cpu_millis": 100, "memory_mib": 128}, **behaviour, **extra}
+
+    scanners = {
+        "k-ok": entry("k-ok", kwok_complete("1s")),
+        "k-findings": entry("k-findings", kwok_fail(1)),  # exit 1 means "found something"
+        "k-badinput": entry("k-badinput", kwok_fail(2)),
+        "k-crash": entry("k-crash", kwok_fail(3)),
+        "k-oom": entry("k-oom", kwok_fail(137, reason="OOMKilled"), max_memory_mib=256,
+                       memory_mib_per_gib=0),
+        "k-slow": entry("k-slow", kwok_complete("600s")),
+        "k-wait": entry("k-wait", kwok_complete("6s")),
+    }
+    for name, change in overrides.items():
+        scanners[name] = {**scanners[name], **change}
+    path.write_text(json.dumps({"scanners": list(scanners.values())}))
+    return path
+
+
+class PodStandIn:
+    """Writes each new scanner Job's SARIF where its pod would (the results volume)."""
+
+    def __init__(self, plane: Any, namespace: str, results_root: Path) -> None:
+        self._plane = plane
+        self._ns = namespace
+        self._root = results_root
+        self._stop = threading.Event()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for kind, job in self._plane.watch(
+                        f"/apis/batch/v1/namespaces/{self._ns}/jobs", timeout=2):
+                    if kind == "ADDED":
+                        self._write(job)
+            except Exception:  # noqa: S112 - the apiserver may be restarting: watch again
+                continue
+
+    def _write(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        self.jobs.setdefault(name, job)
+        subpath = job["metadata"]["annotations"][ANNOTATION_RESULTS]
+        out = self._root / subpath
+        out.mkdir(parents=True, exist_ok=True)
+        # Absolute paths, as scanners in the pod write them (/src is the mount).
+        doc = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "kube-fake"}},
+               "results": [{"ruleId": "K8S001", "level": "error",
+                            "message": {"text": f"finding from {name}"},
+                            "locations": [{"physicalLocation": {
+                                "artifactLocation": {"uri": "/src/app.py"},
+                                "region": {"startLine": 3}}}]}]}]}
+        (out / SARIF_FILE).write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def kube_settings(settings: Settings, control_plane: Any, kube_namespace: str,
+                  tmp_path: Path) -> Settings:
+    env = {**settings.env,
+           "SCANWARD_KUBECONFIG": str(control_plane.kubeconfig),
+           "SCANWARD_KUBE_NAMESPACE": kube_namespace,
+           "SCANWARD_KUBE_RESYNC_SECONDS": "60"}
+    return dataclasses.replace(
+        settings, backend="kubernetes", env=env,
+        catalog_file=kube_catalog(tmp_path / "kube-catalog.json"),
+        task_queue=f"kube-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def stand_in(control_plane: Any, kube_namespace: str,
+             kube_settings: Settings) -> Iterator[PodStandIn]:
+    s = PodStandIn(control_plane, kube_namespace, kube_settings.results_root)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest_asyncio.fixture
+async def kube_worker(client: Client, kube_settings: Settings,
+                      stand_in: PodStandIn) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(scan_worker.run(kube_settings, stop, client))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+def jobs_of(plane: Any, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = plane.request(
+        "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    return items
+
+
+async def start_kube(client: Client, settings: Settings, *scanners: str, **fields: Any) -> Any:
+    request = scan_request(Path(fields.pop("repo")), *scanners, **fields)
+    return await api.start_scan(client, request, task_queue=settings.task_queue,
+                                catalog=Catalog.load(settings.catalog_file))
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_scan_end_to_end_as_a_job(client: Client, kube_settings: Settings,
+                                        control_plane: Any, kube_namespace: str,
+                                        flawed_repo: Path, stand_in: PodStandIn) -> None:
+    handle = await start_kube(client, kube_settings, "k-ok", "k-findings", repo=flawed_repo)
+    summary = await handle.result()
+    assert summary.status is ScanStatus.COMPLETED
+    runs = {r.scanner: r for r in summary.scanners}
+    assert runs["k-ok"].status is ScannerStatus.SUCCEEDED
+    assert runs["k-findings"].status is ScannerStatus.SUCCEEDED  # exit 1 = findings
+    assert runs["k-ok"].finding_count == 1
+
+    # The Job as the API server holds it.
+    name = job_name(handle.id, "k-ok", 1)
+    job = stand_in.jobs[name]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] == 3600
+    assert spec["activeDeadlineSeconds"] > 0
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget",
+                                                                 "status": "True"}]}
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == IMAGE
+    assert container["command"] == ["scan", "/src", "/results/results.sarif"]
+    assert container["resources"]["limits"]["memory"] == \
+        f"{runs['k-ok'].resources.memory_mib}Mi"  # type: ignore[union-attr]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["source"]["readOnly"] is True
+    assert mounts["source"]["subPath"] == f"{handle.id}/src"
+    assert mounts["results"]["subPath"] == f"{handle.id}/k-ok/attempt-1"
+
+    # Findings from the pod's absolute /src paths are stored relative to the checkout.
+    from scanward.store import Store
+
+    store = Store.open(kube_settings.database_url)
+    try:
+        paths = {(f.scanner, f.path, f.start_line) for f in store.findings(handle.id)}
+    finally:
+        store.close()
+    assert ("k-ok", "app.py", 3) in paths
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_crash_until_dead_then_retry_after_catalog_fix(
+        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
+        flawed_repo: Path, tmp_path: Path) -> None:
+    handle = await start_kube(client, kube_settings, "k-crash", repo=flawed_repo)
+
+    async def dead() -> Any:
+        runs = (await api.progress(client, handle.id)).scanners
+        return runs[0] if runs[0].status is ScannerStatus.DEAD else None
+
+    run = await eventually(dead, timeout=60, what="k-crash dead")
+    assert run.attempts == FAST.scanner_attempts
+    assert run.failure_class is FailureClass.CRASHED and "exited 3" in (run.reason or "")
+    names = sorted(j["metadata"]["name"] for j in jobs_of(control_plane, kube_namespace))
+    assert names == [job_name(handle.id, "k-crash", n) for n in (1, 2)]  # one Job an attempt
+    # The operator fixes the catalog entry; the worker reads it again; retry succeeds.
+    kube_catalog(kube_settings.catalog_file, **{"k-crash": kwok_complete("1s")})  # type: ignore[arg-type]
+    await api.retry(client, handle.id, RetrySignal())
+    summary = await handle.result()
+    assert summary.status is ScanStatus.COMPLETED
+    assert summary.scanners[0].attempts == 3
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_oom_retries_with_doubled_memory_up_to_the_cap(
+        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
+        flawed_repo: Path, stand_in: PodStandIn) -> None:
+    tuning = FAST.model_copy(update={"scanner_attempts": 5})
+    handle = await start_kube(client, kube_settings, "k-oom", repo=flawed_repo, tuning=tuning)
+
+    async def dead() -> Any:
+        runs = (await api.progress(client, handle.id)).scanners
+        return runs[0] if runs[0].status is ScannerStatus.DEAD else None
+
+    run = await eventually(dead, timeout=60, what="k-oom dead")
+    assert run.failure_class is FailureClass.OOM_KILLED
+    assert "memory cap (256 MiB)" in (run.reason or "")
+    limits = [stand_in.jobs[job_name(handle.id, "k-oom", n)]["spec"]["template"]["spec"]
+              ["containers"][0]["resources"]["limits"]["memory"] for n in (1, 2)]
+    assert limits == ["128Mi", "256Mi"]  # the second Job asked for twice the memory
+    await api.abandon(client, handle.id)
+    assert (await handle.result()).status is ScanStatus.PARTIAL
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_deadline_exceeded_and_bad_input_are_dead_at_once(
+        client: Client, kube_settings: Settings, flawed_repo: Path) -> None:
+    # scanner_timeout 10 s -> the Job's activeDeadlineSeconds is 5 s.
+    tuning = FAST.model_copy(update={"scanner_timeout": timedelta(seconds=10)})
+    handle = await start_kube(client, kube_settings, "k-slow", "k-badinput", repo=flawed_repo,
+                              tuning=tuning)
+
+    async def both_dead() -> Any:
+        runs = {r.scanner: r for r in (await api.progress(client, handle.id)).scanners}
+        return runs if all(r.status is ScannerStatus.DEAD for r in runs.values()) else None
+
+    runs = await eventually(both_dead, timeout=60, what="both dead")
+    assert runs["k-slow"].failure_class is FailureClass.DEADLINE_EXCEEDED
+    assert runs["k-slow"].attempts == 1
+    assert runs["k-badinput"].failure_class is FailureClass.BAD_INPUT
+    assert runs["k-badinput"].attempts == 1
+    assert "exit code 2" in (runs["k-badinput"].reason or "")
+    await api.abandon(client, handle.id)
+    await handle.result()
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_cancel_deletes_the_jobs(client: Client, kube_settings: Settings,
+                                       control_plane: Any, kube_namespace: str,
+                                       flawed_repo: Path) -> None:
+    handle = await start_kube(client, kube_settings, "k-slow", repo=flawed_repo)
+    await eventually(lambda: _async(bool(jobs_of(control_plane, kube_namespace))),
+                     what="the Job")
+    await eventually(lambda: _async(bool(_pods(control_plane, kube_namespace))),
+                     what="its pod")
+    await api.cancel(client, handle.id)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    assert jobs_of(control_plane, kube_namespace) == []  # deleted before the workflow ended
+    (run,) = (await api.progress(client, handle.id)).scanners
+    assert (run.status, run.attempts) == (ScannerStatus.CANCELLED, 1)  # not retried
+    await eventually(lambda: _async(not _pods(control_plane, kube_namespace)), timeout=60,
+                     what="the pod to be garbage-collected")
+
+
+async def test_create_twice_yields_one_job(kube_settings: Settings, control_plane: Any,
+                                           kube_namespace: str, stand_in: PodStandIn) -> None:
+    """An activity retried after a crash creates the same Job name: it adopts it."""
+    backend = KubernetesBackend(KubeSettings.from_env(kube_settings.env),
+                                kube_settings.results_root)
+    await asyncio.to_thread(backend.start)
+    try:
+        spec = Catalog.load(kube_settings.catalog_file).get("k-ok")
+        job = ScannerJobInput(
+            scan_id=f"scan-default-{uuid.uuid4().hex[:20]}", scanner="k-ok", attempt=1,
+            checkout=Checkout(scan_id="x", source_subpath="x/src", commit="0" * 40,
+                              size_bytes=1, file_count=1),
+            resources=Resources(cpu_millis=100, memory_mib=128))
+        job = job.model_copy(update={"checkout": job.checkout.model_copy(
+            update={"scan_id": job.scan_id, "source_subpath": f"{job.scan_id}/src"})})
+        results = await asyncio.gather(
+            backend.run(job, spec, lambda: None, 1.0),
+            backend.run(job, spec, lambda: None, 1.0))
+        assert results[0].sarif_subpath == results[1].sarif_subpath
+        assert [j["metadata"]["name"] for j in jobs_of(control_plane, kube_namespace)] == [
+            job_name(job.scan_id, "k-ok", 1)]
+    finally:
+        backend.close()
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_scans_complete_across_an_apiserver_restart(
+        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
+        flawed_repo: Path) -> None:
+    handles = [await start_kube(client, kube_settings, "k-wait", repo=flawed_repo)
+               for _ in range(4)]
+    await eventually(lambda: _async(len(_pods(control_plane, kube_namespace)) == 4),
+                     timeout=60, what="4 pods")
+    await asyncio.to_thread(control_plane.restart_apiserver, 3.0)
+    for h in handles:
+        summary = await asyncio.wait_for(h.result(), 120)
+        assert summary.status is ScanStatus.COMPLETED
+
+
+def _pods(plane: Any, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = plane.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+    return items
+
+
+async def _async(value: bool) -> bool:
+    return value
