@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scanward.contract import Resources
 from scanward.inputs import InputError, check_scanner_name
 
-
 log = logging.getLogger("scanward.catalog")
 
 

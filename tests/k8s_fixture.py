@@ -52,7 +52,7 @@ def bound_claims(plane: testenv.ControlPlane, namespace: str) -> None:
             "metadata": {"name": pv, "labels": {"scanward-test": namespace}},
             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                      "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
-                     "hostPath": {"path": f"/tmp/{pv}"},  # noqa: S108 - kwok mounts nothing
+                     "hostPath": {"path": f"/tmp/{pv}"},
                      "claimRef": {"namespace": namespace, "name": claim}},
         })
         plane.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {

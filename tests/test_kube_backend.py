@@ -36,7 +36,7 @@ from scanward.contract import (
     ScannerStatus,
     ScanStatus,
 )
-from scanward.job_spec import ANNOTATION_RESULTS, SARIF_FILE, KubeJobConfig, job_name
+from scanward.job_spec import ANNOTATION_RESULTS, SARIF_FILE, job_name
 from scanward.settings import Settings
 from tests.conftest import FAST, eventually, scan_request
 from tests.k8s_fixture import kwok_complete, kwok_fail
