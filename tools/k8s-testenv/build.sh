@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the test control plane binaries from upstream Go modules (no Docker):
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kustomize
 # into a cache directory outside the repository:
 #   ${SCANWARD_K8S_BIN:-$HOME/.cache/scanward/k8s/<k8s-version>}
 # A binary is skipped when it exists and was built from the same pinned
@@ -24,6 +24,7 @@ modver() { # module go.mod -> version required in that go.mod
 K8S_VERSION="$(modver k8s.io/kubernetes "$HERE/go.mod")"
 ETCD_VERSION="$(modver go.etcd.io/etcd/server/v3 "$HERE/etcd/go.mod")"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.5.0}"
 [[ "$K8S_VERSION" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || { echo "cannot read k8s.io/kubernetes version from go.mod" >&2; exit 1; }
 K8S_MINOR="${BASH_REMATCH[1]}"
 [[ -n "$ETCD_VERSION" ]] || { echo "cannot read etcd version from etcd/go.mod" >&2; exit 1; }
@@ -88,25 +89,33 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
   build_one "$cmd" "$HERE" "k8s.io/kubernetes/cmd/$cmd" "$K8S_VERSION" "$K8S_LDFLAGS"
 done
 
-KWOK_STAMP="sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION} -s -w"
-if up_to_date kwok "$KWOK_STAMP"; then
-  echo "skip  kwok (up to date in $BIN)"
-else
+# "go install pkg@version" builds a tool with its own go.mod/go.sum (checked against
+# the checksum database), outside this module.
+go_install() { # name package version
+  local name="$1" pkg="$2" version="$3" stamp="$2@$3 -s -w"
+  if up_to_date "$name" "$stamp"; then
+    echo "skip  $name (up to date in $BIN)"
+    return
+  fi
+  local t
   t="$(now)"
-  echo "build kwok (sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}) ..."
-  # "go install pkg@version" builds kwok with its own go.mod/go.sum (checked
-  # against the checksum database), outside this module.
+  echo "build $name ($pkg@$version) ..."
   (cd "$BIN" && GOFLAGS="$CALLER_GOFLAGS" GOBIN="$BIN" "${NICE[@]}" "$GO" install -trimpath \
-    -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}")
-  echo "$KWOK_STAMP" >"$BIN/.kwok.stamp"
+    -ldflags "-s -w" "$pkg@$version")
+  echo "$stamp" >"$BIN/.$name.stamp"
   BUILT=$((BUILT + 1))
-  echo "done  kwok in $(elapsed "$t")"
-fi
+  echo "done  $name in $(elapsed "$t")"
+}
+
+go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+# kustomize renders deploy/ in the manifest tests (kubectl is not on every machine).
+go_install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 
 cat >"$BIN/VERSIONS" <<EOF
 kubernetes ${K8S_VERSION}
 etcd ${ETCD_VERSION}
 kwok ${KWOK_VERSION}
+kustomize ${KUSTOMIZE_VERSION}
 go $("$GO" env GOVERSION)
 EOF
 
