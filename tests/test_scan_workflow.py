@@ -246,3 +246,34 @@ async def test_bandit_and_semgrep_into_postgres(client: Client, settings: Settin
         assert store.get_scan(handle.id).status == ScanStatus.COMPLETED  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+async def test_scans_are_routed_to_their_clusters_workers(client: Client, settings: Settings,
+                                                          flawed_repo: Path) -> None:
+    """A worker serves one cluster on its own task queue; the request picks the cluster."""
+    east = dataclasses.replace(settings, task_queue=f"{settings.task_queue}-east",
+                               database_url=settings.database_url.replace(".db", "-east.db"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(scan_worker.run(east, stop, client))
+    try:
+        routed = await start(client, settings, scan_request(flawed_repo, "fake", cluster="east"))
+        default = await start(client, settings, scan_request(flawed_repo, "fake"))
+        await routed.result()
+        await default.result()
+    finally:
+        stop.set()
+        await task
+    queues = {}
+    for handle in (routed, default):
+        queues[handle.id] = {
+            e.activity_task_scheduled_event_attributes.task_queue.name
+            async for e in handle.fetch_history_events()
+            if e.HasField("activity_task_scheduled_event_attributes")}
+    assert queues[routed.id] == {east.task_queue}
+    assert queues[default.id] == {settings.task_queue}
+    for url, scan_id in ((east.database_url, routed.id), (settings.database_url, default.id)):
+        store = Store.open(url)
+        try:
+            assert store.get_scan(scan_id) is not None  # stored by that cluster's worker
+        finally:
+            store.close()
