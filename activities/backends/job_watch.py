@@ -151,8 +151,10 @@ class JobTracker:
                  resync_seconds: float = 300.0, watch_timeout: int = 240) -> None:
         self._lock = threading.Lock()
         self._ended: dict[str, JobOutcome] = {}  # Jobs seen ended and not yet deleted
-        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop,
-                                       asyncio.Future[JobOutcome], float]] = {}
+        # Usually one waiter a Job; two when an activity is retried on this worker while
+        # its first try still waits.
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
+                                            asyncio.Future[JobOutcome], float]]] = {}
         batch = k8s.BatchV1Api(api_client)
         core = k8s.CoreV1Api(api_client)
         self.jobs = ResourceWatch(api_client, batch.list_namespaced_job, namespace,
@@ -175,7 +177,7 @@ class JobTracker:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(len(w) for w in self._waiters.values())
 
     async def wait(self, name: str) -> JobOutcome:
         """Until the Job ``name`` ends (or is deleted, or its image cannot be pulled)."""
@@ -185,14 +187,16 @@ class JobTracker:
             if ended is not None:
                 return ended
             future: asyncio.Future[JobOutcome] = loop.create_future()
-            self._waiters[name] = (loop, future, time.monotonic())
+            self._waiters.setdefault(name, []).append((loop, future, time.monotonic()))
         try:
             return await future
         finally:
             with self._lock:
-                current = self._waiters.get(name)
-                if current is not None and current[1] is future:
-                    del self._waiters[name]
+                left = [w for w in self._waiters.get(name, []) if w[1] is not future]
+                if left:
+                    self._waiters[name] = left
+                else:
+                    self._waiters.pop(name, None)
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -202,9 +206,7 @@ class JobTracker:
 
     def _resolve(self, outcome: JobOutcome) -> None:
         # Called with the lock held.
-        waiter = self._waiters.pop(outcome.name, None)
-        if waiter is not None:
-            loop, future, _ = waiter
+        for loop, future, _ in self._waiters.pop(outcome.name, []):
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_set, future, outcome)
 
@@ -228,8 +230,8 @@ class JobTracker:
                     del self._ended[name]
             # A waiter registered before this list began whose Job is absent: it was
             # deleted while the watch was not looking.
-            for name, (_, _, since) in list(self._waiters.items()):
-                if name not in names and since < started:
+            for name, waiters in list(self._waiters.items()):
+                if name not in names and min(w[2] for w in waiters) < started:
                     self._resolve(JobOutcome(name, DELETED))
 
     def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
