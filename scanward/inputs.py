@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-_SCANNER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# Also a Kubernetes label value: must end with a letter or digit.
+_SCANNER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)$")
 _REMOTE_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -90,7 +91,7 @@ def check_scanner_name(name: str) -> str:
     checked where the catalog is known)."""
     if not _SCANNER_NAME.match(name):
         raise InputError(
-            f"scanner name {name!r} is malformed: lower-case letters, digits and '-', "
-            "starting with a letter"
+            f"scanner name {name!r} is malformed: up to 32 lower-case letters, digits and "
+            "'-', starting with a letter and not ending with '-'"
         )
     return name

@@ -71,7 +71,8 @@ class ResourceWatch:
         self._stop.set()
         if self._watch is not None:
             self._watch.stop()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _list(self) -> str:
         started = time.monotonic()

@@ -48,6 +48,15 @@ from scanward.tracing import traceparent_env
 log = logging.getLogger("scanward.kube")
 
 
+# What the backend does with the API, and so what deploy/rbac.yaml grants:
+# (API group, resource, subresource, verb).
+REQUIRED_PERMISSIONS = (
+    *(("batch", "jobs", "", verb) for verb in ("create", "get", "list", "watch", "delete")),
+    *(("", "pods", "", verb) for verb in ("list", "watch")),
+    ("", "pods", "log", "get"),
+)
+
+
 class ClusterError(Exception):
     """The cluster cannot be used as configured (unreachable, forbidden, no namespace)."""
 
@@ -146,8 +155,10 @@ class KubernetesBackend:
         return self._tracker
 
     def preflight(self) -> None:
-        """Check, with one dry-run create, that the cluster is reachable, the namespace
-        exists and this identity may create Jobs there. Raises :class:`ClusterError`."""
+        """Check that the cluster is reachable, the namespace exists, this identity holds
+        every permission the backend uses (one SelfSubjectAccessReview each), and a Job
+        passes admission (a dry-run create). Raises :class:`ClusterError`."""
+        self._check_permissions()
         from scanward.catalog import Catalog
         from scanward.contract import Checkout, Resources
 
@@ -167,6 +178,30 @@ class KubernetesBackend:
         except (HTTPError, OSError) as e:
             raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: "
                                f"{_reason(e)}") from e
+
+    def _check_permissions(self) -> None:
+        authz = k8s.AuthorizationV1Api(self._client)
+        missing = []
+        for group, resource, sub, verb in REQUIRED_PERMISSIONS:
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": {
+                          "namespace": self._cfg.namespace, "group": group,
+                          "resource": resource, "subresource": sub, "verb": verb}}}
+            try:
+                result = authz.create_self_subject_access_review(cast(Any, review),
+                                                                 _request_timeout=15)
+            except ApiException as e:
+                raise ClusterError(describe_api_error(e, action="review permissions",
+                                                      namespace=self._cfg.namespace)) from e
+            except (HTTPError, OSError) as e:
+                raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: "
+                                   f"{_reason(e)}") from e
+            if not (result.status and result.status.allowed):
+                missing.append(f"{verb} {resource}{'/' + sub if sub else ''}")
+        if missing:
+            raise ClusterError(
+                f"forbidden to {', '.join(missing)} in namespace {self._cfg.namespace!r} "
+                "(bind the Role in deploy/rbac.yaml to the worker's identity)")
 
     def start(self) -> None:
         self.preflight()
