@@ -25,16 +25,19 @@ import testenv  # noqa: E402
 CLAIMS = ("scanward-workspace", "scanward-results")
 
 
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[testenv.ControlPlane]:
+def start_plane() -> testenv.ControlPlane:
     bin_dir = testenv.default_bin_dir()
     missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager",
                            "kube-scheduler", "kwok") if not (bin_dir / b).exists()]
     if missing:
         pytest.fail(f"Kubernetes test binaries missing in {bin_dir}: {', '.join(missing)}; "
                     "build them with tools/k8s-testenv/build.sh")
-    plane = testenv.ControlPlane()
-    plane.start()
+    return testenv.ControlPlane().start()
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[testenv.ControlPlane]:
+    plane = start_plane()
     try:
         yield plane
     finally:
@@ -84,6 +87,10 @@ def kube_namespace(control_plane: testenv.ControlPlane) -> Iterator[str]:
     finally:
         control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
         for claim in CLAIMS:
+            # Released first, or the (fake-bound) volume never finishes terminating.
+            control_plane.request("PATCH", f"/api/v1/persistentvolumes/{name}-{claim}/status",
+                                  {"status": {"phase": "Released"}},
+                                  content_type="application/merge-patch+json")
             control_plane.request("DELETE", f"/api/v1/persistentvolumes/{name}-{claim}")
 
 

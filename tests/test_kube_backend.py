@@ -316,20 +316,6 @@ async def test_create_twice_yields_one_job(kube_settings: Settings, control_plan
         backend.close()
 
 
-@pytest.mark.usefixtures("kube_worker")
-async def test_scans_complete_across_an_apiserver_restart(
-        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
-        flawed_repo: Path) -> None:
-    handles = [await start_kube(client, kube_settings, "k-wait", repo=flawed_repo)
-               for _ in range(4)]
-    await eventually(lambda: _async(len(_pods(control_plane, kube_namespace)) == 4),
-                     timeout=60, what="4 pods")
-    await asyncio.to_thread(control_plane.restart_apiserver, 3.0)
-    for h in handles:
-        summary = await asyncio.wait_for(h.result(), 120)
-        assert summary.status is ScanStatus.COMPLETED
-
-
 def _pods(plane: Any, namespace: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = plane.request(
         "GET", f"/api/v1/namespaces/{namespace}/pods")["items"]

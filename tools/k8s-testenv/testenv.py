@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import math
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -47,9 +49,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 HERE = Path(__file__).resolve().parent
 STAGES_FILE = HERE / "kwok-stages.yaml"
@@ -76,6 +80,12 @@ FAIL_MESSAGE_ANNOTATION = "pod-container-running-failed.stage.kwok.x-k8s.io/mess
 #  - pod-garbage-collector: removes orphaned/terminated pods.
 #  - root-ca-certificate-publisher: kube-root-ca.crt ConfigMap that the
 #    ServiceAccount admission references in projected token volumes.
+#  - persistentvolume(claim)-protection: the StorageObjectInUseProtection admission
+#    (always on) puts a kubernetes.io/pv(c)-protection finalizer on every PV and
+#    PVC; only these controllers remove it, so without them a deleted PVC (and
+#    with it its namespace) or PV stays Terminating forever.
+# Not on by default: persistentvolume-binder-controller (binds PVCs to PVs; pass
+# it in `controllers=` when a test needs Bound claims, see PV_BINDER_SYNC_PERIOD).
 DEFAULT_CONTROLLERS = (
     "job-controller",
     "cronjob-controller",
@@ -87,7 +97,16 @@ DEFAULT_CONTROLLERS = (
     "namespace-controller",
     "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
 )
+
+# kube-controller-manager --pvclaimbinder-sync-period (default 15s). The binder
+# handles a PV pre-bound to a claim (spec.claimRef) only from the claim's side;
+# when the claim's event reaches it before the PV's informer has the PV, the
+# claim stays Pending until the next periodic sync: ~15 s per namespace
+# otherwise. Resyncing a handful of test objects every second costs nothing.
+PV_BINDER_SYNC_PERIOD = "1s"
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -227,6 +246,45 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+class _Spawner:
+    """One long-lived daemon thread that forks every child process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the
+    process: a process started from a short-lived thread (asyncio.to_thread, a
+    ThreadPoolExecutor worker, a test's helper thread) would be SIGKILLed as soon
+    as that thread ends. Forking from this thread, which lives as long as the
+    Python process, makes "die with the parent" mean the process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_SpawnJob] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], _T]) -> _T:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="testenv-spawner", daemon=True
+                )
+                self._thread.start()
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # handed to the caller
+                future.set_exception(e)
+
+
+_SpawnJob = tuple[Callable[[], Any], concurrent.futures.Future[Any]]
+_SPAWNER = _Spawner()
+
+
 class ControlPlaneError(RuntimeError):
     pass
 
@@ -247,21 +305,35 @@ def _open(req: urllib.request.Request, timeout: float, ctx: ssl.SSLContext | Non
 
 class _Proc:
     def __init__(
-        self, name: str, argv: list[str], log: Path, env: dict[str, str], die_with_parent: bool
+        self,
+        name: str,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str],
+        die_with_parent: bool,
+        *,
+        append_log: bool = False,
     ) -> None:
         self.name = name
         self.argv = argv
+        self.env = env
         self.log = log
-        self._logf = open(log, "wb")
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # ^C in a terminal reaches only us; we stop in order
-            preexec_fn=_set_pdeathsig if (die_with_parent and sys.platform == "linux") else None,
-        )
+        self._logf = open(log, "ab" if append_log else "wb")
+        logf = self._logf
+        pdeathsig = die_with_parent and sys.platform == "linux"
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # ^C in a terminal reaches only us; we stop in order
+                preexec_fn=_set_pdeathsig if pdeathsig else None,
+            )
+
+        self.popen = _SPAWNER.run(popen) if pdeathsig else popen()  # see _Spawner
 
     @property
     def pid(self) -> int:
@@ -321,7 +393,7 @@ class ControlPlane:
         self._workdir_arg = Path(workdir) if workdir else None
         self.keep_workdir = keep_workdir
         self.node_name = node_name
-        self.controllers = list(controllers)
+        self.controllers = list(dict.fromkeys(controllers))  # de-duplicated, order kept
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.verbosity = verbosity
@@ -417,6 +489,80 @@ class ControlPlane:
         if started and remove_workdir and self.workdir and self._workdir_arg is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def restart_apiserver(
+        self, down_seconds: float = 2.0, *, wait_for_controllers: bool = False
+    ) -> None:
+        """Stop kube-apiserver (SIGTERM, then wait), leave it down for `down_seconds`,
+        start it again with the same argv: same port, serving cert (reused from the
+        cert dir), token file, service-account key and etcd, so existing kubeconfigs
+        and tokens keep working. Returns once /readyz answers again.
+
+        etcd, kwok, the scheduler and controller-manager keep running and reconnect
+        by themselves (their watches resume), but on client-go's reflector backoff
+        (0.8 s doubling up to 30 s, times a random factor up to 2, reset only after
+        2 min without errors): right after /readyz they may not be watching yet, and
+        restarts in quick succession compound. Measured (a new Job's pod created /
+        Job Complete after /readyz): 1st restart 0.0 s / 1.1 s; 2nd, 10 s later,
+        5.8 s / 14 s; 3rd, 10 s after that, 49 s / 65 s. So a test that restarts the
+        session's plane slows the tests after it: restart once, or last, or on a
+        ControlPlane of its own. `wait_for_controllers=True` returns only once a
+        probe Job in "default" has completed (Job controller, scheduler and kwok all
+        back; the probe deletes itself, ttlSecondsAfterFinished=0).
+
+        Timings: `timings["apiserver_down"]` (SIGTERM to exit),
+        `timings["apiserver_restart"]` (spawn to ready), and with
+        wait_for_controllers `timings["controllers_back"]` (ready to probe Complete).
+
+        May be called from any thread (e.g. asyncio.to_thread): the new process is
+        forked by the same long-lived thread as the others (see _Spawner).
+        """
+        with self._lock:
+            old = next((p for p in self._procs if p.name == "kube-apiserver"), None)
+            etcd = [p for p in self._procs if p.name == "etcd"]
+        if old is None or not self._started:
+            raise ControlPlaneError("control plane not started")
+        ca_before = self.ca_file.read_bytes()
+        t = time.monotonic()
+        old.terminate()
+        old.wait_or_kill(self.stop_timeout)
+        with self._lock:
+            if old in self._procs:
+                self._procs.remove(old)
+        self.timings["apiserver_down"] = time.monotonic() - t
+        if down_seconds > 0:
+            time.sleep(down_seconds)
+        t = time.monotonic()
+        new = self._spawn("kube-apiserver", old.argv, old.env, append_log=True)
+        self._wait(
+            "restarted kube-apiserver /readyz",
+            lambda: self._get_ok(f"{self.server}/readyz", auth=True),
+            [new, *etcd],
+        )
+        self.timings["apiserver_restart"] = time.monotonic() - t
+        if self.ca_file.read_bytes() != ca_before:  # it reuses the cert it generated
+            raise ControlPlaneError(
+                f"kube-apiserver regenerated its serving cert {self.ca_file} on restart"
+            )
+        if wait_for_controllers:
+            t = time.monotonic()
+            self._probe_job()
+            self.timings["controllers_back"] = time.monotonic() - t
+
+    def _probe_job(self) -> None:
+        """A Job in "default" that kwok completes at once; returns when it is Complete."""
+        jobs = "/apis/batch/v1/namespaces/default/jobs"
+        name = f"testenv-probe-{secrets.token_hex(4)}"
+        self.request(
+            "POST", jobs, _job(name, job_complete_metadata(delay="0s"), ttlSecondsAfterFinished=0)
+        )
+
+        def done(job: dict[str, Any]) -> bool:
+            if _has_condition(job, "Failed"):
+                raise ControlPlaneError(f"probe Job {name} failed: {job.get('status')}")
+            return _has_condition(job, "Complete")
+
+        self.wait_for(jobs, name, done, timeout=self.startup_timeout)
+
     # -- HTTP API -------------------------------------------------------------
 
     def request(
@@ -438,7 +584,9 @@ class ControlPlane:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)  # noqa: S310 - https URL we built
+        req = urllib.request.Request(  # noqa: S310 - https URL we built
+            self._url(path), data=data, method=method, headers=headers
+        )
         try:
             with _open(req, timeout, self._ssl) as r:
                 raw = r.read()
@@ -453,7 +601,7 @@ class ControlPlane:
     def watch(self, path: str, timeout: float = 60) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (type, object) watch events for a collection path (may include a query)."""
         sep = "&" if "?" in path else "?"
-        url = f"{self.server}{path}{sep}watch=true&timeoutSeconds={max(1, int(timeout))}"
+        url = f"{self._url(path)}{sep}watch=true&timeoutSeconds={max(1, int(timeout))}"
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})  # noqa: S310 - https URL we built
         with _open(req, timeout + 10, self._ssl) as r:
             for line in r:
@@ -489,13 +637,26 @@ class ControlPlane:
 
     # -- internals -------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        """The URL of an API path; a path without its leading "/" is taken as absolute."""
+        if not self.server:
+            raise ControlPlaneError("control plane not started")
+        return f"{self.server}/{path.lstrip('/')}"
+
     def _bin(self, name: str) -> str:
         p = self.bin_dir / name
         if not os.access(p, os.X_OK):
             raise ControlPlaneError(f"{p} not found: run {HERE / 'build.sh'} first")
         return str(p)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        append_log: bool = False,
+    ) -> _Proc:
         if self.workdir is None:
             raise ControlPlaneError("control plane not started")
         proc = _Proc(
@@ -504,6 +665,7 @@ class ControlPlane:
             self.workdir / "logs" / f"{name}.log",
             env or self._child_env(),
             self.die_with_parent,
+            append_log=append_log,
         )
         with self._lock:
             self._procs.append(proc)
@@ -627,6 +789,11 @@ class ControlPlane:
                 # Nothing runs in-cluster here, so do not reconcile it.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # On SIGTERM, end open watches (rate-limited drain, at most this long)
+                # instead of leaving them to the HTTP server's 60 s shutdown timeout:
+                # with kwok/scheduler/controller-manager still connected (see
+                # restart_apiserver) the old process would otherwise take >15 s to exit.
+                "--shutdown-watch-termination-grace-period=2s",
                 "--profiling=false",
                 f"--v={self.verbosity}",
                 *self.extra_apiserver_args,
@@ -662,6 +829,7 @@ class ControlPlane:
                 f"--cert-dir={wd / 'kcm-certs'}",
                 "--leader-elect=false",
                 f"--controllers={','.join(self.controllers)}",
+                f"--pvclaimbinder-sync-period={PV_BINDER_SYNC_PERIOD}",
                 f"--service-account-private-key-file={sa_key}",
                 f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",

@@ -1,0 +1,341 @@
+"""deploy/rbac.yaml against a real kube-apiserver (tests/k8s_fixture.py): the Role it
+grants is enough for the real KubernetesBackend, authenticated as the ServiceAccount's
+own token (TokenRequest API), and it grants nothing the backend does not use.
+
+Without a permission the backend must say so: a Role lacking any one of them (``create``
+on jobs, ``watch`` on pods, ...) makes ``preflight()`` raise a ClusterError naming the
+verb, the resource, the namespace and deploy/rbac.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from activities.backends import kubernetes as kube_backend
+from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
+from scanward.catalog import Catalog
+from scanward.contract import Checkout, Resources, ScannerJobInput
+from scanward.job_spec import CONTAINER, KubeJobConfig, build_job
+from tests.k8s_fixture import kwok_complete, testenv
+
+# Loads the fixtures (control_plane, kube_namespace) whether or not conftest.py already
+# lists the plugin: pytest registers a plugin module once. Importing the fixture functions
+# here instead would give this module a control plane of its own next to conftest's.
+pytest_plugins = ["tests.k8s_fixture"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RBAC = ROOT / "deploy" / "rbac.yaml"
+ACCOUNT = "scanward-worker"
+MANIFEST_NAMESPACE = "scanward"
+
+# Every API request the backend makes (activities/backends/kubernetes.py and job_watch.py),
+# as (apiGroup, resource) -> verbs. The Role must grant exactly this.
+USED: dict[tuple[str, str], frozenset[str]] = {
+    ("batch", "jobs"): frozenset({"create", "get", "list", "watch", "delete"}),
+    ("", "pods"): frozenset({"list", "watch"}),
+    ("", "pods/log"): frozenset({"get"}),
+}
+PERMISSIONS = sorted((group, resource, verb) for (group, resource), verbs in USED.items()
+                     for verb in verbs)
+
+COLLECTIONS = {
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+}
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def rbac_objects(namespace: str = MANIFEST_NAMESPACE) -> list[dict[str, Any]]:
+    """deploy/rbac.yaml's objects, moved to ``namespace``."""
+    objects = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    moved = []
+    for obj in objects:
+        obj = copy.deepcopy(obj)
+        if obj["metadata"].get("namespace") == MANIFEST_NAMESPACE:
+            obj["metadata"]["namespace"] = namespace
+        for subject in obj.get("subjects") or []:
+            if subject.get("namespace") == MANIFEST_NAMESPACE:
+                subject["namespace"] = namespace
+        moved.append(obj)
+    return moved
+
+
+def the(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind} in {RBAC}, found {len(found)}"
+    return found[0]
+
+
+def apply(plane: testenv.ControlPlane, namespace: str, objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        plane.request("POST", COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
+
+
+def service_account_token(plane: testenv.ControlPlane, namespace: str, account: str) -> str:
+    answer = plane.request(
+        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 3600}})
+    token: str = answer["status"]["token"]
+    return token
+
+
+def write_kubeconfig(path: Path, plane: testenv.ControlPlane, token: str) -> Path:
+    """A kubeconfig for ``token``: the plane's server and CA, nothing of its admin user."""
+    admin = json.loads(plane.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority": cluster["certificate-authority"]}}],
+        "users": [{"name": "worker", "user": {"token": token}}],
+        "contexts": [{"name": "worker", "context": {"cluster": "testenv", "user": "worker"}}],
+        "current-context": "worker",
+    }))
+    return path
+
+
+def allowed(plane: testenv.ControlPlane, token: str, namespace: str, group: str,
+            resource: str, verb: str) -> bool:
+    """What the authorizer says for ``token`` (SelfSubjectAccessReview: any identity may)."""
+    name, _, sub = resource.partition("/")
+    review = plane.request(
+        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+         "spec": {"resourceAttributes": {"namespace": namespace, "group": group,
+                                         "resource": name, "subresource": sub,
+                                         "verb": verb}}},
+        token=token)
+    return bool(review["status"].get("allowed"))
+
+
+def wait_for_grants(plane: testenv.ControlPlane, token: str, namespace: str,
+                    grants: list[tuple[str, str, str]], timeout: float = 15.0) -> None:
+    """The RBAC authorizer sees new Roles/RoleBindings through informers: wait until
+    ``grants`` are all in effect, so a 403 later means the Role, not propagation."""
+    deadline = time.monotonic() + timeout
+    missing = grants
+    while missing:
+        missing = [g for g in missing if not allowed(plane, token, namespace, *g)]
+        if missing and time.monotonic() > deadline:
+            raise AssertionError(f"not granted after {timeout}s: {missing}")
+        if missing:
+            time.sleep(0.1)
+
+
+def attempt(scan_id: str = "scan-default-0123456789abcdef0123") -> ScannerJobInput:
+    return ScannerJobInput(
+        scan_id=scan_id, scanner="bandit", attempt=1,
+        checkout=Checkout(scan_id=scan_id, source_subpath=f"{scan_id}/src", commit="a" * 40,
+                          size_bytes=10, file_count=1),
+        resources=Resources(cpu_millis=100, memory_mib=64))
+
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run in a thread of its own: this (sync) test's thread keeps its event
+    loop state untouched for pytest-asyncio's session loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def backend_for(kubeconfig: Path, namespace: str, results: Path) -> KubernetesBackend:
+    return KubernetesBackend(
+        KubeSettings(kubeconfig=str(kubeconfig), job=KubeJobConfig(namespace=namespace)),
+        results)
+
+
+@pytest.fixture
+def worker_identity(control_plane: testenv.ControlPlane, kube_namespace: str,
+                    tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """deploy/rbac.yaml applied to the namespace; the ServiceAccount's token and a
+    kubeconfig using it (only once the grants are in effect)."""
+    apply(control_plane, kube_namespace, rbac_objects(kube_namespace))
+    token = service_account_token(control_plane, kube_namespace, ACCOUNT)
+    wait_for_grants(control_plane, token, kube_namespace, PERMISSIONS)
+    yield token, write_kubeconfig(tmp_path / "kubeconfig", control_plane, token)
+
+
+# ------------------------------------------------------------------------ the manifest
+
+
+def test_manifest_is_minimal_and_namespaced() -> None:
+    objects = rbac_objects()
+    assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding", "ServiceAccount"]
+    for obj in objects:  # nothing cluster-scoped, everything in the worker's namespace
+        assert obj["metadata"]["namespace"] == MANIFEST_NAMESPACE, obj["metadata"]
+    account, role, binding = (the(objects, k) for k in ("ServiceAccount", "Role",
+                                                        "RoleBinding"))
+    assert account["metadata"]["name"] == ACCOUNT
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": ACCOUNT,
+                                    "namespace": MANIFEST_NAMESPACE}]
+
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, (
+            f"rule with more than groups/resources/verbs (resourceNames? nonResourceURLs?): "
+            f"{rule}")
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard {field} in {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == {k: set(v) for k, v in USED.items()}, (
+        "the Role must grant exactly what the backend uses (update USED only together "
+        "with the code that needs the permission)")
+    assert not any("secret" in resource for _, resource in granted)
+
+
+def test_manifest_matches_what_preflight_checks() -> None:
+    """USED here, deploy/rbac.yaml and the backend's own list (which preflight() checks
+    one SelfSubjectAccessReview each) are the same set."""
+    required = {(group, f"{resource}/{sub}" if sub else resource, verb)
+                for group, resource, sub, verb in kube_backend.REQUIRED_PERMISSIONS}
+    assert required == set(PERMISSIONS)
+
+
+# ------------------------------------------------------------------------ the real thing
+
+
+def test_backend_works_as_the_service_account(control_plane: testenv.ControlPlane,
+                                              kube_namespace: str,
+                                              worker_identity: tuple[str, Path],
+                                              tmp_path: Path) -> None:
+    ns = kube_namespace
+    token, kubeconfig = worker_identity
+    # The token really is the ServiceAccount's, restricted to its namespace.
+    assert not allowed(control_plane, token, "default", "batch", "jobs", "create")
+    assert not allowed(control_plane, token, ns, "", "secrets", "get")
+
+    backend = backend_for(kubeconfig, ns, tmp_path / "results")
+    try:
+        backend.preflight()
+        backend.start()
+        tracker = backend.tracker
+        assert tracker.jobs.synced.is_set() and tracker.pods.synced.is_set()
+
+        job = attempt()
+        spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("1s"))
+        manifest = build_job(job, spec, KubeJobConfig(namespace=ns))
+        name = manifest["metadata"]["name"]
+        backend._create_or_adopt(manifest, job)
+        created = control_plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+        assert created["metadata"]["labels"]["scanward.dev/scanner"] == "bandit"
+        backend._create_or_adopt(manifest, job)  # 409: read (get) and adopt, no error
+
+        # Its end arrives through the shared watch (list + watch as the ServiceAccount).
+        outcome = run_async(asyncio.wait_for(tracker.wait(name), timeout=60))
+        assert outcome.succeeded, outcome
+
+        pods = backend._pods(name)  # returns [] on any error, 403 included
+        assert [p["metadata"]["labels"]["job-name"] for p in pods] == [name]
+        # The log read is authorized (the API server then finds no kubelet behind the
+        # kwok node: any error but 403 is fine here).
+        pod = pods[0]["metadata"]["name"]
+        try:
+            backend._core.read_namespaced_pod_log(pod, ns, container=CONTAINER, tail_lines=20,
+                                                  _request_timeout=10)
+        except ApiException as e:
+            assert e.status != 403, e.body
+
+        backend._batch.delete_namespaced_job(name, ns, propagation_policy="Background",
+                                             _request_timeout=30)  # raises if forbidden
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                control_plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+            except testenv.ApiError as e:
+                assert e.status == 404
+                break
+            assert time.monotonic() < deadline, "Job not deleted"
+            time.sleep(0.1)
+
+        # Each watch was opened once and never had to be re-listed or retried: no 403
+        # (nor anything else) interrupted them.
+        assert (tracker.jobs.lists, tracker.jobs.watches) == (1, 1)
+        assert (tracker.pods.lists, tracker.pods.watches) == (1, 1)
+    finally:
+        backend.close()
+
+
+def test_backend_delete_path(control_plane: testenv.ControlPlane, kube_namespace: str,
+                             worker_identity: tuple[str, Path], tmp_path: Path) -> None:
+    """The backend's own _delete (errors swallowed) removes a running attempt's Job."""
+    ns = kube_namespace
+    _, kubeconfig = worker_identity
+    backend = backend_for(kubeconfig, ns, tmp_path / "results")
+    try:
+        job = attempt(f"scan-default-{uuid.uuid4().hex[:20]}")
+        spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("600s"))
+        manifest = build_job(job, spec, KubeJobConfig(namespace=ns))
+        name = manifest["metadata"]["name"]
+        backend._create_or_adopt(manifest, job)
+        backend._delete(name)
+        with pytest.raises(testenv.ApiError) as gone:
+            control_plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+        assert gone.value.status == 404
+    finally:
+        backend.close()
+
+
+# ------------------------------------------------------------------------ less than that
+
+
+def without(objects: list[dict[str, Any]], group: str, resource: str,
+            verb: str) -> list[dict[str, Any]]:
+    """The manifest with one (group, resource, verb) taken out of the Role."""
+    objects = copy.deepcopy(objects)
+    role = the(objects, "Role")
+    rules = []
+    for rule in role["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            assert rule["apiGroups"] == [group] and rule["resources"] == [resource], rule
+            rule = {**rule, "verbs": [v for v in rule["verbs"] if v != verb]}
+        if rule["verbs"]:
+            rules.append(rule)
+    role["rules"] = rules
+    return objects
+
+
+@pytest.mark.parametrize("permission", [pytest.param(p, id=f"{p[2]}-{p[1]}")
+                                        for p in PERMISSIONS])
+def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.ControlPlane,
+                                                      kube_namespace: str, tmp_path: Path,
+                                                      permission: tuple[str, str, str]) -> None:
+    ns = kube_namespace
+    group, resource, verb = permission
+    apply(control_plane, ns, without(rbac_objects(ns), group, resource, verb))
+    token = service_account_token(control_plane, ns, ACCOUNT)
+    wait_for_grants(control_plane, token, ns, [p for p in PERMISSIONS if p != permission])
+    assert not allowed(control_plane, token, ns, group, resource, verb)
+
+    backend = backend_for(write_kubeconfig(tmp_path / "kubeconfig", control_plane, token), ns,
+                          tmp_path / "results")
+    try:
+        with pytest.raises(ClusterError) as error:
+            backend.preflight()
+    finally:
+        backend.close()
+    message = str(error.value)
+    assert f"forbidden to {verb} {resource} in namespace {ns!r}" in message
+    assert "deploy/rbac.yaml" in message
