@@ -35,13 +35,18 @@ def start_plane() -> testenv.ControlPlane:
     return testenv.ControlPlane().start()
 
 
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[testenv.ControlPlane]:
+def running_plane() -> Iterator[testenv.ControlPlane]:
+    """A started plane, stopped when the generator closes (the body of plane fixtures)."""
     plane = start_plane()
     try:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[testenv.ControlPlane]:
+    yield from running_plane()
 
 
 def bound_claims(plane: testenv.ControlPlane, namespace: str) -> None:

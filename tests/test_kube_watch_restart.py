@@ -17,7 +17,7 @@ from activities.backends.kubernetes import KubernetesBackend, KubeSettings
 from scanward.contract import ScanStatus
 from scanward.settings import Settings
 from tests.conftest import eventually
-from tests.k8s_fixture import start_plane, testenv
+from tests.k8s_fixture import running_plane, testenv
 from tests.test_kube_backend import (  # noqa: F401 - fixtures
     _async,
     _pods,
@@ -30,11 +30,7 @@ from tests.test_kube_backend import (  # noqa: F401 - fixtures
 
 @pytest.fixture
 def control_plane() -> Iterator[testenv.ControlPlane]:
-    plane = start_plane()
-    try:
-        yield plane
-    finally:
-        plane.stop()
+    yield from running_plane()
 
 
 @pytest.mark.usefixtures("kube_worker")

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -169,15 +169,20 @@ class KubernetesBackend:
                               size_bytes=0, file_count=0),
             resources=Resources(cpu_millis=100, memory_mib=64))
         manifest = build_job(probe, Catalog.load().get("bandit"), self._cfg)
-        try:
+        with self._cluster_errors("create jobs"):
             self._batch.create_namespaced_job(self._cfg.namespace, cast(Any, manifest),
                                               dry_run="All", _request_timeout=15)
+
+    @contextlib.contextmanager
+    def _cluster_errors(self, action: str) -> Iterator[None]:
+        """API and connection errors as one-line :class:`ClusterError`s."""
+        try:
+            yield
         except ApiException as e:
-            raise ClusterError(describe_api_error(e, action="create jobs",
+            raise ClusterError(describe_api_error(e, action=action,
                                                   namespace=self._cfg.namespace)) from e
         except (HTTPError, OSError) as e:
-            raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: "
-                               f"{_reason(e)}") from e
+            raise self._unreachable(e) from e
 
     def _check_permissions(self) -> None:
         authz = k8s.AuthorizationV1Api(self._client)
@@ -187,15 +192,9 @@ class KubernetesBackend:
                       "spec": {"resourceAttributes": {
                           "namespace": self._cfg.namespace, "group": group,
                           "resource": resource, "subresource": sub, "verb": verb}}}
-            try:
+            with self._cluster_errors("review permissions"):
                 result = authz.create_self_subject_access_review(cast(Any, review),
                                                                  _request_timeout=15)
-            except ApiException as e:
-                raise ClusterError(describe_api_error(e, action="review permissions",
-                                                      namespace=self._cfg.namespace)) from e
-            except (HTTPError, OSError) as e:
-                raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: "
-                                   f"{_reason(e)}") from e
             if not (result.status and result.status.allowed):
                 missing.append(f"{verb} {resource}{'/' + sub if sub else ''}")
         if missing:
