@@ -68,6 +68,8 @@ def build_worker(client: Client, settings: Settings, store: Store,
         ],
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
+        # Each cached (waiting) scan holds its sandboxed workflow: ~130 KB measured.
+        max_cached_workflows=settings.max_cached_workflows,
         # Without this, shutdown cancels running scanners at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )

@@ -41,6 +41,7 @@ class Settings:
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
     max_concurrent_activities: int = 500
+    max_cached_workflows: int = 1000
     cluster: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -72,5 +73,6 @@ class Settings:
             health_port=port("SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=float(e.get("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS") or 60),
             max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 500),
+            max_cached_workflows=int(e.get("SCANWARD_MAX_CACHED_WORKFLOWS") or 1000),
             env=e,
         )
