@@ -21,7 +21,7 @@ from activities.notify import NotifyActivities
 from activities.results import ResultActivities
 from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
-from scanward import tracing
+from scanward import metrics, tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
 from scanward.health import Health
@@ -55,7 +55,8 @@ def build_worker(client: Client, settings: Settings, store: Store,
     catalog = Catalog.load(settings.catalog_file)
     secrets = SecretStore(settings.env, settings.secrets_dir)
     workspace = WorkspaceActivities(settings, catalog, secrets)
-    scanners = ScannerActivities(backend, catalog)
+    pusher = metrics.Pusher(settings.pushgateway) if settings.pushgateway else None
+    scanners = ScannerActivities(backend, catalog, pusher)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets)
     return Worker(

@@ -3,10 +3,14 @@ backend, heartbeating while it waits, and classify how it failed."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backends import JobBackend, ScannerFailed
+from scanward import metrics
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 
@@ -16,9 +20,11 @@ NON_RETRYABLE = (*(c.value for c in FailureClass), "UnknownScanner")
 
 
 class ScannerActivities:
-    def __init__(self, backend: JobBackend, catalog: Catalog) -> None:
+    def __init__(self, backend: JobBackend, catalog: Catalog,
+                 pusher: metrics.Pusher | None = None) -> None:
         self._backend = backend
         self._catalog = catalog
+        self._pusher = pusher
 
     @activity.defn(name="run_scanner")
     async def run_scanner(self, job: ScannerJobInput) -> ScannerJobResult:
@@ -33,7 +39,20 @@ class ScannerActivities:
         # Heartbeat well inside the timeout: the SDK throttles to 0.8 x the timeout anyway.
         timeout = activity.info().heartbeat_timeout
         every = min(10.0, timeout.total_seconds() / 3) if timeout else 10.0
+        started = time.monotonic()
+        outcome = "crashed"
         try:
-            return await self._backend.run(job, spec, activity.heartbeat, every)
+            result = await self._backend.run(job, spec, activity.heartbeat, every)
+            outcome = "succeeded"
+            return result
         except ScannerFailed as e:
+            outcome = e.failure.value
             raise ApplicationError(e.message, type=e.failure.value, non_retryable=True) from e
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.record(job.scanner, self._backend.name, outcome,
+                           time.monotonic() - started)
+            if self._pusher is not None:
+                await asyncio.shield(asyncio.to_thread(self._pusher.push))

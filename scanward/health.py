@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from scanward.metrics import exposition
+
 Check = Callable[[], Awaitable[None]]
 
 
@@ -75,11 +77,20 @@ class Health:
         return None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet
-        """Serve ``/livez`` and ``/readyz`` from a daemon thread; returns the bound port."""
+        """Serve ``/livez``, ``/readyz`` and ``/metrics`` (scanner attempts) from a daemon
+        thread; returns the bound port."""
         health = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    payload = exposition()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 probes = {"/livez": health.live, "/healthz": health.live,
                           "/readyz": health.ready}
                 probe = probes.get(self.path)

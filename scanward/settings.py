@@ -38,6 +38,7 @@ class Settings:
     catalog_file: Path | None = None
     secrets_dir: Path | None = None
     metrics_port: int | None = None
+    pushgateway: str | None = None
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
     max_concurrent_activities: int = 500
@@ -70,6 +71,7 @@ class Settings:
             catalog_file=Path(catalog) if catalog else None,
             secrets_dir=Path(secrets_dir) if secrets_dir else None,
             metrics_port=port("SCANWARD_METRICS_PORT"),
+            pushgateway=e.get("SCANWARD_PUSHGATEWAY") or None,
             health_port=port("SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=float(e.get("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS") or 60),
             max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 500),
