@@ -158,3 +158,11 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
             last = e
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

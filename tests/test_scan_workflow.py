@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import uuid
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from scanward.contract import (
 )
 from scanward.settings import Settings
 from scanward.store import Store
-from tests.conftest import eventually, scan_request, start
+from tests.conftest import eventually, process_alive, scan_request, start
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
@@ -135,12 +134,12 @@ async def test_cancel_kills_the_running_scanner(client: Client, settings: Settin
     pid_file = state_dir / "pid"
     await eventually(lambda: _true(pid_file.exists()), what="the scanner to start")
     pid = int(pid_file.read_text())
-    assert _alive(pid)
+    assert process_alive(pid)
     await api.cancel(client, handle.id)
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert isinstance(failure.value.cause, CancelledError)
-    assert not _alive(pid), "the scanner process survived the cancellation"
+    assert not process_alive(pid), "the scanner process survived the cancellation"
     assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
     (run,) = (await api.progress(client, handle.id)).scanners
     assert (run.status, run.attempts) == (ScannerStatus.CANCELLED, 1)  # not retried
@@ -205,17 +204,6 @@ async def _equals(value: object, expected: object) -> bool:
 async def _true(value: bool) -> bool:
     return value
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0): read its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_bandit_and_semgrep_into_postgres(client: Client, settings: Settings,

@@ -20,7 +20,7 @@ from scanward.contract import NotifyTarget, ScannerStatus, ScanStatus
 from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
-from tests.conftest import WEBHOOK_SECRET, eventually, scan_request, start
+from tests.conftest import WEBHOOK_SECRET, eventually, process_alive, scan_request, start
 from tests.webhook_receiver import WebhookReceiver
 
 REPO_ROOT = Path(__file__).parent.parent
@@ -57,13 +57,6 @@ async def _probe(port: int, path: str, status: int, text: str = "") -> bool:
     return response.status_code == status and text in response.text
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 async def wait_pid(pid_file: Path, not_equal: int | None = None) -> int:
     async def ready() -> int | None:
         if pid_file.exists() and pid_file.read_text():
@@ -89,9 +82,9 @@ async def test_sigkill_mid_scan_then_restart_completes_once(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         deadline = time.monotonic() + 10
-        while alive(scanner_pid) and time.monotonic() < deadline:
+        while process_alive(scanner_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not alive(scanner_pid), "the scanner outlived its SIGKILLed worker"
+        assert not process_alive(scanner_pid), "the scanner outlived its SIGKILLed worker"
     finally:
         if first.poll() is None:
             first.kill()
