@@ -8,6 +8,7 @@ import base64
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from temporalio import activity
@@ -47,7 +48,7 @@ def tree_size(path: Path) -> tuple[int, int]:
     for dirpath, _dirs, names in os.walk(path):
         for name in names:
             st = os.lstat(os.path.join(dirpath, name))
-            if not os.path.islink(os.path.join(dirpath, name)):
+            if stat.S_ISREG(st.st_mode):
                 total += st.st_size
                 files += 1
     return total, files

@@ -4,15 +4,18 @@ configuration (``SCANWARD_BACKEND``): ``local`` (a subprocess, the embedded defa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+from scanward.job_spec import SARIF_FILE, results_subpath
 
 Heartbeat = Callable[[], Awaitable[None] | None]
+T = TypeVar("T")
 
 
 class ScannerFailed(Exception):
@@ -36,15 +39,29 @@ class JobPaths:
 
 
 def job_paths(workspace_root: Path, results_root: Path, job: ScannerJobInput) -> JobPaths:
-    sub = f"{job.scan_id}/{job.scanner}/attempt-{job.attempt}"
+    """The attempt's paths: the same results layout as a Job's results subPath."""
+    sub = results_subpath(job)
     out = results_root / sub
     return JobPaths(
         source=workspace_root / job.checkout.source_subpath,
         out_dir=out,
-        sarif=out / "results.sarif",
+        sarif=out / SARIF_FILE,
         log=out / "scanner.log",
-        sarif_subpath=f"{sub}/results.sarif",
+        sarif_subpath=f"{sub}/{SARIF_FILE}",
     )
+
+
+async def wait_heartbeating(waiter: asyncio.Future[T], heartbeat: Heartbeat,
+                            every: float) -> T:
+    """Await ``waiter``, heartbeating every ``every`` seconds until it is done. The
+    waiter is not cancelled when this is: the caller decides what stops it."""
+    while not waiter.done():
+        await asyncio.wait({waiter}, timeout=every)
+        if not waiter.done():
+            pending = heartbeat()
+            if pending is not None:
+                await pending
+    return waiter.result()
 
 
 class JobBackend(Protocol):

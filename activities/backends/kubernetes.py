@@ -24,10 +24,16 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from activities.backends import Heartbeat, ScannerFailed
+from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating
 from activities.backends.job_watch import JobTracker
-from scanward.catalog import ScannerSpec
-from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
+from scanward.catalog import Catalog, ScannerSpec
+from scanward.contract import (
+    Checkout,
+    FailureClass,
+    Resources,
+    ScannerJobInput,
+    ScannerJobResult,
+)
 from scanward.job_spec import (
     CONTAINER,
     LABEL_ATTEMPT,
@@ -159,8 +165,6 @@ class KubernetesBackend:
         every permission the backend uses (one SelfSubjectAccessReview each), and a Job
         passes admission (a dry-run create). Raises :class:`ClusterError`."""
         self._check_permissions()
-        from scanward.catalog import Catalog
-        from scanward.contract import Checkout, Resources
 
         probe = ScannerJobInput(
             scan_id="scan-preflight-00000000000000000000", scanner="bandit", attempt=1,
@@ -225,13 +229,7 @@ class KubernetesBackend:
         await asyncio.to_thread(self._create_or_adopt, manifest, job)
         waiter = asyncio.ensure_future(self._tracker.wait(name))
         try:
-            while not waiter.done():
-                await asyncio.wait({waiter}, timeout=heartbeat_every)
-                if not waiter.done():
-                    pending = heartbeat()
-                    if pending is not None:
-                        await pending
-            outcome = waiter.result()
+            outcome = await wait_heartbeating(waiter, heartbeat, heartbeat_every)
         except BaseException:
             waiter.cancel()
             # Cancelled (or the worker is going away without finishing): no orphans.

@@ -21,6 +21,7 @@ from activities.backends import (
     classify_exit,
     job_paths,
     tail,
+    wait_heartbeating,
 )
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
@@ -84,16 +85,9 @@ class LocalBackend:
                 )
             except OSError as e:
                 raise ScannerFailed(FailureClass.BAD_IMAGE, f"cannot start {argv[0]}: {e}") from e
+            exited = asyncio.ensure_future(proc.wait())
             try:
-                while True:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(proc.wait()),
-                                               timeout=heartbeat_every)
-                        break
-                    except TimeoutError:
-                        result = heartbeat()
-                        if result is not None:
-                            await result
+                await wait_heartbeating(exited, heartbeat, heartbeat_every)
             except BaseException:
                 await self._kill(proc)
                 raise

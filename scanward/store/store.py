@@ -359,29 +359,9 @@ class Store:
                 .select_from(FindingRow)
                 .where(FindingRow.scan_id == scan_id, FindingRow.scanner == scanner)
             ).scalar_one()
-            results = ScannerResultRow.__table__
-            rins = self._insert(ScannerResultRow).values(
-                scan_id=scan_id,
-                scanner=scanner,
-                attempt=attempt,
-                status=ScannerStatus.SUCCEEDED.value,
-                finding_count=count,
-                updated_at=now,
-            )
-            conn.execute(
-                rins.on_conflict_do_update(
-                    index_elements=[results.c.scan_id, results.c.scanner],
-                    set_={
-                        "attempt": case(
-                            (rins.excluded.attempt > results.c.attempt, rins.excluded.attempt),
-                            else_=results.c.attempt,
-                        ),
-                        "status": rins.excluded.status,
-                        "finding_count": rins.excluded.finding_count,
-                        "updated_at": rins.excluded.updated_at,
-                    },
-                )
-            )
+            self._upsert_scanner_result(conn, scan_id, scanner, attempt,
+                                        ScannerStatus.SUCCEEDED.value, count, now,
+                                        replace_count=True)
         return int(count)
 
     def finish_scan(self, summary: ScanSummary) -> None:
@@ -417,30 +397,31 @@ class Store:
                     },
                 )
             )
-            results = ScannerResultRow.__table__
             for run in summary.scanners:
-                rins = self._insert(ScannerResultRow).values(
-                    scan_id=summary.scan_id,
-                    scanner=run.scanner,
-                    attempt=run.attempts,
-                    status=run.status.value,
-                    finding_count=run.finding_count or 0,
-                    updated_at=now,
-                )
-                conn.execute(
-                    rins.on_conflict_do_update(
-                        index_elements=[results.c.scan_id, results.c.scanner],
-                        set_={
-                            "attempt": case(
-                                (rins.excluded.attempt > results.c.attempt,
-                                 rins.excluded.attempt),
-                                else_=results.c.attempt,
-                            ),
-                            "status": rins.excluded.status,
-                            "updated_at": rins.excluded.updated_at,
-                        },
-                    )
-                )
+                # The stored finding count is kept: persist_results counted the rows.
+                self._upsert_scanner_result(conn, summary.scan_id, run.scanner, run.attempts,
+                                            run.status.value, run.finding_count or 0, now,
+                                            replace_count=False)
+
+    def _upsert_scanner_result(self, conn: Connection, scan_id: str, scanner: str,
+                               attempt: int, status: str, finding_count: int, now: datetime,
+                               *, replace_count: bool) -> None:
+        """One ``scanner_results`` row per (scan, scanner), keeping the highest attempt
+        seen (a stale retry of an earlier attempt does not overwrite a later one)."""
+        results = ScannerResultRow.__table__
+        ins = self._insert(ScannerResultRow).values(
+            scan_id=scan_id, scanner=scanner, attempt=attempt, status=status,
+            finding_count=finding_count, updated_at=now)
+        update: dict[str, Any] = {
+            "attempt": case((ins.excluded.attempt > results.c.attempt, ins.excluded.attempt),
+                            else_=results.c.attempt),
+            "status": ins.excluded.status,
+            "updated_at": ins.excluded.updated_at,
+        }
+        if replace_count:
+            update["finding_count"] = ins.excluded.finding_count
+        conn.execute(ins.on_conflict_do_update(
+            index_elements=[results.c.scan_id, results.c.scanner], set_=update))
 
     # ------------------------------------------------------------------ reads
 
