@@ -152,7 +152,7 @@ class ScanWorkflow:
         except asyncio.CancelledError:
             for name, run in self._runs.items():
                 if run.status not in (ScannerStatus.SUCCEEDED, ScannerStatus.ABANDONED):
-                    self._runs[name] = run.model_copy(update={"status": ScannerStatus.CANCELLED})
+                    self._update(name, status=ScannerStatus.CANCELLED)
             self._reason = "cancelled"
             await self._finish(ScanStatus.CANCELLED)
             raise
