@@ -70,7 +70,13 @@ from scanward.job_spec import (  # noqa: E402
     SARIF_FILE,
     job_name,
 )
-from tests.k8s_fixture import bound_claims, testenv  # noqa: E402
+from tests.k8s_fixture import (  # noqa: E402
+    bound_claims,
+    service_account_token,
+    testenv,
+    token_kubeconfig,
+    wait_for_grants,
+)
 
 ACCOUNT = "scanward-worker"
 RBAC_FILE = REPO / "deploy" / "rbac.yaml"
@@ -201,43 +207,13 @@ def worker_namespace(plane: testenv.ControlPlane, name: str, workdir: Path) -> P
     bound_claims(plane, name)
     for obj in rbac_objects(name):
         plane.request("POST", COLLECTIONS[obj["kind"]].format(ns=name), obj)
-    answer = plane.request(
-        "POST", f"/api/v1/namespaces/{name}/serviceaccounts/{ACCOUNT}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 6 * 3600}})
-    token = answer["status"]["token"]
+    token = service_account_token(plane, name, ACCOUNT, seconds=6 * 3600)
     # The RBAC authorizer learns of the new Role through informers: wait for it.
-    grants = [("batch", "jobs", "create"), ("batch", "jobs", "watch"),
-              ("", "pods", "list"), ("", "pods", "watch")]
-    deadline = time.monotonic() + 30
-    while grants:
-        grants = [g for g in grants if not _allowed(plane, token, name, *g)]
-        if grants and time.monotonic() > deadline:
-            raise RuntimeError(f"RBAC for {ACCOUNT} in {name} not in effect: {grants}")
-        if grants:
-            time.sleep(0.2)
-    path = workdir / f"kubeconfig-{name}"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {
-            "server": plane.server, "certificate-authority": str(plane.ca_file)}}],
-        "users": [{"name": ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": ACCOUNT, "context": {"cluster": "testenv", "user": ACCOUNT}}],
-        "current-context": ACCOUNT,
-    }))
-    path.chmod(0o600)
-    return path
-
-
-def _allowed(plane: testenv.ControlPlane, token: str, namespace: str, group: str,
-             resource: str, verb: str) -> bool:
-    review = plane.request(
-        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-         "spec": {"resourceAttributes": {"namespace": namespace, "group": group,
-                                         "resource": resource, "verb": verb}}},
-        token=token)
-    return bool(review["status"].get("allowed"))
+    wait_for_grants(plane, token, name, [("batch", "jobs", "create"), ("batch", "jobs", "watch"),
+                                         ("", "pods", "list"), ("", "pods", "watch")],
+                    timeout=30, poll=0.2)
+    return token_kubeconfig(workdir / f"kubeconfig-{name}", plane.server, token,
+                            plane.ca_file)
 
 
 def terminated_watchers(plane: testenv.ControlPlane) -> dict[str, float]:

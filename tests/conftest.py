@@ -7,10 +7,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -31,6 +32,7 @@ from tests.webhook_receiver import WebhookReceiver
 pytest_plugins = ["tests.postgres_fixture", "tests.k8s_fixture"]
 
 HERE = Path(__file__).parent
+T = TypeVar("T")
 FAKE_SCANNER = HERE / "scanners" / "fake_scanner.py"
 WEBHOOK_SECRET = "test-webhook-key"
 
@@ -166,3 +168,10 @@ def process_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run in a thread of its own, for sync tests: the test's thread keeps its
+    event loop state untouched for pytest-asyncio's session loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -9,7 +9,9 @@ they are missing the fixture fails and says so, it never skips.
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +113,63 @@ def kwok_fail(exit_code: int, delay: str = "1s", reason: str = "Error") -> dict[
     meta["annotations"][
         "pod-container-running-failed.stage.kwok.x-k8s.io/container-name"] = "scanner"
     return {"pod_annotations": meta.get("annotations", {}), "pod_labels": meta.get("labels", {})}
+
+
+def service_account_token(plane: testenv.ControlPlane, namespace: str, account: str,
+                          seconds: int = 3600) -> str:
+    """A token for the ServiceAccount, from the TokenRequest API."""
+    answer = plane.request(
+        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": seconds}})
+    token: str = answer["status"]["token"]
+    return token
+
+
+def token_kubeconfig(path: Path, server: str, token: str, ca_file: Path | None = None) -> Path:
+    """A kubeconfig that authenticates with ``token`` only (no admin credentials);
+    without ``ca_file`` it skips TLS verification."""
+    cluster: dict[str, object] = {"server": server}
+    if ca_file is None:
+        cluster["insecure-skip-tls-verify"] = True
+    else:
+        cluster["certificate-authority"] = str(ca_file)
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": cluster}],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": "testenv", "user": "token"}}],
+        "current-context": "token",
+    }))
+    path.chmod(0o600)
+    return path
+
+
+def access_allowed(plane: testenv.ControlPlane, token: str, namespace: str, group: str,
+                   resource: str, verb: str) -> bool:
+    """What the authorizer says for ``token`` (a SelfSubjectAccessReview, which any
+    identity may make); ``resource`` may name a subresource (``pods/log``)."""
+    name, _, sub = resource.partition("/")
+    review = plane.request(
+        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+         "spec": {"resourceAttributes": {"namespace": namespace, "group": group,
+                                         "resource": name, "subresource": sub,
+                                         "verb": verb}}},
+        token=token)
+    return bool(review["status"].get("allowed"))
+
+
+def wait_for_grants(plane: testenv.ControlPlane, token: str, namespace: str,
+                    grants: list[tuple[str, str, str]], timeout: float = 15.0,
+                    poll: float = 0.1) -> None:
+    """The RBAC authorizer sees new Roles/RoleBindings through informers: wait until
+    ``grants`` are all in effect, so a 403 later means the Role, not propagation."""
+    deadline = time.monotonic() + timeout
+    missing = grants
+    while missing:
+        missing = [g for g in missing if not access_allowed(plane, token, namespace, *g)]
+        if missing and time.monotonic() > deadline:
+            raise AssertionError(f"not granted after {timeout}s: {missing}")
+        if missing:
+            time.sleep(poll)

@@ -6,12 +6,8 @@ the database."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
@@ -19,29 +15,14 @@ import worker
 from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
 from scanward.job_spec import KubeJobConfig
 from scanward.settings import Settings
-from tests.k8s_fixture import testenv
+from tests.conftest import run_async
+from tests.k8s_fixture import service_account_token, testenv, token_kubeconfig
 
 # Loads the fixtures (control_plane, kube_namespace) whether or not conftest.py already
 # lists the plugin; see tests/test_kube_rbac.py.
 pytest_plugins = ["tests.k8s_fixture"]
 
 FAST_ENOUGH = 15.0  # seconds: a misconfigured worker must fail at once, not hang
-
-
-def kubeconfig(path: Path, server: str, token: str, ca_file: Path | None = None) -> Path:
-    cluster: dict[str, object] = {"server": server}
-    if ca_file is None:
-        cluster["insecure-skip-tls-verify"] = True
-    else:
-        cluster["certificate-authority"] = str(ca_file)
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }))
-    return path
 
 
 def backend(config: Path, namespace: str, tmp_path: Path) -> KubernetesBackend:
@@ -60,16 +41,6 @@ def preflight_error(b: KubernetesBackend) -> tuple[str, float]:
     return str(error.value), time.monotonic() - started
 
 
-T = TypeVar("T")
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run in a thread of its own: this (sync) test's thread keeps its event
-    loop state untouched for pytest-asyncio's session loop."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 def worker_settings(tmp_path: Path, config: Path, namespace: str) -> Settings:
     home = tmp_path / "home"
     return Settings(
@@ -82,7 +53,7 @@ def worker_settings(tmp_path: Path, config: Path, namespace: str) -> Settings:
 @pytest.fixture
 def closed_port_kubeconfig(tmp_path: Path) -> tuple[Path, str]:
     server = f"https://127.0.0.1:{testenv.free_port()}"  # bound, released: nobody listens
-    return kubeconfig(tmp_path / "kubeconfig", server, "no-such-token"), server
+    return token_kubeconfig(tmp_path / "kubeconfig", server, "no-such-token"), server
 
 
 # ------------------------------------------------------------------ no cluster needed
@@ -129,7 +100,7 @@ def test_worker_unreachable_cluster_is_a_config_error(
 
 
 def test_missing_namespace(control_plane: testenv.ControlPlane, tmp_path: Path) -> None:
-    admin = kubeconfig(tmp_path / "kubeconfig", control_plane.server, control_plane.token,
+    admin = token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, control_plane.token,
                        control_plane.ca_file)
     message, took = preflight_error(backend(admin, "nope", tmp_path))
     assert message.startswith("namespace 'nope' not found: "), message
@@ -142,11 +113,8 @@ def test_forbidden_identity(control_plane: testenv.ControlPlane, kube_namespace:
     ns = kube_namespace
     control_plane.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts",
                           {"metadata": {"name": "unbound"}})
-    token = control_plane.request(
-        "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/unbound/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 600}})["status"]["token"]
-    config = kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
+    token = service_account_token(control_plane, ns, "unbound", seconds=600)
+    config = token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
                         control_plane.ca_file)
     message, took = preflight_error(backend(config, ns, tmp_path))
     assert message.startswith("forbidden to create jobs"), message
@@ -157,7 +125,7 @@ def test_forbidden_identity(control_plane: testenv.ControlPlane, kube_namespace:
 
 
 def test_bad_credentials(control_plane: testenv.ControlPlane, tmp_path: Path) -> None:
-    config = kubeconfig(tmp_path / "kubeconfig", control_plane.server, "not-a-valid-token",
+    config = token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, "not-a-valid-token",
                         control_plane.ca_file)
     message, _ = preflight_error(backend(config, "default", tmp_path))
     assert message.startswith("unauthorized to "), message
@@ -168,7 +136,7 @@ def test_untrusted_server_certificate(control_plane: testenv.ControlPlane,
                                       tmp_path: Path) -> None:
     other_ca = tmp_path / "other-ca.crt"  # a CA that did not sign the server's cert
     other_ca.write_bytes(_self_signed_pem())
-    config = kubeconfig(tmp_path / "kubeconfig", control_plane.server, control_plane.token,
+    config = token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, control_plane.token,
                         other_ca)
     message, took = preflight_error(backend(config, "default", tmp_path))
     assert message == (f"cannot reach the Kubernetes API at {control_plane.server}: "

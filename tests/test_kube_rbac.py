@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +26,15 @@ from activities.backends.kubernetes import ClusterError, KubernetesBackend, Kube
 from scanward.catalog import Catalog
 from scanward.contract import Checkout, Resources, ScannerJobInput
 from scanward.job_spec import CONTAINER, KubeJobConfig, build_job
-from tests.k8s_fixture import kwok_complete, testenv
+from tests.conftest import run_async
+from tests.k8s_fixture import (
+    access_allowed,
+    kwok_complete,
+    service_account_token,
+    testenv,
+    token_kubeconfig,
+    wait_for_grants,
+)
 
 # Loads the fixtures (control_plane, kube_namespace) whether or not conftest.py already
 # lists the plugin: pytest registers a plugin module once. Importing the fixture functions
@@ -86,75 +92,12 @@ def apply(plane: testenv.ControlPlane, namespace: str, objects: list[dict[str, A
         plane.request("POST", COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
 
 
-def service_account_token(plane: testenv.ControlPlane, namespace: str, account: str) -> str:
-    answer = plane.request(
-        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}})
-    token: str = answer["status"]["token"]
-    return token
-
-
-def write_kubeconfig(path: Path, plane: testenv.ControlPlane, token: str) -> Path:
-    """A kubeconfig for ``token``: the plane's server and CA, nothing of its admin user."""
-    admin = json.loads(plane.kubeconfig.read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority": cluster["certificate-authority"]}}],
-        "users": [{"name": "worker", "user": {"token": token}}],
-        "contexts": [{"name": "worker", "context": {"cluster": "testenv", "user": "worker"}}],
-        "current-context": "worker",
-    }))
-    return path
-
-
-def allowed(plane: testenv.ControlPlane, token: str, namespace: str, group: str,
-            resource: str, verb: str) -> bool:
-    """What the authorizer says for ``token`` (SelfSubjectAccessReview: any identity may)."""
-    name, _, sub = resource.partition("/")
-    review = plane.request(
-        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-         "spec": {"resourceAttributes": {"namespace": namespace, "group": group,
-                                         "resource": name, "subresource": sub,
-                                         "verb": verb}}},
-        token=token)
-    return bool(review["status"].get("allowed"))
-
-
-def wait_for_grants(plane: testenv.ControlPlane, token: str, namespace: str,
-                    grants: list[tuple[str, str, str]], timeout: float = 15.0) -> None:
-    """The RBAC authorizer sees new Roles/RoleBindings through informers: wait until
-    ``grants`` are all in effect, so a 403 later means the Role, not propagation."""
-    deadline = time.monotonic() + timeout
-    missing = grants
-    while missing:
-        missing = [g for g in missing if not allowed(plane, token, namespace, *g)]
-        if missing and time.monotonic() > deadline:
-            raise AssertionError(f"not granted after {timeout}s: {missing}")
-        if missing:
-            time.sleep(0.1)
-
-
 def attempt(scan_id: str = "scan-default-0123456789abcdef0123") -> ScannerJobInput:
     return ScannerJobInput(
         scan_id=scan_id, scanner="bandit", attempt=1,
         checkout=Checkout(scan_id=scan_id, source_subpath=f"{scan_id}/src", commit="a" * 40,
                           size_bytes=10, file_count=1),
         resources=Resources(cpu_millis=100, memory_mib=64))
-
-
-T = TypeVar("T")
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run in a thread of its own: this (sync) test's thread keeps its event
-    loop state untouched for pytest-asyncio's session loop."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def backend_for(kubeconfig: Path, namespace: str, results: Path) -> KubernetesBackend:
@@ -171,7 +114,8 @@ def worker_identity(control_plane: testenv.ControlPlane, kube_namespace: str,
     apply(control_plane, kube_namespace, rbac_objects(kube_namespace))
     token = service_account_token(control_plane, kube_namespace, ACCOUNT)
     wait_for_grants(control_plane, token, kube_namespace, PERMISSIONS)
-    yield token, write_kubeconfig(tmp_path / "kubeconfig", control_plane, token)
+    yield token, token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
+                                      control_plane.ca_file)
 
 
 # ------------------------------------------------------------------------ the manifest
@@ -224,8 +168,8 @@ def test_backend_works_as_the_service_account(control_plane: testenv.ControlPlan
     ns = kube_namespace
     token, kubeconfig = worker_identity
     # The token really is the ServiceAccount's, restricted to its namespace.
-    assert not allowed(control_plane, token, "default", "batch", "jobs", "create")
-    assert not allowed(control_plane, token, ns, "", "secrets", "get")
+    assert not access_allowed(control_plane, token, "default", "batch", "jobs", "create")
+    assert not access_allowed(control_plane, token, ns, "", "secrets", "get")
 
     backend = backend_for(kubeconfig, ns, tmp_path / "results")
     try:
@@ -327,9 +271,10 @@ def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.Co
     apply(control_plane, ns, without(rbac_objects(ns), group, resource, verb))
     token = service_account_token(control_plane, ns, ACCOUNT)
     wait_for_grants(control_plane, token, ns, [p for p in PERMISSIONS if p != permission])
-    assert not allowed(control_plane, token, ns, group, resource, verb)
+    assert not access_allowed(control_plane, token, ns, group, resource, verb)
 
-    backend = backend_for(write_kubeconfig(tmp_path / "kubeconfig", control_plane, token), ns,
+    backend = backend_for(token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
+                                      control_plane.ca_file), ns,
                           tmp_path / "results")
     try:
         with pytest.raises(ClusterError) as error:
