@@ -65,6 +65,7 @@ def build_worker(client: Client, settings: Settings, store: Store,
         workflows=[ScanWorkflow],
         activities=[
             workspace.clone_repository, workspace.cleanup_workspace, scanners.run_scanner,
+            scanners.stop_scanner,
             results.persist_results, results.finalize_scan, notify.notify_webhook,
         ],
         activity_executor=executor,

@@ -56,3 +56,10 @@ class ScannerActivities:
                            time.monotonic() - started)
             if self._pusher is not None:
                 await asyncio.shield(asyncio.to_thread(self._pusher.push))
+
+    @activity.defn(name="stop_scanner")
+    async def stop_scanner(self, job: ScannerJobInput) -> str:
+        """Stop one running scanner attempt at once: the scan was cancelled. Idempotent."""
+        done = await self._backend.stop(job)
+        activity.logger.info("stop %s: %s", job.scan_id, done)
+        return done

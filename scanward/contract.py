@@ -15,7 +15,14 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scanward.inputs import check_ref, check_repository_url, check_scanner_name
 
@@ -25,6 +32,16 @@ SecretRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def explain(e: ValidationError) -> str:
+    """Every problem of a validation error on one line: ``field: message; ...``."""
+    parts = []
+    for problem in e.errors():
+        where = ".".join(str(p) for p in problem["loc"])
+        msg = str(problem["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
 
 
 class Severity(StrEnum):
@@ -108,7 +125,8 @@ class RetryTuning(Frozen):
     io_attempts: int = Field(default=5, ge=1, le=50)  # clone, persist, notify
     clone_timeout: timedelta = timedelta(minutes=15)
     scanner_timeout: timedelta = timedelta(hours=1)
-    heartbeat_timeout: timedelta = timedelta(seconds=60)
+    # Well under a minute: a killed worker's activity is retried elsewhere this soon.
+    heartbeat_timeout: timedelta = timedelta(seconds=20)
     notify_timeout: timedelta = timedelta(seconds=30)
 
 

@@ -85,6 +85,15 @@ def after_failure(
     return RetryDecision(True, resources)
 
 
+def job_deadline(tuning: RetryTuning) -> int:
+    """Seconds a scanner attempt may run, enforced by every backend (a Job's
+    ``activeDeadlineSeconds``, the local backend's kill): a minute inside the activity's
+    timeout, so that a runaway scanner ends as ``deadline_exceeded`` (dead at once) rather
+    than as an activity timeout that Temporal would retry."""
+    seconds = int(tuning.scanner_timeout.total_seconds())
+    return max(seconds - 60, seconds // 2, 1)
+
+
 def backoff(tuning: RetryTuning, counted_attempts: int) -> timedelta:
     """Delay before the next attempt: exponential from ``initial_interval``, capped.
     An attempt that did not count (eviction) waits the initial interval."""

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from activities.notify import NotifyActivities
     from activities.results import ResultActivities
     from activities.scanner_jobs import NON_RETRYABLE as SCANNER_NON_RETRYABLE
@@ -43,8 +47,22 @@ with workflow.unsafe.imports_passed_through():
         ScanStatus,
         ScanSummary,
         Severity,
+        explain,
     )
-    from scanward.policy import after_failure, backoff
+    from scanward.policy import after_failure, backoff, job_deadline
+
+# Versioned changes (see the README's "Changing the workflow"): histories recorded before
+# a patch keep their old command sequence on replay.
+# On cancel, stop running scanners with a stop_scanner activity at once instead of
+# waiting for each run_scanner to notice the cancel at its next heartbeat.
+STOP_ON_CANCEL = "stop-scanners-on-cancel"
+
+Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
+T = TypeVar("T")
+
+# What a handler receives when the sender gave no input: the payload converter decodes
+# it as None, like an explicit JSON ``null``.
+NO_INPUT = RawValue(Payload(metadata={"encoding": b"binary/null"}))
 
 
 def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> RetryPolicy:
@@ -55,13 +73,6 @@ def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> Retry
         maximum_attempts=tuning.io_attempts,
         non_retryable_error_types=list(non_retryable),
     )
-
-
-def _job_deadline(tuning: RetryTuning) -> int:
-    """The Job's own deadline, a minute inside the activity's, so that a scanner which runs
-    too long ends as a classified ``deadline_exceeded`` rather than an activity timeout."""
-    seconds = int(tuning.scanner_timeout.total_seconds())
-    return max(seconds - 60, seconds // 2, 1)
 
 
 def _failure_of(err: ActivityError) -> tuple[FailureClass, str]:
@@ -82,50 +93,116 @@ class ScanWorkflow:
     """One scan of one repository at one commit."""
 
     @workflow.init
-    def __init__(self, request: ScanRequest) -> None:
-        self._request = request
-        self._runs = {name: ScannerRun(scanner=name) for name in request.scanners}
+    def __init__(self, raw: RawValue) -> None:
+        # The request is decoded here rather than by the SDK: input that does not decode
+        # or validate (sent by Temporal's CLI or another SDK) must fail the workflow at
+        # once and visibly, not fail its first task again and again.
+        self._invalid: str | None = None
+        try:
+            self._request: ScanRequest | None = _decode(raw, ScanRequest, "scan request")
+        except ApplicationError as e:
+            self._request, self._invalid = None, e.message
+        self._runs = {name: ScannerRun(scanner=name)
+                      for name in (self._request.scanners if self._request else ())}
         self._status = ScanStatus.RUNNING
         self._verdicts: dict[str, RetrySignal | AbandonSignal] = {}
+        self._plans: dict[str, ScannerPlan] = {}
+        self._running: dict[str, ScannerJobInput] = {}  # scanner attempts in flight
+        self._stop_on_cancel = False
         self._commit: str | None = None
         self._checkout_bytes: int | None = None
         self._by_severity: dict[Severity, int] = {}
         self._reason: str | None = None
 
-    # ------------------------------------------------------------------ queries/signals
+    # ----------------------------------------------------------- queries/updates/signals
 
     @workflow.query(name="progress")
     def progress(self) -> ScanSummary:
         """Live progress: per-scanner status, attempts, finding counts."""
         return self._summary()
 
+    @workflow.update(name="retry")
+    def retry_update(self, raw: RawValue = NO_INPUT) -> list[str]:
+        """Run dead scanners again (one, or all), optionally with more memory/CPU; returns
+        the scanners retried. Rejected, with the reason, when nothing would happen."""
+        return self._apply(_decode(raw, RetrySignal, "retry"))
+
+    @retry_update.validator
+    def _validate_retry(self, raw: RawValue = NO_INPUT) -> None:
+        self._targets(_decode(raw, RetrySignal, "retry"))
+
+    @workflow.update(name="abandon")
+    def abandon_update(self, raw: RawValue = NO_INPUT) -> list[str]:
+        """Give up on dead scanners (one, or all); returns the scanners abandoned."""
+        return self._apply(_decode(raw, AbandonSignal, "abandon"))
+
+    @abandon_update.validator
+    def _validate_abandon(self, raw: RawValue = NO_INPUT) -> None:
+        self._targets(_decode(raw, AbandonSignal, "abandon"))
+
     @workflow.signal(name="retry")
-    def retry(self, signal: RetrySignal | None = None) -> None:
-        """Run dead scanners again (one, or all), optionally with more memory/CPU."""
-        signal = signal or RetrySignal()
-        for name in self._dead(signal.scanner):
-            self._verdicts[name] = signal
+    def retry(self, raw: RawValue = NO_INPUT) -> None:
+        """The batch form of the ``retry`` update (``retry --all-dead``, ``temporal
+        workflow signal --query``): a signal cannot be refused, so one that does not
+        apply is logged and counted instead."""
+        self._signalled(raw, RetrySignal, "retry")
 
     @workflow.signal(name="abandon")
-    def abandon(self, signal: AbandonSignal | None = None) -> None:
-        """Give up on dead scanners (one, or all); the scan ends ``partial``."""
-        signal = signal or AbandonSignal()
-        for name in self._dead(signal.scanner):
-            self._verdicts[name] = signal
+    def abandon(self, raw: RawValue = NO_INPUT) -> None:
+        """The batch form of the ``abandon`` update."""
+        self._signalled(raw, AbandonSignal, "abandon")
 
-    def _dead(self, scanner: str | None) -> list[str]:
-        dead = [n for n, r in self._runs.items() if r.status is ScannerStatus.DEAD]
-        if scanner is None:
-            return dead
-        if scanner not in dead:
-            workflow.logger.warning("signal for scanner %r ignored: it is not dead", scanner)
-            return []
-        return [scanner]
+    def _signalled(self, raw: RawValue, model: type[Verdict], name: str) -> None:
+        try:
+            self._apply(_decode(raw, model, name))
+        except ApplicationError as e:
+            workflow.logger.warning("%s signal to %s not applied: %s", name,
+                                    workflow.info().workflow_id, e.message)
+            workflow.metric_meter().create_counter(
+                "scanward_signal_rejected", "Operator signals that did not apply"
+            ).add(1, {"signal": name, "reason": e.type or "invalid"})
+
+    def _apply(self, verdict: RetrySignal | AbandonSignal) -> list[str]:
+        targets = self._targets(verdict)
+        for name in targets:
+            self._verdicts[name] = verdict
+        return targets
+
+    def _targets(self, verdict: RetrySignal | AbandonSignal) -> list[str]:
+        """The dead scanners ``verdict`` applies to; raises when it applies to none."""
+        dead = sorted(n for n, r in self._runs.items() if r.status is ScannerStatus.DEAD)
+        if verdict.scanner is not None:
+            run = self._runs.get(verdict.scanner)
+            if run is None:
+                known = ", ".join(sorted(self._runs)) or "none"
+                raise ApplicationError(f"scanner {verdict.scanner!r} is not part of this "
+                                       f"scan (its scanners: {known})", type="UnknownScanner")
+            if run.status is not ScannerStatus.DEAD:
+                raise ApplicationError(f"scanner {verdict.scanner!r} is not dead (it is "
+                                       f"{run.status.value})", type="NotDead")
+            dead = [verdict.scanner]
+        elif not dead:
+            states = ", ".join(f"{n} {r.status.value}" for n, r in sorted(self._runs.items()))
+            raise ApplicationError(f"no scanner of this scan is dead ({states or 'none'})",
+                                   type="NotDead")
+        if isinstance(verdict, RetrySignal) and verdict.memory_mib is not None:
+            for name in dead:
+                cap = self._plans[name].max_memory_mib if name in self._plans else None
+                if cap is not None and verdict.memory_mib > cap:
+                    raise ApplicationError(f"memory_mib {verdict.memory_mib} is above "
+                                           f"{name}'s cap of {cap} MiB", type="InvalidInput")
+        return dead
 
     # ------------------------------------------------------------------------- run
 
     @workflow.run
-    async def run(self, request: ScanRequest) -> ScanSummary:
+    async def run(self, raw: RawValue) -> ScanSummary:
+        request = self._request
+        if request is None:
+            self._reason = f"invalid scan request: {self._invalid}"
+            self._status = ScanStatus.FAILED
+            workflow.upsert_search_attributes([sa.SCAN_STATUS.value_set(self._status.value)])
+            raise ApplicationError(self._reason, type="InvalidRequest", non_retryable=True)
         scan_id = workflow.info().workflow_id
         try:
             try:
@@ -135,31 +212,37 @@ class ScanWorkflow:
                                commit=request.commit, credentials_ref=request.credentials_ref,
                                scanners=request.scanners, resources=request.resources),
                     start_to_close_timeout=request.tuning.clone_timeout,
+                    # The clone heartbeats: a killed worker costs seconds, not the timeout.
+                    heartbeat_timeout=request.tuning.heartbeat_timeout,
                     retry_policy=_io_retry(request.tuning, CLONE_NON_RETRYABLE),
                 )
             except ActivityError as e:
                 self._reason = f"clone failed: {_failure_of(e)[1]}"
-                await self._finish(ScanStatus.FAILED)
+                await self._finish(request, ScanStatus.FAILED)
                 raise ApplicationError(self._reason, type="CloneFailed",
                                        non_retryable=True) from e
             self._commit = cloned.checkout.commit
             self._checkout_bytes = cloned.checkout.size_bytes
-            await asyncio.gather(*(self._scan_with(plan, cloned.checkout)
+            self._plans = {plan.scanner: plan for plan in cloned.plan}
+            await asyncio.gather(*(self._scan_with(request, plan, cloned.checkout)
                                    for plan in cloned.plan))
             abandoned = any(r.status is ScannerStatus.ABANDONED for r in self._runs.values())
-            await self._finish(ScanStatus.PARTIAL if abandoned else ScanStatus.COMPLETED)
+            await self._finish(request, ScanStatus.PARTIAL if abandoned else ScanStatus.COMPLETED)
             return self._summary()
         except asyncio.CancelledError:
             for name, run in self._runs.items():
                 if run.status not in (ScannerStatus.SUCCEEDED, ScannerStatus.ABANDONED):
                     self._update(name, status=ScannerStatus.CANCELLED)
             self._reason = "cancelled"
-            await self._finish(ScanStatus.CANCELLED)
+            if self._stop_on_cancel:
+                await self._stop_running(request)
+            await self._finish(request, ScanStatus.CANCELLED)
             raise
 
-    async def _scan_with(self, plan: ScannerPlan, checkout: Checkout) -> None:
+    async def _scan_with(self, request: ScanRequest, plan: ScannerPlan,
+                         checkout: Checkout) -> None:
         """Attempts of one scanner until it succeeds or an operator abandons it."""
-        tuning = self._request.tuning
+        tuning = request.tuning
         name, resources = plan.scanner, plan.resources
         attempt = counted = 0
         while True:
@@ -167,7 +250,7 @@ class ScanWorkflow:
             self._update(name, status=ScannerStatus.RUNNING, attempts=attempt,
                          resources=resources)
             try:
-                await self._attempt(name, attempt, resources, checkout)
+                await self._attempt(request, name, attempt, resources, checkout)
                 return
             except ActivityError as e:
                 if isinstance(e.cause, CancelledError):
@@ -196,31 +279,59 @@ class ScanWorkflow:
                 memory_mib=verdict.memory_mib or resources.memory_mib,
             )
 
-    async def _attempt(self, name: str, attempt: int, resources: Resources,
-                       checkout: Checkout) -> None:
-        req, tuning = self._request, self._request.tuning
-        job = await workflow.execute_activity_method(
-            ScannerActivities.run_scanner,
-            ScannerJobInput(scan_id=checkout.scan_id, scanner=name, attempt=attempt,
-                            checkout=checkout, resources=resources, tenant=req.tenant,
-                            deadline_seconds=_job_deadline(tuning)),
-            start_to_close_timeout=tuning.scanner_timeout,
-            heartbeat_timeout=tuning.heartbeat_timeout,
-            retry_policy=_io_retry(tuning, SCANNER_NON_RETRYABLE),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+    async def _attempt(self, request: ScanRequest, name: str, attempt: int,
+                       resources: Resources, checkout: Checkout) -> None:
+        tuning = request.tuning
+        job_input = ScannerJobInput(scan_id=checkout.scan_id, scanner=name, attempt=attempt,
+                                    checkout=checkout, resources=resources,
+                                    tenant=request.tenant, deadline_seconds=job_deadline(tuning))
+        self._stop_on_cancel = workflow.patched(STOP_ON_CANCEL)
+        self._running[name] = job_input
+        try:
+            job = await workflow.execute_activity_method(
+                ScannerActivities.run_scanner, job_input,
+                start_to_close_timeout=tuning.scanner_timeout,
+                heartbeat_timeout=tuning.heartbeat_timeout,
+                retry_policy=_io_retry(tuning, SCANNER_NON_RETRYABLE),
+                # Patched: on cancel the workflow stops the scanner itself (_stop_running)
+                # rather than wait for the activity's next heartbeat to learn of it.
+                cancellation_type=(
+                    workflow.ActivityCancellationType.TRY_CANCEL if self._stop_on_cancel
+                    else workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED),
+            )
+        except ActivityError as e:
+            if not isinstance(e.cause, CancelledError):
+                del self._running[name]
+            raise
+        del self._running[name]
         stored = await workflow.execute_activity_method(
             ResultActivities.persist_results,
-            PersistInput(scan_id=checkout.scan_id, tenant=req.tenant, repository=req.repository,
-                         ref=req.ref, commit=checkout.commit, scanner=name, attempt=attempt,
-                         sarif_subpath=job.sarif_subpath, source_root=job.source_root),
+            PersistInput(scan_id=checkout.scan_id, tenant=request.tenant,
+                         repository=request.repository, ref=request.ref, commit=checkout.commit,
+                         scanner=name, attempt=attempt, sarif_subpath=job.sarif_subpath,
+                         source_root=job.source_root),
             start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=tuning.heartbeat_timeout,  # persist heartbeats per batch
             retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,)),
         )
         for severity, count in stored.by_severity.items():
             self._by_severity[severity] = self._by_severity.get(severity, 0) + count
         self._update(name, status=ScannerStatus.SUCCEEDED, finding_count=stored.finding_count,
                      failure_class=None, reason=None)
+
+    async def _stop_running(self, request: ScanRequest) -> None:
+        """Stop the scanner attempts in flight (delete the Job, kill the process) now."""
+        jobs = list(self._running.values())
+        stops = await asyncio.gather(*(
+            workflow.execute_activity_method(
+                ScannerActivities.stop_scanner, job,
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=_io_retry(request.tuning),
+            ) for job in jobs), return_exceptions=True)
+        for job, stop in zip(jobs, stops, strict=True):
+            if isinstance(stop, BaseException):
+                workflow.logger.warning("could not stop %s attempt %d: %s", job.scanner,
+                                        job.attempt, stop)
 
     async def _dead_until_verdict(self, name: str, failure: FailureClass,
                                   reason: str) -> RetrySignal | AbandonSignal:
@@ -258,17 +369,18 @@ class ScanWorkflow:
     def _summary(self) -> ScanSummary:
         req = self._request
         return ScanSummary(
-            scan_id=workflow.info().workflow_id, tenant=req.tenant, repository=req.repository,
-            ref=req.ref, commit=self._commit, status=self._status,
+            scan_id=workflow.info().workflow_id, tenant=req.tenant if req else "",
+            repository=req.repository if req else "", ref=req.ref if req else "",
+            commit=self._commit, status=self._status,
             scanners=tuple(self._runs[n] for n in sorted(self._runs)),
             finding_count=sum(r.finding_count or 0 for r in self._runs.values()),
             by_severity=dict(self._by_severity), checkout_bytes=self._checkout_bytes,
             reason=self._reason,
         )
 
-    async def _finish(self, status: ScanStatus) -> None:
+    async def _finish(self, request: ScanRequest, status: ScanStatus) -> None:
         """Record the outcome, notify each target once, remove the workspace."""
-        tuning = self._request.tuning
+        tuning = request.tuning
         self._status = status
         workflow.upsert_search_attributes([
             sa.SCAN_STATUS.value_set(status.value), sa.SCAN_DEAD_SCANNERS.value_set([]),
@@ -278,7 +390,7 @@ class ScanWorkflow:
             ResultActivities.finalize_scan, FinalizeInput(summary=summary),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_io_retry(tuning),
         )
-        for target in self._request.notify:
+        for target in request.notify:
             try:
                 await workflow.execute_activity_method(
                     NotifyActivities.notify_webhook,
@@ -294,3 +406,17 @@ class ScanWorkflow:
             WorkspaceActivities.cleanup_workspace, summary.scan_id,
             start_to_close_timeout=timedelta(minutes=5), retry_policy=_io_retry(tuning),
         )
+
+
+def _decode(raw: RawValue, model: type[T], what: str) -> T:
+    """Decode and validate handler input; a payload of ``null`` (or none) is ``model()``.
+    Raises a non-retryable ``ApplicationError`` naming every problem."""
+    try:
+        value = workflow.payload_converter().from_payload(raw.payload, model | None)  # type: ignore[arg-type]
+        return value if value is not None else model()
+    except ValidationError as e:
+        problem = explain(e)
+    except Exception as e:  # not JSON, an unknown encoding
+        problem = f"{type(e).__name__}: {e}"
+    raise ApplicationError(f"invalid {what}: {problem}", type="InvalidInput",
+                           non_retryable=True)

@@ -68,7 +68,8 @@ class JobBackend(Protocol):
     """Runs one scanner attempt to its end and reports where the SARIF is.
 
     ``run`` raises :class:`ScannerFailed` for a classified failure, and must stop the
-    job (no orphans) when cancelled with ``asyncio.CancelledError``."""
+    job (no orphans) when cancelled with ``asyncio.CancelledError``. ``stop`` ends an
+    attempt from outside its ``run``, so that a cancel does not wait for a heartbeat."""
 
     name: str
 
@@ -80,6 +81,11 @@ class JobBackend(Protocol):
 
     async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
                   heartbeat_every: float) -> ScannerJobResult: ...
+
+    async def stop(self, job: ScannerJobInput) -> str:
+        """Stop the attempt now, from any worker (the scan was cancelled); idempotent.
+        Returns what was done, for the activity's log."""
+        ...
 
 
 def classify_exit(spec: ScannerSpec, exit_code: int) -> FailureClass | None:

@@ -45,6 +45,7 @@ from scanward.job_spec import (
     SOURCE_MOUNT,
     KubeJobConfig,
     build_job,
+    job_name,
     results_subpath,
     scan_label,
 )
@@ -257,6 +258,12 @@ class KubernetesBackend:
                                 exit_code=0, duration_seconds=round(time.monotonic() - started,
                                                                     3),
                                 source_root=SOURCE_MOUNT)
+
+    async def stop(self, job: ScannerJobInput) -> str:
+        """Delete the attempt's Job (its pods follow): its waiting ``run`` sees it go."""
+        name = job_name(job.scan_id, job.scanner, job.attempt)
+        await asyncio.to_thread(self._delete, name)
+        return f"Job {self._cfg.namespace}/{name} deleted"
 
     # ------------------------------------------------------------ API requests
 

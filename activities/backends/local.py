@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import time
@@ -29,6 +31,8 @@ from scanward.tracing import traceparent_env
 
 _PR_SET_PDEATHSIG = 1
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
+PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it
+STOPPED_FILE = "stopped"  # written by stop(): the exit that follows is a cancel
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -85,12 +89,24 @@ class LocalBackend:
                 )
             except OSError as e:
                 raise ScannerFailed(FailureClass.BAD_IMAGE, f"cannot start {argv[0]}: {e}") from e
+            (paths.out_dir / PID_FILE).write_text(json.dumps(_identity(proc.pid)))
             exited = asyncio.ensure_future(proc.wait())
             try:
-                await wait_heartbeating(exited, heartbeat, heartbeat_every)
+                # The same deadline as a Job's activeDeadlineSeconds, decided in one place
+                # (policy.job_deadline): past it the attempt is deadline_exceeded.
+                await asyncio.wait_for(wait_heartbeating(exited, heartbeat, heartbeat_every),
+                                       timeout=job.deadline_seconds)
+            except TimeoutError:
+                await self._kill(proc)
+                raise ScannerFailed(
+                    FailureClass.DEADLINE_EXCEEDED,
+                    f"{spec.name} ran past its deadline of {job.deadline_seconds}s and was "
+                    f"killed; last log lines:\n{tail(paths.log)}") from None
             except BaseException:
                 await self._kill(proc)
                 raise
+        if (paths.out_dir / STOPPED_FILE).exists():
+            raise asyncio.CancelledError(f"{spec.name} attempt {job.attempt} stopped")
         code = proc.returncode if proc.returncode is not None else -1
         failure = classify_exit(spec, code)
         if failure is not None:
@@ -104,12 +120,71 @@ class LocalBackend:
                                 duration_seconds=round(time.monotonic() - started, 3),
                                 source_root=str(paths.source))
 
+    async def stop(self, job: ScannerJobInput) -> str:
+        """Stop the attempt's process group now, from any worker on the same host (the
+        scan was cancelled). Idempotent: an attempt that is gone is fine."""
+        paths = job_paths(self._workspace_root, self._results_root, job)
+        try:
+            recorded = json.loads((paths.out_dir / PID_FILE).read_text())
+        except (OSError, ValueError):
+            return f"{job.scanner} attempt {job.attempt}: no process recorded"
+        pid = int(recorded.get("pid", 0))
+        if pid <= 0 or _identity(pid) != recorded:
+            # Exited already, or runs on another host: its own activity stops it when the
+            # cancel reaches it at its next heartbeat.
+            return f"{job.scanner} attempt {job.attempt}: not running on this host"
+        (paths.out_dir / STOPPED_FILE).touch()
+        await self._kill_group(pid)
+        return f"{job.scanner} attempt {job.attempt}: process group {pid} stopped"
+
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the scanner's whole process group, SIGKILL after the grace period."""
-        for sig, wait in ((signal.SIGTERM, self._kill_grace), (signal.SIGKILL, 5.0)):
-            if proc.returncode is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=wait)
+        if proc.returncode is None:
+            await self._kill_group(proc.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+
+    async def _kill_group(self, pgid: int) -> None:
+        """SIGTERM the scanner's whole process group; SIGKILL what is left once its
+        leader exited or the grace period is over."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_exited(pgid), self._kill_grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+async def _exited(pid: int) -> None:
+    """Return once ``pid`` (a child or not) has exited, told by its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _identity(pid: int) -> dict[str, object]:
+    """What tells this process apart from a later one with the same pid, on this host:
+    its start time in clock ticks since boot, and the boot and host it runs on. A zombie
+    (exited, not reaped) is not running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return {}
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    if fields[0] == "Z":
+        return {}
+    return {"pid": pid, "started": int(fields[19]), "boot": boot,
+            "host": socket.gethostname()}
