@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -275,16 +276,27 @@ async def test_deadline_exceeded_and_bad_input_are_dead_at_once(
 async def test_cancel_deletes_the_jobs(client: Client, kube_settings: Settings,
                                        control_plane: Any, kube_namespace: str,
                                        flawed_repo: Path) -> None:
-    handle = await start_kube(client, kube_settings, "k-slow", repo=flawed_repo)
+    # Production's heartbeat timeout: the cancel must not wait for the next heartbeat.
+    tuning = FAST.model_copy(update={"heartbeat_timeout": timedelta(seconds=30)})
+    handle = await start_kube(client, kube_settings, "k-slow", repo=flawed_repo,
+                              tuning=tuning)
     await eventually(lambda: _async(bool(jobs_of(control_plane, kube_namespace))),
                      what="the Job")
     await eventually(lambda: _async(bool(_pods(control_plane, kube_namespace))),
                      what="its pod")
+    await asyncio.sleep(1)  # past the activity's first (immediate) heartbeat
+    cancelled = time.monotonic()
     await api.cancel(client, handle.id)
+    await eventually(lambda: _async(not jobs_of(control_plane, kube_namespace)),
+                     timeout=30, what="the Job to be deleted")
+    deleted = time.monotonic() - cancelled
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
+    closed = time.monotonic() - cancelled
+    print(f"cancel -> Job deleted {deleted:.2f}s, -> workflow closed {closed:.2f}s")
+    assert deleted <= 5.0 and closed <= 5.0, (deleted, closed)
     assert isinstance(failure.value.cause, CancelledError)
-    assert jobs_of(control_plane, kube_namespace) == []  # deleted before the workflow ended
+    assert jobs_of(control_plane, kube_namespace) == []
     (run,) = (await api.progress(client, handle.id)).scanners
     assert (run.status, run.attempts) == (ScannerStatus.CANCELLED, 1)  # not retried
     await eventually(lambda: _async(not _pods(control_plane, kube_namespace)), timeout=60,

@@ -51,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from scanward.policy import after_failure, backoff, job_deadline
 
-# Versioned changes (see the README's "Changing the workflow"): histories recorded before
+# Versioned changes (the README: "changing the workflow safely"): histories recorded before
 # a patch keep their old command sequence on replay.
 # On cancel, stop running scanners with a stop_scanner activity at once instead of
 # waiting for each run_scanner to notice the cancel at its next heartbeat.

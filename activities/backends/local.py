@@ -114,7 +114,8 @@ class LocalBackend:
             raise ScannerFailed(failure, f"{spec.name} {how}; last log lines:\n{tail(paths.log)}")
         if not paths.sarif.is_file():
             raise ScannerFailed(FailureClass.BROKEN_SARIF,
-                                f"{spec.name} exited {code} but wrote no SARIF file")
+                                f"{spec.name} exited {code} but wrote no SARIF file; last log "
+                                f"lines:\n{tail(paths.log)}")
         return ScannerJobResult(scanner=spec.name, attempt=job.attempt,
                                 sarif_subpath=paths.sarif_subpath, exit_code=code,
                                 duration_seconds=round(time.monotonic() - started, 3),

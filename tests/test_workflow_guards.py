@@ -1,0 +1,213 @@
+"""What the ScanWorkflow does with input from any sender (Temporal's CLI, another SDK, a
+misspelled signal), and how fast a cancel or a runaway scanner ends: against the real
+dev server, a real in-process worker, real git and real scanner subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from scanward import client as api
+from scanward import search_attributes as sa
+from scanward.contract import ScannerStatus, ScanStatus
+from scanward.devserver import temporal_binary
+from scanward.settings import Settings
+from tests.conftest import FAST, eventually, process_alive, scan_request, start
+from workflows.scan import STOP_ON_CANCEL, ScanWorkflow
+
+pytestmark = pytest.mark.usefixtures("scan_worker_task")
+
+HOSTILE = {"repository": "ext::sh -c touch% /tmp/pwned", "ref": "main",
+           "scanners": ["bandit"]}
+
+
+def temporal_cli(env: WorkflowEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
+    """Temporal's own CLI against the test server, as an operator would use it."""
+    return subprocess.run(
+        [temporal_binary(), *args, "--address", env.client.service_client.config.target_host,
+         "--namespace", env.client.namespace],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+async def scan_status_attribute(client: Client, scan_id: str) -> str | None:
+    desc = await client.get_workflow_handle(scan_id).describe()
+    return desc.typed_search_attributes.get(sa.SCAN_STATUS)
+
+
+async def ends_failed(client: Client, scan_id: str) -> str:
+    """The workflow's failure message, once it has failed."""
+    handle = client.get_workflow_handle(scan_id)
+
+    async def failed() -> bool:
+        return (await handle.describe()).status is WorkflowExecutionStatus.FAILED
+
+    await eventually(failed, timeout=15, what=f"{scan_id} to fail")
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    return str(failure.value.cause)
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (HOSTILE, "repository: "),
+    ({**HOSTILE, "repository": "https://example.com/r.git", "ref": "--upload-pack=x"},
+     "ref: "),
+    ({"repository": "https://example.com/r.git", "scanners": ["bandit"], "colour": "red"},
+     "colour: Extra inputs are not permitted"),
+    ("just a string", "invalid scan request"),
+])
+async def test_undecodable_input_fails_the_workflow_at_once(
+        client: Client, settings: Settings, payload: Any, problem: str) -> None:
+    scan_id = f"scan-bad-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    await client.start_workflow("ScanWorkflow", payload, id=scan_id,
+                                task_queue=settings.task_queue)
+    message = await ends_failed(client, scan_id)
+    assert time.monotonic() - started < 15
+    assert "invalid scan request" in message and problem in message, message
+    assert await scan_status_attribute(client, scan_id) == ScanStatus.FAILED.value
+    # The progress query still answers, with the reason.
+    summary = await api.progress(client, scan_id)
+    assert summary.status is ScanStatus.FAILED and problem in (summary.reason or "")
+
+
+async def test_temporal_cli_start_with_hostile_input_is_listed_failed(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings) -> None:
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    scan_id = f"scan-{tenant}-{uuid.uuid4().hex[:20]}"
+    started = temporal_cli(
+        temporal_env, "workflow", "start", "--type", "ScanWorkflow",
+        "--task-queue", settings.task_queue, "--workflow-id", scan_id,
+        "--search-attribute", f'ScanTenant="{tenant}"',
+        "--input", '{"repository": "ext::sh -c id", "scanners": ["bandit"]}')
+    assert started.returncode == 0, started.stderr
+    message = await ends_failed(client, scan_id)
+    assert "invalid scan request: repository" in message and "ext::" in message, message
+
+    async def listed() -> bool:
+        found = [s async for s in api.list_scans(client, ScanStatus.FAILED, tenant)]
+        return [(i, st) for i, st, _ in found] == [(scan_id, ScanStatus.FAILED)]
+
+    await eventually(listed, what="the failed scan in scanward's list")
+
+
+async def test_updates_reject_what_would_do_nothing(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    handle = await start(client, settings, scan_request(flawed_repo, "flaky", "fake"))
+
+    async def flaky_dead() -> bool:
+        runs = {r.scanner: r for r in (await api.progress(client, handle.id)).scanners}
+        return (runs["flaky"].status is ScannerStatus.DEAD
+                and runs["fake"].status is ScannerStatus.SUCCEEDED)
+
+    await eventually(flaky_dead, what="flaky dead, fake succeeded")
+    rejected = {
+        "not part of this scan (its scanners: fake, flaky)": {"scanner": "nosuch"},
+        "'fake' is not dead (it is succeeded)": {"scanner": "fake"},
+        "memory: Extra inputs are not permitted": {"scanner": "flaky", "memory": 2048},
+        "memory_mib: Input should be less than or equal to 262144": {"memory_mib": 10**7},
+    }
+    for reason, payload in rejected.items():
+        with pytest.raises(WorkflowUpdateFailedError) as failure:
+            await handle.execute_update("retry", payload)
+        assert reason in str(failure.value.cause), (payload, failure.value.cause)
+    # Temporal's own CLI shows the same rejection and exits non-zero.
+    cli = temporal_cli(temporal_env, "workflow", "update", "execute", "--workflow-id",
+                       handle.id, "--name", "retry", "--input", '{"scanner": "nosuch"}')
+    assert cli.returncode != 0 and "not part of this scan" in cli.stdout + cli.stderr, cli
+
+    # A misspelled signal cannot be refused: it is logged with the workflow id, not applied.
+    with caplog.at_level(logging.WARNING, logger="temporalio.workflow"):
+        await handle.signal("retry", {"scanner": "flaky", "memory": 2048})
+        await eventually(
+            lambda: _true(any("retry signal to " + handle.id in r.getMessage()
+                              and "memory: Extra inputs" in r.getMessage()
+                              for r in caplog.records)),
+            what="the rejected signal in the worker's log")
+    runs = {r.scanner: r for r in (await api.progress(client, handle.id)).scanners}
+    assert runs["flaky"].status is ScannerStatus.DEAD
+
+    assert await handle.execute_update("abandon", {"scanner": "flaky"}) == ["flaky"]
+    assert (await handle.result()).status is ScanStatus.PARTIAL
+
+
+async def test_cancel_stops_the_scanner_within_seconds(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    # Production's heartbeat timeout: before the stop_scanner activity, a cancel reached
+    # the scanner only at its next heartbeat, 0.8 x this later.
+    tuning = FAST.model_copy(update={"heartbeat_timeout": timedelta(seconds=30)})
+    handle = await start(client, settings, scan_request(flawed_repo, "sleepy", tuning=tuning))
+    pid_file = state_dir / "pid"
+    await eventually(lambda: _true(pid_file.exists() and bool(pid_file.read_text())),
+                     what="the scanner to start")
+    pid = int(pid_file.read_text())
+    await asyncio.sleep(1)  # past the activity's first (immediate) heartbeat
+    cancelled = time.monotonic()
+    await api.cancel(client, handle.id)
+    await eventually(lambda: _true(not process_alive(pid)), timeout=30,
+                     what="the scanner process to be gone")
+    gone = time.monotonic() - cancelled
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    closed = time.monotonic() - cancelled
+    print(f"cancel -> scanner process gone {gone:.2f}s, -> workflow closed {closed:.2f}s")
+    assert gone <= 5.0, f"scanner process outlived the cancel by {gone:.1f}s"
+    assert closed <= 5.0, f"the scan took {closed:.1f}s to end cancelled"
+    (run,) = (await api.progress(client, handle.id)).scanners
+    assert run.status is ScannerStatus.CANCELLED
+
+    # The new path is versioned: its history carries the patch marker and the stop...
+    history = await handle.fetch_history()
+    events = history.events
+    markers = [e.marker_recorded_event_attributes for e in events
+               if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert any(STOP_ON_CANCEL in str(m.details) for m in markers), markers
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert "stop_scanner" in scheduled
+    # ...and replays against today's code.
+    replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)
+    assert (await replayer.replay_workflow(history)).replay_failure is None
+
+
+async def test_runaway_local_scanner_is_deadline_exceeded_and_dead_at_once(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    # policy.job_deadline: a scanner_timeout of 4 s gives the attempt a 2 s deadline, the
+    # same rule the kubernetes backend gets as activeDeadlineSeconds.
+    tuning = FAST.model_copy(update={"scanner_timeout": timedelta(seconds=4)})
+    handle = await start(client, settings, scan_request(flawed_repo, "sleepy", tuning=tuning))
+
+    async def dead() -> bool:
+        (run,) = (await api.progress(client, handle.id)).scanners
+        return run.status is ScannerStatus.DEAD
+
+    await eventually(dead, timeout=20, what="sleepy to be dead")
+    (run,) = (await api.progress(client, handle.id)).scanners
+    assert run.failure_class == "deadline_exceeded" and run.attempts == 1, run
+    assert "deadline of 2s" in (run.reason or ""), run.reason
+    assert not process_alive(int((state_dir / "pid").read_text()))
+    await api.abandon(client, handle.id)
+    assert (await handle.result()).status is ScanStatus.PARTIAL
+
+
+async def _true(value: bool) -> bool:
+    return value
+
