@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import shutil
 import stat
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import child_process, git_errors
+from activities.backends import wait_heartbeating
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import Checkout, CloneInput, CloneResult, ScannerPlan
 from scanward.inputs import InputError, check_ref, check_repository_url
@@ -21,17 +27,12 @@ from scanward.policy import size_resources
 from scanward.secrets import SecretNotFound, SecretStore
 from scanward.settings import Settings
 
-# git's stderr → a non-retryable error type; anything else is treated as transient.
-_GIT_PERMANENT = (
-    (re.compile(r"couldn't find remote ref|not our ref|unadvertised object", re.I), "RefNotFound"),
-    (re.compile(r"repository .* not found|does not appear to be a git repository|"
-                r"no such file or directory", re.I), "RepositoryNotFound"),
-    (re.compile(r"authentication failed|permission denied|could not read username|"
-                r"403|401", re.I), "AccessDenied"),
-    (re.compile(r"transport .* not allowed", re.I), "LocalRepositoryRefused"),
-)
+T = TypeVar("T")
 NON_RETRYABLE = ("InputError", "UnknownScanner", "SecretNotFound",
-                 *(kind for _, kind in _GIT_PERMANENT))
+                 *git_errors.PERMANENT_KINDS)
+# An attempt clones into a directory of its own and renames it to ``src`` when complete:
+# a dead attempt's half-written tree (or a git still writing into it) is never ``src``.
+_ATTEMPT_PREFIX = ".clone-"
 
 
 def scan_dir(root: Path, scan_id: str) -> Path:
@@ -54,6 +55,51 @@ def tree_size(path: Path) -> tuple[int, int]:
     return total, files
 
 
+def remove_leftovers(base: Path) -> None:
+    """Remove what earlier attempts of this clone left in ``base``: ``src`` and their
+    own directories. Best effort: a directory that a stale attempt elsewhere is still
+    writing may resist, and it is not in this attempt's way (cleanup removes it)."""
+    if not base.is_dir():
+        return
+    for entry in base.iterdir():
+        if entry.name == "src" or entry.name.startswith(_ATTEMPT_PREFIX):
+            _remove(entry, ignore_errors=True)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Make ``new`` the directory at ``dest``, replacing whatever is there."""
+    if dest.exists() or dest.is_symlink():
+        _remove(dest, ignore_errors=False)
+    new.rename(dest)
+
+
+def _remove(path: Path, *, ignore_errors: bool) -> None:
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def _heartbeat_every() -> float:
+    # Well inside the timeout; the SDK throttles to 0.8 x the timeout anyway.
+    timeout = activity.info().heartbeat_timeout
+    return min(10.0, timeout.total_seconds() / 3) if timeout else 10.0
+
+
+async def _heartbeating(work: asyncio.Future[T], phase: str) -> T:
+    """Await ``work``, heartbeating (with the phase as details) until it is done."""
+    def beat() -> None:
+        activity.heartbeat(phase)
+
+    return await wait_heartbeating(work, beat, _heartbeat_every())
+
+
+async def _in_thread(fn: Callable[..., T], *args: object, what: str) -> T:
+    """Blocking file work (a large tree) in a thread, heartbeating meanwhile."""
+    return await _heartbeating(asyncio.ensure_future(asyncio.to_thread(fn, *args)), what)
+
+
 class WorkspaceActivities:
     """Clone and clean up, against the worker's workspace root."""
 
@@ -62,7 +108,8 @@ class WorkspaceActivities:
         self._catalog = catalog
         self._secrets = secrets
 
-    def _git_env(self, credentials_ref: str | None) -> dict[str, str]:
+    def _git_env(self, credentials_ref: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+        """git's environment, and the secret strings that must never leave the worker."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self._settings.home),
@@ -70,41 +117,49 @@ class WorkspaceActivities:
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
         }
-        if credentials_ref:
-            try:
-                token = self._secrets.resolve(credentials_ref).decode()
-            except SecretNotFound as e:
-                raise ApplicationError(str(e), type="SecretNotFound", non_retryable=True) from e
-            basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-            # Passed through the environment, not argv, so it shows in no process list.
-            env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
-        return env
+        if not credentials_ref:
+            return env, ()
+        try:
+            token = self._secrets.resolve(credentials_ref).decode()
+        except SecretNotFound as e:
+            raise ApplicationError(str(e), type="SecretNotFound", non_retryable=True) from e
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        # Passed through the environment, not argv, so it shows in no process list.
+        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+        return env, (token, basic)
 
-    async def _git(self, *args: str, env: dict[str, str], cwd: Path | None = None) -> str:
-        protocols = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-                     "-c", "protocol.ssh.allow=always", "-c", "protocol.git.allow=always"]
+    async def _git(self, *args: str, env: dict[str, str], secrets: tuple[str, ...],
+                   cwd: Path | None = None) -> str:
+        """Run git under the reaper, heartbeating while it runs; a cancelled or failed
+        activity leaves none of git's processes behind."""
+        config = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
+                  "-c", "protocol.ssh.allow=always", "-c", "protocol.git.allow=always",
+                  # No background gc: it would detach from the clone and outlive it.
+                  "-c", "maintenance.auto=false", "-c", "gc.auto=0"]
         if self._settings.allow_local_repositories:
-            protocols += ["-c", "protocol.file.allow=always"]
-        proc = await asyncio.create_subprocess_exec(
-            "git", *protocols, *args, cwd=cwd, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
+            config += ["-c", "protocol.file.allow=always"]
+        proc = await child_process.spawn(["git", *config, *args], env=env, cwd=cwd)
+        output = asyncio.ensure_future(proc.communicate())
+        try:
+            out, err = await _heartbeating(output, f"git {args[0]}")
+        except BaseException:
+            await child_process.stop(proc)
+            output.cancel()
+            raise
         if proc.returncode != 0:
-            message = err.decode(errors="replace").strip().splitlines()
-            detail = message[-1] if message else f"exit {proc.returncode}"
-            for pattern, kind in _GIT_PERMANENT:
-                if pattern.search(detail):
-                    raise ApplicationError(f"git {args[0]}: {detail}", type=kind,
-                                           non_retryable=True)
-            raise ApplicationError(f"git {args[0]}: {detail}", type="GitError")
+            failure = git_errors.classify(err.decode(errors="replace"), proc.returncode or 0,
+                                          secrets)
+            raise ApplicationError(f"git {args[0]}: {failure.reason}", type=failure.kind,
+                                   non_retryable=not failure.retryable)
         return out.decode().strip()
 
     @activity.defn(name="clone_repository")
     async def clone_repository(self, req: CloneInput) -> CloneResult:
         """Fetch one commit (depth 1) into ``<workspace>/<scan_id>/src`` and size the
-        scanners from it. Safe to retry: a partial checkout is replaced."""
+        scanners from it. Heartbeats throughout, so a killed worker's clone is retried
+        elsewhere within the heartbeat timeout; safe to retry: each attempt clones into
+        a fresh directory, and what a dead attempt left is removed."""
         try:
             check_repository_url(req.repository)
             check_ref(req.ref)
@@ -118,24 +173,30 @@ class WorkspaceActivities:
                 f"local repository {req.repository!r} refused: this worker does not allow "
                 "file:// URLs (SCANWARD_ALLOW_LOCAL_REPOS=1 enables them for local use)",
                 type="LocalRepositoryRefused", non_retryable=True)
-        env = self._git_env(req.credentials_ref)
+        env, secrets = self._git_env(req.credentials_ref)
         base = scan_dir(self._settings.workspace_root, req.scan_id)
         src = base / "src"
-        if src.exists():  # a previous attempt died half-way
-            shutil.rmtree(src)
-        src.mkdir(parents=True)
+        activity.logger.info("clone of %s attempt %d starting", req.scan_id,
+                             activity.info().attempt)
+        await _in_thread(remove_leftovers, base, what="removing a dead attempt's files")
+        work = base / f"{_ATTEMPT_PREFIX}{uuid.uuid4().hex[:12]}"
+        work.mkdir(parents=True)
         try:
-            await self._git("init", "-q", str(src), env=env)
+            await self._git("init", "-q", str(work), env=env, secrets=secrets)
             await self._git("fetch", "-q", "--depth", "1", "--no-tags", "--", req.repository,
-                            req.commit or req.ref, env=env, cwd=src)
-            await self._git("checkout", "-q", "--detach", "FETCH_HEAD", env=env, cwd=src)
-            commit = await self._git("rev-parse", "HEAD", env=env, cwd=src)
+                            req.commit or req.ref, env=env, secrets=secrets, cwd=work)
+            await self._git("checkout", "-q", "--detach", "FETCH_HEAD", env=env,
+                            secrets=secrets, cwd=work)
+            commit = await self._git("rev-parse", "HEAD", env=env, secrets=secrets, cwd=work)
+            # Scanners see the tree, not the object store: smaller, and no history to leak.
+            await _in_thread(shutil.rmtree, work / ".git", what="removing .git")
+            size, files = await _in_thread(tree_size, work, what="sizing the checkout")
+            await _in_thread(replace_dir, work, src, what="publishing the checkout")
         except BaseException:
-            shutil.rmtree(src, ignore_errors=True)
+            # Best effort, and a second cancel while removing must not hide the first error.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
             raise
-        # Scanners see the tree, not the object store: smaller, and no history to leak.
-        shutil.rmtree(src / ".git")
-        size, files = tree_size(src)
         activity.logger.info("cloned %s at %s: %d bytes in %d files", req.scan_id, commit,
                              size, files)
         checkout = Checkout(scan_id=req.scan_id, source_subpath=f"{req.scan_id}/src",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -25,20 +24,14 @@ from activities.backends import (
     tail,
     wait_heartbeating,
 )
+from activities.child_process import die_with_parent as _die_with_parent
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.tracing import traceparent_env
 
-_PR_SET_PDEATHSIG = 1
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
 PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it
 STOPPED_FILE = "stopped"  # written by stop(): the exit that follows is a cancel
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # If the worker is SIGKILLed, the kernel kills the scanner too: no orphans.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class LocalBackend:
