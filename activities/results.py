@@ -1,21 +1,47 @@
-"""Result activities: read a scanner's SARIF from the results volume, normalise and
-deduplicate its findings, and store them idempotently; record the scan's outcome."""
+"""Result activities: read a scanner's SARIF from the results volume, normalise its
+findings and store them idempotently; record the scan's outcome.
+
+``persist_results`` streams: the SARIF is read incrementally (see
+:func:`scanward.sarif.read_findings`) and the findings are written in batches of
+:data:`BATCH`, one short transaction each, with a heartbeat after every batch (and every
+few hundred results while the file is checked), so that a killed worker is noticed within
+the heartbeat timeout and memory does not grow with the file.
+
+Why batches are safe to retry: each batch inserts findings keyed by (scan, fingerprint)
+and ignores those already there, and fingerprints are a pure function of the SARIF
+file, which never changes once the attempt wrote it. So a retry after a crash re-adds
+what was committed (no duplicate) and adds the rest (nothing lost). Only the last step,
+:meth:`Store.complete_scanner_result`, marks the scanner as succeeded with its stored
+count: until then a reader sees the scanner as not finished. (One transaction per
+attempt would also be safe, but would hold SQLite's single write lock for the whole
+file, stalling every other scanner's persist, and their heartbeats, meanwhile.)
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from scanward.contract import FailureClass, FinalizeInput, PersistInput, PersistResult, Severity
-from scanward.sarif import SarifError, dedupe, load_findings
+from scanward.contract import (
+    FailureClass,
+    FinalizeInput,
+    Finding,
+    PersistInput,
+    PersistResult,
+)
+from scanward.sarif import SarifError, read_findings
 from scanward.store import Store
+
+BATCH = 1_000
+"""Findings per transaction (and heartbeat)."""
 
 
 class ResultActivities:
-    """Database writes are one transaction per scanner: the store is the bottleneck."""
+    """Database writes are short transactions: the store is the bottleneck."""
 
     def __init__(self, store: Store, workspace_root: Path, results_root: Path) -> None:
         self._store = store
@@ -24,24 +50,52 @@ class ResultActivities:
 
     @activity.defn(name="persist_results")
     def persist_results(self, req: PersistInput) -> PersistResult:
-        """Parse, normalise, dedupe and upsert one scanner's findings. Idempotent."""
+        """Parse, normalise and upsert one scanner's findings in batches. Idempotent."""
         path = self._results_root / req.sarif_subpath
-        source = req.source_root or self._workspace_root / req.scan_id / "src"
+        checkout = self._workspace_root / req.scan_id / "src"
+        if not checkout.is_dir():
+            # Without the checkout no path can be checked; another worker may have it.
+            raise ApplicationError(f"the checkout {checkout} is not on this worker",
+                                   type="CheckoutMissing")
         try:
-            findings = dedupe(load_findings(path, scanner=req.scanner,
-                                            source_root=Path(source)))
+            findings = read_findings(path, scanner=req.scanner, checkout=checkout,
+                                     source_root=Path(req.source_root or checkout),
+                                     progress=_heartbeat)
+            self._store.begin_scanner_result(scan_id=req.scan_id, tenant=req.tenant,
+                                             repository=req.repository, ref=req.ref,
+                                             commit=req.commit)
+            added = 0
+            for batch in _batches(findings, BATCH):
+                self._store.add_findings(req.scan_id, batch)
+                added += len(batch)
+                activity.heartbeat("stored", added)
         except SarifError as e:
             raise ApplicationError(str(e), type=FailureClass.BROKEN_SARIF.value,
                                    non_retryable=True) from e
-        count = self._store.record_scanner_result(
-            scan_id=req.scan_id, tenant=req.tenant, repository=req.repository, ref=req.ref,
-            commit=req.commit, scanner=req.scanner, attempt=req.attempt, findings=findings,
-        )
-        by_severity = Counter(f.severity for f in findings)
-        return PersistResult(scanner=req.scanner, finding_count=count,
-                             by_severity={s: by_severity[s] for s in Severity if by_severity[s]})
+        stored = self._store.complete_scanner_result(scan_id=req.scan_id,
+                                                     scanner=req.scanner, attempt=req.attempt)
+        stats = findings.stats
+        if stats.unresolved:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(stats.unresolved.items()))
+            activity.logger.warning(
+                "%s: %d of %d findings have a location that is not a file of the checkout, "
+                "stored with an unresolved:// path (%s)", req.scanner,
+                sum(stats.unresolved.values()), stats.results - stats.skipped, reasons)
+        return PersistResult(scanner=req.scanner, finding_count=stored.count,
+                             by_severity=stored.by_severity)
 
     @activity.defn(name="finalize_scan")
     def finalize_scan(self, req: FinalizeInput) -> None:
         """Record the scan's final status and summary. Idempotent."""
         self._store.finish_scan(req.summary)
+
+
+def _heartbeat(stage: str, count: int) -> None:
+    activity.heartbeat(stage, count)
+
+
+def _batches(findings: Iterable[Finding], size: int) -> Iterator[list[Finding]]:
+    """Lists of up to ``size`` findings (itertools.batched is Python 3.12+)."""
+    it = iter(findings)
+    while batch := list(islice(it, size)):
+        yield batch

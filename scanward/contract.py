@@ -272,6 +272,8 @@ class Finding(Frozen):
     path: str
     start_line: int | None = None
     end_line: int | None = None
+    start_column: int | None = None
+    end_column: int | None = None
     message: str
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
 

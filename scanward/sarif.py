@@ -1,10 +1,19 @@
 """Read the SARIF 2.1.0 a scanner wrote and normalise it into :class:`Finding` objects.
 
 Scanners (bandit, semgrep, gitleaks, trivy, ...) all write SARIF, each in its own dialect.
-This module reads it with plain :mod:`json` and validates only what it uses, so that a
-field the normaliser never reads cannot reject a whole scan, while every field it does
-read is type-checked and a problem is reported as a :class:`SarifError` naming the file
-and the JSON path (``runs[0].results[2]``) of what is wrong.
+This module validates only what it uses, so that a field the normaliser never reads
+cannot reject a whole scan, while every field it does read is type-checked and a problem
+is reported as a :class:`SarifError` naming the file and the JSON path
+(``runs[0].results[2]``) of what is wrong.
+
+**Streaming.** A scanner may write hundreds of megabytes. :func:`read_findings` never
+holds the document: it reads the file three times with an incremental parser
+(:mod:`scanward.sarif_stream`): (1) the structure and the small per-run parts (tool,
+rules, URI bases, artifacts), (2) every result, to validate it and to gather what
+fingerprints need to know about the other results (compact digests), (3) every result
+again, yielding findings one at a time. So a broken SARIF is refused before the first
+finding is yielded, and memory grows with the number of distinct findings (a few dozen
+bytes each), not with the file.
 
 Normalisation rules:
 
@@ -18,50 +27,70 @@ Normalisation rules:
   none→info. (The result's own ``level`` is consulted before the rule's default level
   because SARIF §3.27.10 says it overrides it.)
 * **path**: the primary location's ``artifactLocation`` (or the ``run.artifacts`` entry
-  it indexes), percent-decoded, ``file://`` stripped, resolved through
-  ``uriBaseId``/``originalUriBaseIds``, made relative to the checkout and normalised
-  (no ``./``, no empty segments). It is never absolute and never contains ``..``: such a
-  path is refused. A result without a location gets the path ``""`` (repository level).
-  A location on another URI scheme (e.g. a remote Terraform module in trivy's output) is
-  kept as ``scheme://host/path``, without credentials, query or fragment.
-* **lines**: the primary region's ``startLine``/``endLine`` (a missing ``endLine`` is the
-  start line). A non-integer or negative line is refused; ``0`` (tools write it for "no
-  line") gives no line, and an ``endLine`` before the start is the start.
+  it indexes), resolved through ``uriBaseId``/``originalUriBaseIds``, ``file://``
+  stripped, absolute paths made relative to ``source_root`` (the checkout as the scanner
+  saw it), normalised (no ``./``, no empty segments), and checked against the checkout
+  (raw or percent-decoded, ``/`` or ``\\``: see :mod:`scanward.sarif_paths`). A path that
+  would leave the checkout (``..``, an absolute path elsewhere) or, when the checkout is
+  given, does not exist in it is never stored as a path: the finding is kept, with
+  ``unresolved://<reason>/<the URI, percent-encoded>`` (:data:`UNRESOLVED`), and counted
+  in :attr:`SarifStats.unresolved`. A result without a location gets the path ``""``
+  (repository level). A location on another URI scheme (e.g. a remote Terraform module
+  in trivy's output) is kept as ``scheme://host/path``, without credentials, query or
+  fragment.
+* **lines and columns**: the primary region's ``startLine``/``endLine`` and
+  ``startColumn``/``endColumn`` (a missing ``endLine`` is the start line). A non-integer
+  or negative value is refused; ``0`` (tools write it for "unknown") gives none, and an
+  ``endLine`` before the start is the start.
 * **message**: ``message.text``, else ``message.id`` resolved through the rule's (or the
   tool's global) ``messageStrings``; ``{0}``-style placeholders are filled from
   ``message.arguments``; at most :data:`MAX_MESSAGE_CHARS` characters.
-* **fingerprint** (64 hex digits, see :func:`parse_findings`): stable across runs of the
-  same code and, where the SARIF allows it, across line shifts.
+* **fingerprint** (64 hex digits, see :mod:`scanward.sarif_fingerprints`): stable across runs of the
+  same code and, where the SARIF allows it, across line shifts. Two results get the same
+  fingerprint only if they are the same finding: same rule, path, lines, columns and
+  message. So the store never holds fewer findings than the SARIF has distinct results.
 
 Results that are not findings are skipped: ``kind`` ``pass`` or ``notApplicable``, a
 ``baselineState`` of ``absent``, or an accepted suppression (e.g. ``# nosemgrep``).
 """
 
+
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import posixpath
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, NoReturn
-from urllib.parse import unquote, urlsplit
 
 from scanward.contract import Finding, Severity
+from scanward.sarif_fingerprints import Fingerprints, RawFinding
+from scanward.sarif_paths import UNRESOLVED, CheckoutPaths, UriResolver, source_roots
+from scanward.sarif_stream import (
+    Layout,
+    Progress,
+    SarifError,
+    SarifSource,
+    read_layout,
+    results,
+    short,
+)
 
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_MESSAGE_CHARS",
     "MAX_RESULTS",
+    "UNRESOLVED",
+    "FindingStream",
+    "Progress",
     "SarifError",
+    "SarifStats",
     "dedupe",
     "load_findings",
     "parse_findings",
+    "read_findings",
 ]
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -71,7 +100,6 @@ MAX_RESULTS = 100_000
 MAX_MESSAGE_CHARS = 2_000
 """Messages are truncated to this many characters (the last one being ``…``)."""
 
-_FINGERPRINT_VERSION = "scanward-fp/1"
 # Values some tools write where a fingerprint would be, which identify nothing.
 _PLACEHOLDER_FINGERPRINTS = frozenset({"requires login", "none", "null", "n/a", "-"})
 _LEVELS: Mapping[str, Severity] = {
@@ -90,57 +118,67 @@ _NAMED_SEVERITIES: Mapping[str, Severity] = {
     "informational": Severity.INFO,
 }
 _NOT_FINDINGS = frozenset({"pass", "notapplicable"})
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 
 
-class SarifError(ValueError):
-    """The SARIF cannot be used. The message names the file and exactly what is wrong,
-    e.g. ``results.sarif: runs[0].results[2] has no ruleId``."""
+@dataclass(slots=True)
+class SarifStats:
+    """What reading one SARIF file found, beyond the findings themselves."""
+
+    results: int = 0  # results in the file, over all runs
+    skipped: int = 0  # results that are not findings (pass, suppressed, absent)
+    # Findings kept with an ``unresolved://`` path, by reason.
+    unresolved: Counter[str] = field(default_factory=Counter)
 
 
 # ------------------------------------------------------------------------ public API
+
+
+def read_findings(
+    source: Path | bytes,
+    *,
+    scanner: str,
+    origin: str | None = None,
+    source_root: PurePath | str | None = None,
+    checkout: Path | None = None,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_results: int = MAX_RESULTS,
+    progress: Progress | None = None,
+) -> FindingStream:
+    """Validate the SARIF at ``source`` (a file, or the bytes of one) and return a
+    stream of its findings, in file order, not deduplicated (see :func:`dedupe`).
+
+    ``source_root`` is the checkout directory *as the scanner saw it*: absolute paths the
+    tool wrote (``file:///src/app.py``, ``/src/app.py``) are made relative to it.
+    ``checkout`` is the checkout directory *as this process sees it*: when given, every
+    stored path is a file of it (see :mod:`scanward.sarif_paths`). Files over
+    ``max_bytes`` are refused without being read. ``progress`` is called every thousand
+    results or so (for heartbeats).
+
+    Raises :class:`SarifError` here, before any finding is yielded, for anything wrong
+    with the file; iterating raises it only if the file changes meanwhile.
+    """
+    stream = FindingStream(SarifSource(source, origin, max_bytes), scanner=scanner,
+                           paths=CheckoutPaths(source_roots(source_root), checkout),
+                           max_results=max_results, progress=progress)
+    stream.validate()
+    return stream
 
 
 def load_findings(
     path: Path,
     *,
     scanner: str,
-    source_root: Path | None = None,
+    source_root: PurePath | str | None = None,
+    checkout: Path | None = None,
     max_bytes: int = MAX_FILE_BYTES,
     max_results: int = MAX_RESULTS,
 ) -> list[Finding]:
-    """Read the SARIF file at ``path`` and return its findings, in file order.
-
-    ``source_root`` is the checkout directory *as the scanner saw it*: absolute paths
-    the tool wrote (``file:///src/app.py``, ``/src/app.py``) are made relative to it, and
-    an absolute path outside it is refused. Files over ``max_bytes`` are refused
-    without being read. Raises :class:`SarifError`; the findings are not deduplicated
-    (see :func:`dedupe`).
-    """
-    origin = str(path)
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise SarifError(f"{origin}: larger than {_size(max_bytes)} ({size} bytes)")
-            data = f.read(max_bytes + 1)  # the file may grow between fstat and read
-    except FileNotFoundError:
-        raise SarifError(f"{origin}: file not found") from None
-    except IsADirectoryError:
-        raise SarifError(f"{origin}: is a directory, not a SARIF file") from None
-    except PermissionError:
-        raise SarifError(f"{origin}: permission denied") from None
-    except OSError as e:
-        raise SarifError(f"{origin}: cannot be read ({e.strerror or e})") from None
-    return parse_findings(
-        data,
-        scanner=scanner,
-        origin=origin,
-        source_root=source_root,
-        max_bytes=max_bytes,
-        max_results=max_results,
-    )
+    """All findings of the SARIF file at ``path``, in file order (see
+    :func:`read_findings`, which streams them instead)."""
+    return list(read_findings(path, scanner=scanner, source_root=source_root,
+                              checkout=checkout, max_bytes=max_bytes,
+                              max_results=max_results))
 
 
 def parse_findings(
@@ -149,50 +187,15 @@ def parse_findings(
     scanner: str,
     origin: str,
     source_root: PurePath | str | None = None,
+    checkout: Path | None = None,
     max_bytes: int = MAX_FILE_BYTES,
     max_results: int = MAX_RESULTS,
 ) -> list[Finding]:
-    """Parse SARIF ``data`` and return its findings, in file order; ``origin`` (usually
-    the file name) starts every error message. See :func:`load_findings` for
-    ``source_root``.
-
-    Fingerprints are sha256 over the scanner, rule id and path plus, in order of
-    preference:
-
-    1. the tool's own ``fingerprints`` / ``partialFingerprints`` (empty and placeholder
-       values such as semgrep's ``"requires login"`` ignored). If the same tool
-       fingerprint is given to results with different content (gitleaks' commit
-       metadata is shared by every secret of a commit, and empty in ``gitleaks dir``),
-       it does not identify a finding and those results fall back to 2.;
-    2. the region's snippet, whitespace-collapsed, and the message, plus the finding's
-       ordinal among identical (rule, path, snippet, message) findings of the file, so
-       two identical flawed lines stay two findings while inserting lines above them
-       changes nothing;
-    3. else the start line and the message.
-
-    Exact duplicate results therefore get the same fingerprint (see :func:`dedupe`).
-    """
-    if len(data) > max_bytes:
-        raise SarifError(f"{origin}: larger than {_size(max_bytes)} ({len(data)} bytes)")
-    doc = _decode(data, origin)
-    runs = _validate_log(doc, origin, max_results)
-    roots = _roots(source_root)
-    raws: list[_Raw] = []
-    for run_no, run in enumerate(runs):
-        _Run(run, f"runs[{run_no}]", origin, roots).parse(raws)
-    return [
-        Finding(
-            scanner=scanner,
-            rule_id=r.rule_id,
-            severity=r.severity,
-            path=r.path,
-            start_line=r.start_line,
-            end_line=r.end_line,
-            message=r.message,
-            fingerprint=fp,
-        )
-        for r, fp in zip(raws, _fingerprints(scanner, raws), strict=True)
-    ]
+    """All findings of SARIF ``data``; ``origin`` (usually the file name) starts every
+    error message. See :func:`read_findings`."""
+    return list(read_findings(data, scanner=scanner, origin=origin, source_root=source_root,
+                              checkout=checkout, max_bytes=max_bytes,
+                              max_results=max_results))
 
 
 def dedupe(findings: Iterable[Finding]) -> list[Finding]:
@@ -206,127 +209,80 @@ def dedupe(findings: Iterable[Finding]) -> list[Finding]:
     return out
 
 
-# ----------------------------------------------------------------- document checks
+class FindingStream:
+    """The findings of one validated SARIF file, read anew by each iteration; made by
+    :func:`read_findings`. ``stats`` describes the file."""
 
+    def __init__(self, source: SarifSource, *, scanner: str, paths: CheckoutPaths,
+                 max_results: int, progress: Progress | None) -> None:
+        self._source = source
+        self._scanner = scanner
+        self._paths = paths
+        self._max_results = max_results
+        self._progress = progress
+        self._layout = Layout(runs=[], counts=[])
+        self._runs: list[_Run] = []
+        self._fingerprints = Fingerprints(scanner)
+        self.stats = SarifStats()
 
-def _size(n: int) -> str:
-    if n % (1024 * 1024) == 0:
-        return f"{n // (1024 * 1024)} MiB"
-    return f"{n} bytes"
+    def validate(self) -> None:
+        """Passes 1 and 2: the structure, then every result (and what fingerprints
+        need to know about all of them)."""
+        origin = self._source.origin
+        self._layout = read_layout(self._source, self._max_results, self._progress)
+        self._runs = [_Run(header, f"runs[{i}]", origin, self._paths)
+                      for i, header in enumerate(self._layout.runs)]
+        self.stats.results = sum(self._layout.counts)
+        for raw in self._raws("checked"):
+            if raw is None:
+                self.stats.skipped += 1
+                continue
+            if raw.unresolved:
+                self.stats.unresolved[raw.unresolved] += 1
+            self._fingerprints.observe(raw)
+        self._fingerprints.freeze()
 
+    def __iter__(self) -> Iterator[Finding]:
+        """Pass 3: every finding, with its fingerprint."""
+        for r in self._raws("read"):
+            if r is not None:
+                yield Finding(
+                    scanner=self._scanner, rule_id=r.rule_id, severity=r.severity,
+                    path=r.path, start_line=r.start_line, end_line=r.end_line,
+                    start_column=r.start_column, end_column=r.end_column, message=r.message,
+                    fingerprint=self._fingerprints.of(r),
+                )
 
-def _decode(data: bytes, origin: str) -> Any:
-    if not data.strip():
-        _fail(origin, "file is empty")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        _fail(origin, f"not UTF-8 (invalid byte 0x{data[e.start]:02x} at offset {e.start})")
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        _fail(origin, f"not JSON (line {e.lineno}, column {e.colno}: {e.msg})")
-    except ValueError as e:  # NaN / Infinity
-        _fail(origin, f"not JSON ({e})")
-    except RecursionError:
-        _fail(origin, "not usable JSON (nested too deeply)")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _validate_log(doc: Any, origin: str, max_results: int) -> list[dict[str, Any]]:
-    if not isinstance(doc, dict):
-        _fail(origin, f"the JSON document is {_kind(doc)}, not a SARIF log object")
-    version = doc.get("version")
-    if version is None:
-        _fail(origin, "has no 'version': not a SARIF 2.1.0 log")
-    if version != "2.1.0":
-        _fail(origin, f"version {_short(version)} is not SARIF 2.1.0")
-    if "runs" not in doc:
-        _fail(origin, "has no 'runs'")
-    runs = doc["runs"]
-    if runs is None or runs == []:
-        _fail(origin, "has no runs ('runs' is empty): the tool reported nothing, not even "
-                      "an empty result list")
-    if not isinstance(runs, list):
-        _fail(origin, f"'runs' is {_kind(runs)}, not an array")
-    total = 0
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict):
-            _fail(origin, f"runs[{i}] is {_kind(run)}, not an object")
-        results = run.get("results")
-        if results is None:
-            continue
-        if not isinstance(results, list):
-            _fail(origin, f"runs[{i}].results is {_kind(results)}, not an array")
-        total += len(results)
-        if total > max_results:
-            _fail(origin, f"more than {max_results:,} results: refusing to normalise them "
-                          f"(runs[{i}] brings the count to {total:,})")
-    return runs
-
-
-def _fail(origin: str, what: str) -> NoReturn:
-    raise SarifError(f"{origin}: {what}")
-
-
-def _kind(v: Any) -> str:
-    return {
-        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-        int: "a number", float: "a number", type(None): "null",
-    }.get(type(v), type(v).__name__)
-
-
-def _short(v: Any, limit: int = 60) -> str:
-    text = repr(v) if isinstance(v, str) else json.dumps(v)[:limit]
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _roots(source_root: PurePath | str | None) -> list[tuple[str, ...]]:
-    """The source root as path segments, lexically normalised and symlink-resolved."""
-    if source_root is None:
-        return []
-    raw = os.fspath(source_root)
-    if not posixpath.isabs(raw):
-        raw = os.path.abspath(raw)
-    candidates = [posixpath.normpath(raw), os.path.realpath(raw)]
-    roots: list[tuple[str, ...]] = []
-    for c in candidates:
-        segments = tuple(s for s in c.split("/") if s)
-        if segments not in roots:
-            roots.append(segments)
-    return roots
+    def _raws(self, stage: str) -> Iterator[RawFinding | None]:
+        """Every result of the file, normalised (None: not a finding)."""
+        for run_no, index, item in results(self._source, self._layout, stage, self._progress):
+            where = f"runs[{run_no}].results[{index}]"
+            run = self._runs[run_no]
+            yield run.result(run.as_obj(item, where), where)
 
 
 # ------------------------------------------------------------------------- one run
 
 
 @dataclass(slots=True)
-class _Raw:
-    """A result normalised except for its fingerprint."""
-
-    rule_id: str
-    severity: Severity
-    path: str
-    start_line: int | None
-    end_line: int | None
-    message: str
-    snippet: str | None
-    tool_fingerprints: tuple[tuple[str, str], ...]
+class _Location:
+    path: str = ""
+    unresolved: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    start_column: int | None = None
+    end_column: int | None = None
+    snippet: str | None = None
 
 
 class _Run:
     """Normalises the results of one ``runs[i]``, with its rules and URI bases."""
 
-    def __init__(self, run: dict[str, Any], where: str, origin: str,
-                 roots: list[tuple[str, ...]]) -> None:
-        self.run = run
+    def __init__(self, header: dict[str, Any], where: str, origin: str,
+                 paths: CheckoutPaths) -> None:
         self.where = where
         self.origin = origin
-        self.roots = roots
-        tool = self.obj(run, "tool", where) or {}
+        tool = self.obj(header, "tool", where) or {}
         self.driver = self.obj(tool, "driver", f"{where}.tool") or {}
         self.components: list[dict[str, Any]] = [self.driver]
         extensions = self.arr(tool, "extensions", f"{where}.tool") or []
@@ -345,8 +301,9 @@ class _Run:
                 if isinstance(rid, str):
                     by_id.setdefault(rid, r)
             self._rules_by_id.append(by_id)
-        self.bases = self.obj(run, "originalUriBaseIds", where) or {}
-        self.artifacts = self.arr(run, "artifacts", where) or []
+        self.bases = self.obj(header, "originalUriBaseIds", where) or {}
+        self.artifacts = self.arr(header, "artifacts", where) or []
+        self.uris = UriResolver(paths, self.base, self.base_cycle)
 
     # -- typed access, failing with the JSON path
 
@@ -388,19 +345,12 @@ class _Run:
             # 3.0 is how some JSON encoders write an integer; 3.5 and "3" are not integers.
             if isinstance(v, float) and v.is_integer():
                 return int(v)
-            self.fail(f"{where}.{key} is {_short(v)}, not an integer")
+            self.fail(f"{where}.{key} is {short(v)}, not an integer")
         return v
 
     # -- results
 
-    def parse(self, out: list[_Raw]) -> None:
-        for i, result in enumerate(self.run.get("results") or []):
-            raw = self.result(self.as_obj(result, f"{self.where}.results[{i}]"),
-                              f"{self.where}.results[{i}]")
-            if raw is not None:
-                out.append(raw)
-
-    def result(self, res: dict[str, Any], where: str) -> _Raw | None:
+    def result(self, res: dict[str, Any], where: str) -> RawFinding | None:
         kind = self.str_(res, "kind", where)
         if kind is not None and kind.lower() in _NOT_FINDINGS:
             return None
@@ -411,18 +361,21 @@ class _Run:
         rule_id, rule = self.rule(res, where)
         severity = self.severity(res, rule, kind, where)
         message = self.message(res, rule, where)
-        path, start, end, snippet = "", None, None, None
+        loc = _Location()
         locations = self.arr(res, "locations", where) or []
         if locations:
-            path, start, end, snippet = self.location(locations[0], f"{where}.locations[0]")
-        return _Raw(
+            loc = self.location(locations[0], f"{where}.locations[0]")
+        return RawFinding(
             rule_id=rule_id,
             severity=severity,
-            path=path,
-            start_line=start,
-            end_line=end,
+            path=loc.path,
+            unresolved=loc.unresolved,
+            start_line=loc.start_line,
+            end_line=loc.end_line,
+            start_column=loc.start_column,
+            end_column=loc.end_column,
             message=message,
-            snippet=snippet,
+            snippet=loc.snippet,
             tool_fingerprints=self.tool_fingerprints(res, where),
         )
 
@@ -562,45 +515,49 @@ class _Run:
 
     # -- locations
 
-    def location(self, loc: Any, where: str) -> tuple[str, int | None, int | None, str | None]:
+    def location(self, loc: Any, where: str) -> _Location:
         loc = self.as_obj(loc, where)
+        out = _Location()
         phys = self.obj(loc, "physicalLocation", where)
         if phys is None:
-            return "", None, None, None
+            return out
         pwhere = f"{where}.physicalLocation"
-        path = ""
         art = self.obj(phys, "artifactLocation", pwhere)
         if art is not None:
-            path = self.artifact_path(art, f"{pwhere}.artifactLocation")
-        start = end = None
-        snippet = None
+            out.path, out.unresolved = self.artifact_path(art, f"{pwhere}.artifactLocation")
         region = self.obj(phys, "region", pwhere)
         if region is not None:
             rwhere = f"{pwhere}.region"
             start = self.int_(region, "startLine", rwhere)
             end = self.int_(region, "endLine", rwhere)
+            start_col = self.int_(region, "startColumn", rwhere)
+            end_col = self.int_(region, "endColumn", rwhere)
             if min(start or 0, end or 0) < 0:
                 self.fail(f"{rwhere} has a negative line number (lines start at 1)")
+            if min(start_col or 0, end_col or 0) < 0:
+                self.fail(f"{rwhere} has a negative column number (columns start at 1)")
             # Tools do write 0 for "no line" and endLine 0 or < startLine for "same line";
             # a whole scan is not refused for that.
             if not start:
-                start = end = None
+                start = end = start_col = end_col = None
             elif end is None or end < start:
                 end = start
+            out.start_line, out.end_line = start, end
+            out.start_column, out.end_column = start_col or None, end_col or None
             snip = self.obj(region, "snippet", rwhere)
             if snip is not None:
                 text = self.str_(snip, "text", f"{rwhere}.snippet")
                 if text is not None:
-                    snippet = " ".join(text.split()) or None
-        return path, start, end, snippet
+                    out.snippet = " ".join(text.split()) or None
+        return out
 
-    def artifact_path(self, art: dict[str, Any], where: str) -> str:
+    def artifact_path(self, art: dict[str, Any], where: str) -> tuple[str, str | None]:
         uri = self.str_(art, "uri", where)
         base_id = self.str_(art, "uriBaseId", where)
         if uri is None:
             index = self.int_(art, "index", where)
             if index is None:
-                return ""
+                return "", None
             if not 0 <= index < len(self.artifacts):
                 self.fail(f"{where}.index {index} does not name one of the run's "
                           f"{len(self.artifacts)} artifacts")
@@ -610,98 +567,20 @@ class _Run:
             uri = self.str_(location, "uri", f"{awhere}.location")
             base_id = self.str_(location, "uriBaseId", f"{awhere}.location")
             if uri is None:
-                return ""
-        return self.resolve(uri, base_id, where, set())
+                return "", None
+        return self.uris.resolve(uri, base_id)
 
-    def resolve(self, uri: str, base_id: str | None, where: str, seen: set[str]) -> str:
-        """``uri`` (relative to ``base_id`` if given) as a path relative to the checkout."""
-        if "\x00" in uri:
-            self.fail(f"{where}.uri contains a NUL character")
-        m = _SCHEME.match(uri)
-        if m is not None and len(m.group("scheme")) > 1:  # not a Windows drive letter
-            scheme = m.group("scheme").lower()
-            if scheme != "file":
-                return self.remote(uri, where)
-            parts = urlsplit(uri)
-            if parts.netloc not in ("", "localhost"):
-                self.fail(f"{where}.uri {uri!r} names a file on another host")
-            path = unquote(parts.path)
-            if not path.startswith("/"):
-                return self.relative(path, uri, where)
-            return self.absolute(path, uri, where)
-        path = unquote(uri)
-        if path.startswith("/"):
-            return self.absolute(path, uri, where)
-        prefix = self.base_prefix(base_id, where, seen) if base_id else ""
-        return self.relative(f"{prefix}/{path}" if prefix else path, uri, where)
-
-    def base_prefix(self, base_id: str, where: str, seen: set[str]) -> str:
-        """Where ``base_id`` points, relative to the checkout. A base that is not defined,
-        or is an absolute location outside the source root (the scanner saw the checkout
-        at another mount path), is taken to be the root of the scan."""
-        if base_id in seen:
-            self.fail(f"{self.where}.originalUriBaseIds has a cycle through {base_id!r}")
-        seen = seen | {base_id}
+    def base(self, base_id: str) -> tuple[str | None, str | None] | None:
+        """The (uri, parent uriBaseId) the run defines for ``base_id``, if any."""
         entry = self.bases.get(base_id)
         if entry is None:
-            return ""
-        bwhere = f"{self.where}.originalUriBaseIds[{base_id!r}]"
-        entry = self.as_obj(entry, bwhere)
-        uri = self.str_(entry, "uri", bwhere)
-        if uri is None:
-            return ""
-        m = _SCHEME.match(uri)
-        if m is not None and len(m.group("scheme")) > 1:
-            if m.group("scheme").lower() != "file":
-                return ""
-            uri = urlsplit(uri).path
-        path = unquote(uri)
-        if path.startswith("/"):
-            stripped = self.strip_root(path)
-            return "" if stripped is None else stripped
-        parent = self.str_(entry, "uriBaseId", bwhere)
-        prefix = self.base_prefix(parent, where, seen) if parent else ""
-        return self.relative(f"{prefix}/{path}" if prefix else path, uri, bwhere)
+            return None
+        where = f"{self.where}.originalUriBaseIds[{base_id!r}]"
+        entry = self.as_obj(entry, where)
+        return self.str_(entry, "uri", where), self.str_(entry, "uriBaseId", where)
 
-    def absolute(self, path: str, uri: str, where: str) -> str:
-        segments = path.split("/")
-        if ".." in segments:
-            self.fail(f"{where}.uri {uri!r} contains '..'")
-        stripped = self.strip_root(path)
-        if stripped is None:
-            if not self.roots:
-                self.fail(f"{where}.uri {uri!r} is an absolute path and no source root was "
-                          "given to make it relative")
-            root = "/" + "/".join(self.roots[0])
-            self.fail(f"{where}.uri {uri!r} is an absolute path outside the source root "
-                      f"{root!r}")
-        return stripped
-
-    def strip_root(self, path: str) -> str | None:
-        segments = tuple(s for s in path.split("/") if s and s != ".")
-        for root in self.roots:
-            if segments[: len(root)] == root:
-                return "/".join(segments[len(root):])
-        return None
-
-    def relative(self, path: str, uri: str, where: str) -> str:
-        segments = [s for s in path.split("/") if s and s != "."]
-        if ".." in segments:
-            self.fail(f"{where}.uri {uri!r} contains '..'")
-        return "/".join(segments)
-
-    def remote(self, uri: str, where: str) -> str:
-        try:
-            parts = urlsplit(uri)
-            host = parts.hostname or ""
-            port = f":{parts.port}" if parts.port is not None else ""
-        except ValueError:
-            self.fail(f"{where}.uri {uri!r} is not a valid URI")
-        segments = unquote(parts.path).split("/")
-        if ".." in segments:
-            self.fail(f"{where}.uri {uri!r} contains '..'")
-        netloc = f"//{host}{port}" if parts.netloc else ""
-        return f"{parts.scheme.lower()}:{netloc}{parts.path}"
+    def base_cycle(self, base_id: str) -> NoReturn:
+        self.fail(f"{self.where}.originalUriBaseIds has a cycle through {base_id!r}")
 
 
 # ---------------------------------------------------------------------- severities
@@ -734,49 +613,6 @@ def _score(value: Any) -> Severity | None:
     return Severity.INFO
 
 
-# -------------------------------------------------------------------- fingerprints
-
-
-def _fingerprints(scanner: str, raws: Sequence[_Raw]) -> list[str]:
-    # 1. Tool fingerprints, unless one value is shared by results with different content.
-    def content(r: _Raw) -> tuple[Any, ...]:
-        return (r.start_line, r.snippet, r.message)
-
-    tool_groups: dict[tuple[Any, ...], set[tuple[Any, ...]]] = defaultdict(set)
-    for r in raws:
-        if r.tool_fingerprints:
-            tool_groups[(r.rule_id, r.path, r.tool_fingerprints)].add(content(r))
-
-    # 2. Snippet-based keys get an ordinal among identical snippets, by line.
-    def content_key(r: _Raw) -> tuple[Any, ...]:
-        if r.snippet is not None:
-            return (r.rule_id, r.path, "snippet", r.snippet, _collapse(r.message))
-        return (r.rule_id, r.path, "line", r.start_line, _collapse(r.message))
-
-    lines: dict[tuple[Any, ...], set[int]] = defaultdict(set)
-    for r in raws:
-        if r.snippet is not None:
-            lines[content_key(r)].add(r.start_line or 0)
-    ordinals = {key: {line: n for n, line in enumerate(sorted(found))}
-                for key, found in lines.items()}
-
-    out: list[str] = []
-    for r in raws:
-        tool_key = (r.rule_id, r.path, r.tool_fingerprints)
-        payload: list[Any]
-        if r.tool_fingerprints and len(tool_groups[tool_key]) == 1:
-            payload = [_FINGERPRINT_VERSION, scanner, r.rule_id, r.path, "tool",
-                       [list(p) for p in r.tool_fingerprints]]
-        else:
-            key = content_key(r)
-            payload = [_FINGERPRINT_VERSION, scanner, *key]
-            if r.snippet is not None:
-                payload.append(ordinals[key][r.start_line or 0])
-        blob = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        out.append(hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest())
-    return out
-
-
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
@@ -785,5 +621,8 @@ def _printable(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
-def _collapse(text: str) -> str:
-    return " ".join(text.split())
+def _kind(v: Any) -> str:
+    return {
+        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+        int: "a number", float: "a number", type(None): "null",
+    }.get(type(v), type(v).__name__)

@@ -86,7 +86,7 @@ def fake_catalog(path: Path, state_dir: Path) -> Path:
             "bad_input_exit_codes": [2],
         }
     modes = {"fake": "ok", "flaky": "flaky", "sleepy": "sleepy", "broken": "broken",
-             "badinput": "badinput"}
+             "badinput": "badinput", "many": "many"}
     path.write_text(json.dumps({"scanners": [entry(n, m) for n, m in modes.items()]}))
     return path
 

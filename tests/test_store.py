@@ -110,7 +110,7 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 def test_migrations_create_the_schema(store: Store, db_url: str) -> None:
-    assert store.schema_revision() == Store.head_revision() == "0001"
+    assert store.schema_revision() == Store.head_revision() == "0002"
     engine = create_engine(normalize_url(db_url), poolclass=NullPool)
     try:
         insp = inspect(engine)
@@ -143,7 +143,7 @@ def test_open_again_keeps_data_and_schema(db_url: str) -> None:
     with Store.open(db_url) as s:
         record(s, [finding()])
     with Store.open(db_url) as s:
-        assert s.schema_revision() == "0001"
+        assert s.schema_revision() == Store.head_revision()
         assert len(s.findings(SCAN)) == 1
 
 
@@ -159,8 +159,70 @@ def test_downgrade_and_upgrade_again(store: Store, db_url: str) -> None:
     command.downgrade(alembic_config(url), "base")
     assert store.schema_revision() is None
     store.migrate()
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == Store.head_revision()
     assert record(store, [finding()]) == 1
+
+
+def test_migration_0002_keeps_rows_stored_at_0001(db_url: str) -> None:
+    """A database created and filled by the previous schema (0001, no columns) is upgraded
+    in place: its rows stay, with unknown (NULL) columns, and new rows get columns."""
+    url = normalize_url(db_url)
+    with Store.open(db_url, migrate=False):
+        command.upgrade(alembic_config(url), "0001")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO scans (scan_id, tenant, repository, ref, \"commit\", status, "
+                "finding_count, summary, created_at, updated_at) VALUES (:s, 'acme', "
+                "'https://github.com/acme/app', 'main', NULL, 'running', 0, NULL, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"), {"s": SCAN})
+            conn.execute(text(
+                "INSERT INTO scanner_results (scan_id, scanner, attempt, status, "
+                "finding_count, updated_at) VALUES (:s, 'bandit', 1, 'succeeded', 2, "
+                "'2026-01-01 00:00:00')"), {"s": SCAN})
+            for old in (finding("B101", line=3), finding("B102", line=4)):
+                conn.execute(text(
+                    "INSERT INTO findings (scan_id, fingerprint, scanner, rule_id, severity, "
+                    "path, start_line, end_line, message) VALUES (:s, :fp, 'bandit', :rule, "
+                    "'medium', :path, :line, :end, :msg)"),
+                    {"s": SCAN, "fp": old.fingerprint, "rule": old.rule_id, "path": old.path,
+                     "line": old.start_line, "end": old.end_line, "msg": old.message})
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            assert "start_column" not in {c["name"] for c in inspect(conn).get_columns(
+                "findings")}
+    finally:
+        engine.dispose()
+
+    with Store.open(db_url) as store:  # upgrades to the newest schema
+        assert store.schema_revision() == Store.head_revision() == "0002"
+        kept = store.findings(SCAN)
+        assert [(f.rule_id, f.start_line, f.start_column, f.end_column) for f in kept] == [
+            ("B101", 3, None, None), ("B102", 4, None, None)]
+        assert [r.finding_count for r in store.scanner_results(SCAN)] == [2]
+        # A new attempt adds two flaws of one line, told apart by their columns.
+        same_line = [finding("B311", line=9).model_copy(update={
+            "start_column": col, "end_column": col + 15,
+            "fingerprint": fp("B311", 9, col)}) for col in (5, 23)]
+        assert record(store, [*kept, *same_line], attempt=2) == 4
+        got = store.findings(SCAN)
+        assert [(f.rule_id, f.start_line, f.start_column, f.end_column) for f in got] == [
+            ("B101", 3, None, None), ("B102", 4, None, None),
+            ("B311", 9, 5, 20), ("B311", 9, 23, 38)]
+
+    # And back: the rows survive a downgrade (SQLite copies the table) with its constraints.
+    command.downgrade(alembic_config(url), "0001")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            insp = inspect(conn)
+            assert "start_column" not in {c["name"] for c in insp.get_columns("findings")}
+            uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("findings")}
+            assert ("scan_id", "fingerprint") in uniques
+            assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 4
+    finally:
+        engine.dispose()
 
 
 def test_database_newer_than_the_code_is_refused(store: Store, db_url: str) -> None:
@@ -170,7 +232,7 @@ def test_database_newer_than_the_code_is_refused(store: Store, db_url: str) -> N
             conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     finally:
         engine.dispose()
-    with pytest.raises(StoreError, match=r"cannot migrate .* to schema 0001: .*'9999'"):
+    with pytest.raises(StoreError, match=r"cannot migrate .* to schema 0002: .*'9999'"):
         Store.open(db_url)
 
 
@@ -193,7 +255,7 @@ def test_concurrent_open_migrates_once(db_url: str) -> None:
         t.join(timeout=120)
     try:
         assert errors == []
-        assert [s.schema_revision() for s in stores] == ["0001"] * 3
+        assert [s.schema_revision() for s in stores] == [Store.head_revision()] * 3
     finally:
         for s in stores:
             s.close()
@@ -306,6 +368,54 @@ def test_concurrent_record_of_one_scanner_leaves_one_row(db_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def batches(findings: list[Finding], size: int) -> list[list[Finding]]:
+    return [findings[i : i + size] for i in range(0, len(findings), size)]
+
+
+def begin(store: Store) -> None:
+    store.begin_scanner_result(scan_id=SCAN, tenant="acme",
+                               repository="https://github.com/acme/app", ref="main",
+                               commit="0123456789abcdef0123456789abcdef01234567")
+
+
+def test_batches_then_complete_store_each_finding_once(store: Store) -> None:
+    """persist_results' way: begin, one transaction per batch, then the complete marker.
+    A crash after some batches leaves them stored but the scanner not marked complete; the
+    retry adds the same batches again and the rest: nothing doubled, nothing lost."""
+    fs = [finding("B101", severity=Severity.HIGH if i % 3 == 0 else Severity.LOW,
+                  path=f"src/m{i}.py", line=i) for i in range(2500)]
+    begin(store)
+    for batch in batches(fs, 1000)[:2]:  # the worker dies after two of three batches
+        store.add_findings(SCAN, batch)
+    assert len(store.findings(SCAN)) == 2000
+    assert store.scanner_results(SCAN) == []  # not marked complete
+
+    begin(store)  # the retried attempt, from the start
+    for batch in batches(fs, 1000):
+        store.add_findings(SCAN, batch)
+    done = store.complete_scanner_result(scan_id=SCAN, scanner="bandit", attempt=1)
+    assert done.count == 2500
+    assert done.by_severity == {Severity.HIGH: 834, Severity.LOW: 1666}
+    assert sorted(f.fingerprint for f in store.findings(SCAN)) == sorted(
+        f.fingerprint for f in fs)
+    [r] = store.scanner_results(SCAN)
+    assert (r.status, r.attempt, r.finding_count) == (ScannerStatus.SUCCEEDED, 1, 2500)
+    # Completing again (a retry after the marker was written) changes nothing.
+    assert store.complete_scanner_result(scan_id=SCAN, scanner="bandit", attempt=1) == done
+
+
+def test_columns_are_stored_and_order_findings_of_a_line(store: Store) -> None:
+    def at(col: int | None) -> Finding:
+        return finding("B311", line=4).model_copy(update={
+            "start_column": col, "end_column": None if col is None else col + 15,
+            "fingerprint": fp("B311", 4, col)})
+
+    fs = [at(23), at(5), at(None)]
+    assert record(store, fs) == 3
+    assert [f.start_column for f in store.findings(SCAN)] == [None, 5, 23]
+    assert set(store.findings(SCAN)) == set(fs)
 
 
 # ---------------------------------------------------------------------- finishing

@@ -11,6 +11,7 @@ from scanward.store.store import (
     ScannerResultRecord,
     ScanRecord,
     Store,
+    StoredFindings,
     scrub_repository,
 )
 from scanward.store.urls import mask_url, normalize_url, sqlite_url
@@ -21,6 +22,7 @@ __all__ = [
     "ScannerResultRecord",
     "Store",
     "StoreError",
+    "StoredFindings",
     "mask_url",
     "normalize_url",
     "scrub_repository",

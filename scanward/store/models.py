@@ -114,6 +114,9 @@ class FindingRow(Base):
     path: Mapped[str] = mapped_column(Text)
     start_line: Mapped[int | None] = mapped_column(Integer)
     end_line: Mapped[int | None] = mapped_column(Integer)
+    # Since schema 0002; NULL for findings stored before (and when the tool gives none).
+    start_column: Mapped[int | None] = mapped_column(Integer)
+    end_column: Mapped[int | None] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (

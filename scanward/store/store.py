@@ -42,8 +42,6 @@ from scanward.store.urls import SQLITE, mask_url, normalize_url, scrub
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
-# Rows per INSERT: well under SQLite's 32766 and PostgreSQL's 65535 bound parameters.
-_INSERT_CHUNK = 500
 # Scans in these states are over: a late (retried) scanner result does not reopen them.
 FINAL_STATUSES: frozenset[ScanStatus] = frozenset(
     {ScanStatus.COMPLETED, ScanStatus.PARTIAL, ScanStatus.FAILED, ScanStatus.CANCELLED}
@@ -74,6 +72,14 @@ class ScanRecord:
     summary: ScanSummary | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFindings:
+    """How many findings of one scanner a scan holds, in all and by severity."""
+
+    count: int
+    by_severity: dict[Severity, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,15 +299,73 @@ class Store:
         attempt: int,
         findings: Sequence[Finding],
     ) -> int:
-        """Store one scanner's findings for a scan, in one transaction.
-
-        Creates the scan (status ``running``) or touches it (its status becomes
-        ``running`` unless it is already final), records the scanner as ``succeeded`` at
-        the highest attempt seen, and inserts each finding once per ``(scan_id,
-        fingerprint)``: calling this again with the same arguments changes nothing.
-        Returns the number of distinct findings stored for ``(scan_id, scanner)``.
-        """
+        """Store one scanner's findings for a scan, in one transaction: what
+        :meth:`begin_scanner_result`, :meth:`add_findings` and
+        :meth:`complete_scanner_result` do one after the other. Calling it again with the
+        same arguments changes nothing. Returns the number of distinct findings stored
+        for ``(scan_id, scanner)``."""
         now = _now()
+        with self._write("recording scanner result") as conn:
+            self._upsert_scan(conn, scan_id=scan_id, tenant=tenant, repository=repository,
+                              ref=ref, commit=commit, now=now)
+            self._insert_findings(conn, scan_id, findings)
+            return self._complete(conn, scan_id, scanner, attempt, now).count
+
+    def begin_scanner_result(self, *, scan_id: str, tenant: str, repository: str, ref: str,
+                             commit: str) -> None:
+        """Before a scanner's findings are added in batches: create the scan (status
+        ``running``) or touch it (it becomes ``running`` again unless already final)."""
+        with self._write("recording scan") as conn:
+            self._upsert_scan(conn, scan_id=scan_id, tenant=tenant, repository=repository,
+                              ref=ref, commit=commit, now=_now())
+
+    def add_findings(self, scan_id: str, findings: Sequence[Finding]) -> None:
+        """Insert a batch of findings of a scan begun with :meth:`begin_scanner_result`,
+        in one short transaction, each once per ``(scan_id, fingerprint)``: a batch
+        added again (a retried activity) changes nothing."""
+        with self._write("storing findings") as conn:
+            self._insert_findings(conn, scan_id, findings)
+
+    def complete_scanner_result(self, *, scan_id: str, scanner: str,
+                                attempt: int) -> StoredFindings:
+        """The last step: record the scanner as ``succeeded`` at the highest attempt seen,
+        with the number of its findings stored for the scan (the marker that its findings
+        are complete). Returns that count, by severity too. Idempotent."""
+        with self._write("completing scanner result") as conn:
+            return self._complete(conn, scan_id, scanner, attempt, _now())
+
+    def _upsert_scan(self, conn: Connection, *, scan_id: str, tenant: str, repository: str,
+                     ref: str, commit: str, now: datetime) -> None:
+        scans = ScanRow.__table__
+        ins = self._insert(ScanRow).values(
+            scan_id=scan_id,
+            tenant=tenant,
+            repository=scrub_repository(repository),
+            ref=ref,
+            commit=commit,
+            status=ScanStatus.RUNNING.value,
+            finding_count=0,
+            summary=None,
+            created_at=now,
+            updated_at=now,
+        )
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[scans.c.scan_id],
+                set_={
+                    "status": case(
+                        (scans.c.status.in_([s.value for s in FINAL_STATUSES]),
+                         scans.c.status),
+                        else_=ScanStatus.RUNNING.value,
+                    ),
+                    "commit": func.coalesce(scans.c.commit, ins.excluded.commit),
+                    "updated_at": ins.excluded.updated_at,
+                },
+            )
+        )
+
+    def _insert_findings(self, conn: Connection, scan_id: str,
+                         findings: Sequence[Finding]) -> None:
         unique: dict[str, Finding] = {}
         for f in findings:
             unique.setdefault(f.fingerprint, f)
@@ -315,54 +379,33 @@ class Store:
                 "path": f.path,
                 "start_line": f.start_line,
                 "end_line": f.end_line,
+                "start_column": f.start_column,
+                "end_column": f.end_column,
                 "message": f.message,
             }
             for f in unique.values()
         ]
-        with self._write("recording scanner result") as conn:
-            scans = ScanRow.__table__
-            ins = self._insert(ScanRow).values(
-                scan_id=scan_id,
-                tenant=tenant,
-                repository=scrub_repository(repository),
-                ref=ref,
-                commit=commit,
-                status=ScanStatus.RUNNING.value,
-                finding_count=0,
-                summary=None,
-                created_at=now,
-                updated_at=now,
-            )
-            conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=[scans.c.scan_id],
-                    set_={
-                        "status": case(
-                            (scans.c.status.in_([s.value for s in FINAL_STATUSES]),
-                             scans.c.status),
-                            else_=ScanStatus.RUNNING.value,
-                        ),
-                        "commit": func.coalesce(scans.c.commit, ins.excluded.commit),
-                        "updated_at": ins.excluded.updated_at,
-                    },
-                )
-            )
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[start : start + _INSERT_CHUNK]
-                conn.execute(
-                    self._insert(FindingRow)
-                    .values(chunk)
-                    .on_conflict_do_nothing(index_elements=["scan_id", "fingerprint"])
-                )
-            count = conn.execute(
-                select(func.count())
-                .select_from(FindingRow)
+        if rows:
+            # executemany of one cached statement: a multi-row VALUES built per batch
+            # costs more to compile than to run.
+            conn.execute(self._insert(FindingRow).on_conflict_do_nothing(
+                index_elements=["scan_id", "fingerprint"]), rows)
+
+    def _complete(self, conn: Connection, scan_id: str, scanner: str, attempt: int,
+                  now: datetime) -> StoredFindings:
+        by_severity = {
+            Severity(severity): int(n)
+            for severity, n in conn.execute(
+                select(FindingRow.severity, func.count())
                 .where(FindingRow.scan_id == scan_id, FindingRow.scanner == scanner)
-            ).scalar_one()
-            self._upsert_scanner_result(conn, scan_id, scanner, attempt,
-                                        ScannerStatus.SUCCEEDED.value, count, now,
-                                        replace_count=True)
-        return int(count)
+                .group_by(FindingRow.severity)
+            )
+        }
+        count = sum(by_severity.values())
+        self._upsert_scanner_result(conn, scan_id, scanner, attempt,
+                                    ScannerStatus.SUCCEEDED.value, count, now,
+                                    replace_count=True)
+        return StoredFindings(count=count, by_severity=by_severity)
 
     def finish_scan(self, summary: ScanSummary) -> None:
         """Record the scan's final state: status, finding count and the summary (as
@@ -483,6 +526,7 @@ class Store:
             rank,
             FindingRow.path,
             FindingRow.start_line.asc().nulls_first(),
+            FindingRow.start_column.asc().nulls_first(),
             FindingRow.end_line.asc().nulls_first(),
             FindingRow.rule_id,
             FindingRow.fingerprint,
@@ -496,6 +540,8 @@ class Store:
                     path=r.path,
                     start_line=r.start_line,
                     end_line=r.end_line,
+                    start_column=r.start_column,
+                    end_column=r.end_column,
                     message=r.message,
                     fingerprint=r.fingerprint,
                 )
@@ -556,6 +602,7 @@ __all__ = [
     "ScanRecord",
     "ScannerResultRecord",
     "Store",
+    "StoredFindings",
     "alembic_config",
     "make_engine",
     "scrub_repository",

@@ -8,6 +8,8 @@ flaky     exit 3 ("crash") until STATE_DIR/fixed exists, then behave like ok
 sleepy    write STATE_DIR/pid, sleep STATE_DIR/seconds (default 30) seconds, then ok
 broken    write a file that is not SARIF, exit 0
 badinput  exit 2, which the test catalog declares a bad-input exit code
+many      write a big SARIF: STATE_DIR/count (default 100000) distinct findings spread
+          over the .py files, exit 0 (persisting it takes seconds)
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ def write_sarif(source: Path, sarif: Path) -> None:
     sarif.write_text(json.dumps(doc))
 
 
+def write_many_sarif(source: Path, sarif: Path, count: int) -> None:
+    """``count`` distinct results (each its own line and message), written as a stream."""
+    files = [str(p.relative_to(source)) for p in sorted(source.rglob("*.py"))]
+    with sarif.open("w") as out:
+        out.write('{"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "fake"}}, '
+                  '"results": [')
+        for i in range(count):
+            result = {
+                "ruleId": f"MANY{i % 7:03d}",
+                "level": ("error", "warning", "note")[i % 3],
+                "message": {"text": f"fake finding number {i}"},
+                "locations": [{"physicalLocation": {
+                    "artifactLocation": {"uri": files[i % len(files)]},
+                    "region": {"startLine": i // len(files) + 1, "startColumn": 1}}}],
+            }
+            out.write(("," if i else "") + json.dumps(result))
+        out.write("]}]}")
+
+
 def main() -> int:
     mode, source, sarif = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     state = Path(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -56,6 +77,11 @@ def main() -> int:
     if mode == "badinput":
         print("cannot parse input", file=sys.stderr)
         return 2
+    if mode == "many":
+        count_file = state / "count" if state is not None else None
+        count = int(count_file.read_text()) if count_file and count_file.exists() else 100_000
+        write_many_sarif(source, sarif, count)
+        return 0
     write_sarif(source, sarif)
     return 0
 
