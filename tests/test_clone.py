@@ -28,6 +28,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.workspace import remove_leftovers, replace_dir, tree_size
@@ -256,9 +257,11 @@ async def test_cancelled_scan_kills_the_clones_whole_process_group(
         raise AssertionError("still running after the cancel:\n"
                              f"{describe([p for p in procs if p.alive()])}") from None
     print(f"\nclone processes gone {time.monotonic() - cancelled_at:.2f}s after the cancel")
-    # The scan ends (how a cancel during the clone is reported is the workflow's call).
-    with pytest.raises(WorkflowFailureError):
+    # The scan ends cancelled, not "clone failed".
+    with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
+    assert isinstance(failure.value.cause, CancelledError), failure.value.cause
+    assert (await api.progress(client, handle.id)).status is ScanStatus.CANCELLED
     assert not processes_of(repo, settings.workspace_root)
 
 

@@ -54,7 +54,8 @@ with workflow.unsafe.imports_passed_through():
 # Versioned changes (the README: "changing the workflow safely"): histories recorded before
 # a patch keep their old command sequence on replay.
 # On cancel, stop running scanners with a stop_scanner activity at once instead of
-# waiting for each run_scanner to notice the cancel at its next heartbeat.
+# waiting for each run_scanner to notice the cancel at its next heartbeat; a scan
+# cancelled during its clone ends cancelled, not failed.
 STOP_ON_CANCEL = "stop-scanners-on-cancel"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
@@ -217,6 +218,9 @@ class ScanWorkflow:
                     retry_policy=_io_retry(request.tuning, CLONE_NON_RETRYABLE),
                 )
             except ActivityError as e:
+                # Cancelled mid-clone: the scan ends cancelled, not failed (same patch).
+                if isinstance(e.cause, CancelledError) and workflow.patched(STOP_ON_CANCEL):
+                    raise asyncio.CancelledError() from e
                 self._reason = f"clone failed: {_failure_of(e)[1]}"
                 await self._finish(request, ScanStatus.FAILED)
                 raise ApplicationError(self._reason, type="CloneFailed",

@@ -16,6 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from activities import child_process
 from activities.backends import (
     Heartbeat,
     ScannerFailed,
@@ -24,7 +25,6 @@ from activities.backends import (
     tail,
     wait_heartbeating,
 )
-from activities.child_process import die_with_parent as _die_with_parent
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.tracing import traceparent_env
@@ -75,11 +75,10 @@ class LocalBackend:
         started = time.monotonic()
         with paths.log.open("wb") as log:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=log, start_new_session=True,
-                    preexec_fn=_die_with_parent,  # prctl only: takes no locks
-                )
+                # Under the reaper: whatever the scanner starts (semgrep-core, ...) dies
+                # with it, with a stop, and with a SIGKILLed worker.
+                proc = await child_process.spawn(argv, cwd=Path(cwd), env=env,
+                                                 stdout=log.fileno(), stderr=log.fileno())
             except OSError as e:
                 raise ScannerFailed(FailureClass.BAD_IMAGE, f"cannot start {argv[0]}: {e}") from e
             (paths.out_dir / PID_FILE).write_text(json.dumps(_identity(proc.pid)))
@@ -103,7 +102,8 @@ class LocalBackend:
         code = proc.returncode if proc.returncode is not None else -1
         failure = classify_exit(spec, code)
         if failure is not None:
-            how = f"killed by signal {-code}" if code < 0 else f"exited {code}"
+            # The reaper reports a scanner killed by a signal as 128 + signal, as shells do.
+            how = f"exited {code}" + (f" (signal {code - 128})" if 128 < code < 160 else "")
             raise ScannerFailed(failure, f"{spec.name} {how}; last log lines:\n{tail(paths.log)}")
         if not paths.sarif.is_file():
             raise ScannerFailed(FailureClass.BROKEN_SARIF,
@@ -128,24 +128,20 @@ class LocalBackend:
             # cancel reaches it at its next heartbeat.
             return f"{job.scanner} attempt {job.attempt}: not running on this host"
         (paths.out_dir / STOPPED_FILE).touch()
-        await self._kill_group(pid)
-        return f"{job.scanner} attempt {job.attempt}: process group {pid} stopped"
+        # The recorded process is the scanner's reaper, maybe another worker's child:
+        # SIGTERM makes it kill the scanner's whole group; if it is stuck, SIGKILL it
+        # and the scanner dies with it (PDEATHSIG).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(_exited(pid), self._kill_grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return f"{job.scanner} attempt {job.attempt}: stopped (reaper {pid})"
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            await self._kill_group(proc.pid)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
-
-    async def _kill_group(self, pgid: int) -> None:
-        """SIGTERM the scanner's whole process group; SIGKILL what is left once its
-        leader exited or the grace period is over."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_exited(pgid), self._kill_grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        await child_process.stop(proc, self._kill_grace)
 
 
 async def _exited(pid: int) -> None:
@@ -156,6 +152,7 @@ async def _exited(pid: int) -> None:
         return
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
+
     def readable() -> None:
         if not gone.done():
             gone.set_result(None)
