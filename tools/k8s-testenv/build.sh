@@ -120,7 +120,9 @@ go $("$GO" env GOVERSION)
 EOF
 
 "$BIN/kube-apiserver" --version
-"$BIN/etcd" --version | head -1
-"$BIN/kwok" --version 2>/dev/null | head -1 || true
+# sed, not head: head exits after one line and, with pipefail, the writer's SIGPIPE
+# (exit 141) would fail the build when it races.
+"$BIN/etcd" --version | sed -n 1p
+"$BIN/kwok" --version 2>/dev/null | sed -n 1p || true
 echo "built ${BUILT} binaries in $(elapsed "$T_ALL") (wall clock)"
 echo "$BIN"
