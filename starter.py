@@ -13,29 +13,31 @@ import json
 import os
 import sysconfig
 import tempfile
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
-import worker as scan_worker
 from scanward import client as api
 from scanward import tracing
-from scanward.catalog import Catalog
 from scanward.contract import (
     AbandonSignal,
     Finding,
     NotifyTarget,
     RetrySignal,
+    ScannerRun,
+    ScannerStatus,
     ScanRequest,
     ScanStatus,
     ScanSummary,
@@ -44,7 +46,9 @@ from scanward.devserver import DevServer, DevServerError, free_port
 from scanward.example import create_example_repo
 from scanward.inputs import InputError
 from scanward.settings import Settings
-from scanward.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from scanward.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Durable security scans on Temporal.")
@@ -52,34 +56,54 @@ out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
 
+# Exit codes (the README lists them): 0 the command did what it says; 1 it did not
+# (the one-line reason is on stderr); 2 bad usage (typer/click); 3 `scan --wait
+# --no-wait-dead` stopped waiting because a scanner is dead.
+EXIT_ERROR = 1
+EXIT_DEAD = 3
+
 
 class CliError(Exception):
-    """A failure to report as one line and exit 1."""
+    """A failure to report as one line and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine, turning every expected error into one line + exit 1."""
+    """Run a command's coroutine on a Temporal runtime that is shut down before the
+    interpreter exits (see :func:`scanward.client.run`), turning every expected error
+    into one line and a non-zero exit."""
     try:
-        return asyncio.run(coro)
+        return api.run(coro)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"]).removeprefix("Value error, ")
         _fail(f"invalid request: {where}: {msg}" if where else f"invalid request: {msg}")
-    except (CliError, InputError, StoreError, DevServerError, api.ScanAlreadyFinished) as e:
+    except CliError as e:
+        _fail(str(e), e.code)
+    except (InputError, DevServerError, api.ScanAlreadyFinished, api.ScanNotFound,
+            api.ScanNotRunning, api.Rejected) as e:
         _fail(str(e))
     except RPCError as e:
         _fail(f"temporal: {e.message}")
-    except RuntimeError as e:  # e.g. cannot connect to Temporal
+    except RuntimeError as e:  # cannot connect to Temporal; StoreError (one line)
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         _fail("interrupted")
     raise AssertionError("unreachable")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
     err.print(f"scanward: error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks folded, for one-line error messages."""
+    return " ".join(text.split())
 
 
 def _repository_url(repo: str) -> str:
@@ -100,21 +124,81 @@ def _notify_targets(specs: list[str]) -> tuple[NotifyTarget, ...]:
     return tuple(targets)
 
 
+def _open_store() -> Store:
+    # Imported here: the store pulls in SQLAlchemy and Alembic, which most commands
+    # (and their start-up time) do not need.
+    from scanward.store import Store
+
+    return Store.open(Settings.from_env().database_url)
+
+
 # --------------------------------------------------------------------------- render
 
 
-def _progress_table(summary: ScanSummary) -> Table:
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _progress_table(summary: ScanSummary, *, reasons: bool = True) -> Table:
+    """Per-scanner progress; with ``reasons``, each reason's first line (the live view:
+    ``status`` prints them in full below the table instead)."""
     table = Table(title=f"{summary.scan_id}: {summary.status.value}", title_justify="left")
-    for col in ("scanner", "status", "attempts", "memory", "findings", "reason"):
+    columns = ["scanner", "status", "attempts", "memory", "findings", "failure"]
+    for col in columns + (["reason"] if reasons else []):
         table.add_column(col)
     for run in summary.scanners:
-        table.add_row(
+        row = [
             run.scanner, run.status.value, str(run.attempts),
             f"{run.resources.memory_mib} MiB" if run.resources else "",
             "" if run.finding_count is None else str(run.finding_count),
-            (run.reason or "").splitlines()[0][:80] if run.reason else "",
-        )
+            run.failure_class.value if run.failure_class else "",
+        ]
+        if reasons:
+            row.append((run.reason or "").splitlines()[0][:80] if run.reason else "")
+        table.add_row(*row)
     return table
+
+
+def _print_reasons(summary: ScanSummary) -> None:
+    """The scan's and each scanner's reason in full (log lines included), each under a
+    heading, wrapped with an indent."""
+    reasons = [("scan", summary.status.value, summary.reason)] + [
+        (run.scanner, run.status.value, run.reason) for run in summary.scanners]
+    for name, state, reason in reasons:
+        if reason:
+            out.print(f"{name} ({state}):", markup=False, highlight=False)
+            for line in reason.splitlines():
+                out.print(textwrap.fill(line, width=max(out.width, 40), initial_indent="  ",
+                                        subsequent_indent="    ", break_long_words=False,
+                                        break_on_hyphens=False),
+                          markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_report(report: api.ScanReport, fmt: Format) -> None:
+    state, summary = report.state, report.summary
+    workflow = state.workflow_status.name if state.workflow_status else None
+    if fmt is Format.json:
+        print(json.dumps({
+            "scan_id": state.scan_id,
+            "workflow_status": workflow,
+            "scan_status": state.scan_status.value if state.scan_status else None,
+            "failure": state.failure,
+            "query_error": report.query_error,
+            "summary": summary.model_dump(mode="json") if summary else None,
+        }, indent=2))
+        return
+    if summary is not None:
+        out.print(_progress_table(summary, reasons=False))
+        _print_reasons(summary)
+    else:
+        scan_status = state.scan_status.value if state.scan_status else "unknown"
+        out.print(f"{state.scan_id}: workflow {workflow}, ScanStatus {scan_status}",
+                  markup=False, highlight=False)
+        out.print(f"no progress from the workflow: {report.query_error}", markup=False,
+                  highlight=False)
+    if state.failure and not (summary and summary.reason and state.failure in summary.reason):
+        out.print(f"workflow {workflow}: {state.failure}", markup=False, highlight=False)
 
 
 def _findings_table(findings: list[Finding]) -> Table:
@@ -127,37 +211,77 @@ def _findings_table(findings: list[Finding]) -> Table:
     return table
 
 
-def _print_findings(scan_id: str, fmt: str = "table") -> list[Finding]:
-    store = Store.open(Settings.from_env().database_url)
+def _print_findings(scan_id: str, fmt: Format = Format.table) -> list[Finding]:
+    """The scan's stored findings; a scan the store has never heard of is an error,
+    not an empty list."""
+    store = _open_store()
     try:
+        if store.get_scan(scan_id) is None:
+            raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
+                           "of it has finished yet; see `scanward status`)")
         findings = store.findings(scan_id)
     finally:
         store.close()
-    if fmt == "json":
+    if fmt is Format.json:
         print(json.dumps([f.model_dump(mode="json") for f in findings], indent=2))
     else:
         out.print(_findings_table(findings))
     return findings
 
 
-async def _watch(client: Client, scan_id: str) -> ScanSummary:
-    """Show live per-scanner progress until the scan ends; return its summary."""
+def _dead_notice(scan_id: str, run: ScannerRun) -> str:
+    """The scanner, its reason (the last log lines indented below) and what to run."""
+    first, *rest = (run.reason or run.failure_class or "no reason given").splitlines()
+    return "\n".join([f"{run.scanner} is dead: {first}", *(f"  {line}" for line in rest),
+                      f"  retry with `scanward retry {scan_id}` or abandon with "
+                      f"`scanward abandon {scan_id}`"])
+
+
+def _ended_reason(summary: ScanSummary) -> str:
+    """Why a scan that ended but did not complete ended so: for a partial one, the
+    abandoned scanners and their reasons."""
+    abandoned = [f"{r.scanner} abandoned: {r.reason or 'no reason given'}"
+                 for r in summary.scanners if r.status is ScannerStatus.ABANDONED]
+    parts = ([summary.reason] if summary.reason else []) + abandoned
+    return _one_line("; ".join(parts)) or "no reason recorded"
+
+
+async def _watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> ScanSummary:
+    """Show live per-scanner progress until the scan ends; return its summary. A scanner
+    that dies is announced once (again if it dies again after a retry); with
+    ``stop_on_dead`` the watch ends there with :data:`EXIT_DEAD`."""
     handle = api.handle(client, scan_id)
     result: asyncio.Task[ScanSummary] = asyncio.ensure_future(handle.result())
-    with Live(console=out, refresh_per_second=4, transient=False) as live:
-        while not result.done():
+    announced: set[str] = set()
+    try:
+        with Live(console=out, refresh_per_second=4, transient=False) as live:
+            while not result.done():
+                try:
+                    summary = await api.progress(client, scan_id)
+                except RPCError:
+                    summary = None  # the workflow has not run its first task yet
+                if summary is not None:
+                    live.update(_progress_table(summary))
+                    dead = {r.scanner: r for r in summary.scanners
+                            if r.status is ScannerStatus.DEAD}
+                    for name in sorted(dead.keys() - announced):
+                        err.print(f"scanward: {_dead_notice(scan_id, dead[name])}",
+                                  markup=False, highlight=False, soft_wrap=True)
+                    announced = set(dead)
+                    if dead and stop_on_dead:
+                        raise CliError(f"scan {scan_id} is waiting for an operator: "
+                                       f"{', '.join(sorted(dead))} dead", EXIT_DEAD)
+                await asyncio.wait({result}, timeout=0.5)
             try:
-                live.update(_progress_table(await api.progress(client, scan_id)))
-            except RPCError:
-                pass  # the workflow has not run its first task yet
-            await asyncio.wait({result}, timeout=0.5)
-        try:
-            summary = result.result()
-        except WorkflowFailureError as e:
-            cause = e.cause
-            raise CliError(f"scan {scan_id} failed: {getattr(cause, 'message', cause)}") from e
-        live.update(_progress_table(summary))
-    out.print()
+                summary = result.result()
+            except WorkflowFailureError as e:
+                cause = e.cause
+                raise CliError(f"scan {scan_id} failed: "
+                               f"{getattr(cause, 'message', cause)}") from e
+            live.update(_progress_table(summary))
+    finally:
+        result.cancel()
+        out.print()
     return summary
 
 
@@ -177,52 +301,51 @@ def scan(
     notify: Annotated[list[str], typer.Option(help="Webhook as URL=SECRET_NAME.")] = [],  # noqa: B006
     cluster: Annotated[str | None, typer.Option(help="Route to this cluster's workers.")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress, then the findings.")] = False,
+    wait_dead: Annotated[bool, typer.Option(
+        help="With --wait: keep waiting while a scanner is dead (announced on stderr); "
+             f"--no-wait-dead exits {EXIT_DEAD} instead.")] = True,
 ) -> None:
     """Start a scan (a duplicate of a running scan joins it)."""
 
     async def go() -> None:
         settings = Settings.from_env()
+        # Scanner names are checked for syntax here; which scanners exist is the
+        # workers' catalog's call (a scan naming an unknown one fails at once).
         request = ScanRequest(
             repository=_repository_url(repository), ref=ref, commit=commit,
             scanners=tuple(scanner), tenant=tenant, dedupe_key=key,
             notify=_notify_targets(notify), cluster=cluster,
         )
-        catalog = Catalog.load(settings.catalog_file)
-        catalog.check(request.scanners)  # before connecting: bad input fails fast
         client = await api.connect()
-        handle = await api.start_scan(client, request, task_queue=settings.task_queue,
-                                      catalog=catalog)
+        handle = await api.start_scan(client, request, task_queue=settings.task_queue)
         out.print(f"scan {handle.id} started", highlight=False)
         if wait:
-            summary = await _watch(client, handle.id)
+            summary = await _watch(client, handle.id, stop_on_dead=not wait_dead)
             _print_findings(handle.id)
             if summary.status is not ScanStatus.COMPLETED:
-                raise CliError(f"scan ended {summary.status.value}: {summary.reason or ''}")
+                raise CliError(f"scan ended {summary.status.value}: {_ended_reason(summary)}")
 
     _run(go())
 
 
 @app.command()
-def status(scan_id: str) -> None:
-    """Per-scanner progress of a scan."""
+def status(scan_id: str, format: Format = Format.table) -> None:
+    """Progress of a scan: each scanner, and every reason in full."""
 
     async def go() -> None:
-        out.print(_progress_table(await api.progress(await api.connect(), scan_id)))
+        _print_report(await api.report(await api.connect(), scan_id), format)
 
     _run(go())
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
 
 
 @app.command()
 def findings(scan_id: str, format: Format = Format.table) -> None:
-    """Stored findings of a scan."""
+    """Stored findings of a scan (an unknown scan is an error, not an empty list)."""
+    from scanward.store import StoreError  # see _open_store
+
     try:
-        _print_findings(scan_id, format.value)
-    except StoreError as e:
+        _print_findings(scan_id, format)
+    except (CliError, StoreError) as e:
         _fail(str(e))
 
 
@@ -256,7 +379,8 @@ def retry(
     all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead scan, in one "
                                            "batch.")] = False,
 ) -> None:
-    """Retry dead scanners of a scan, or of every dead scan (one batch signal)."""
+    """Retry dead scanners of a scan (refused, with the reason, if none would be), or of
+    every dead scan (one batch signal)."""
 
     async def go() -> None:
         signal = RetrySignal(scanner=scanner, memory_mib=memory_mib)
@@ -267,8 +391,8 @@ def retry(
             job = await api.retry_all_dead(client, signal)
             out.print(f"batch {job} signalled every dead scan", highlight=False)
         elif scan_id is not None:
-            await api.retry(client, scan_id, signal)
-            out.print(f"retry sent to {scan_id}", highlight=False)
+            retried = await api.retry(client, scan_id, signal)
+            out.print(f"{scan_id}: retrying {', '.join(retried)}", highlight=False)
 
     _run(go())
 
@@ -279,23 +403,40 @@ def abandon(
     scanner: Annotated[str | None, typer.Option(help="Only this dead scanner.")] = None,
     reason: str = "abandoned by operator",
 ) -> None:
-    """Give up on dead scanners; the scan ends partial."""
+    """Give up on dead scanners (refused, with the reason, if none is dead); the scan
+    ends partial."""
 
     async def go() -> None:
-        await api.abandon(await api.connect(), scan_id,
-                          AbandonSignal(scanner=scanner, reason=reason))
-        out.print(f"abandon sent to {scan_id}", highlight=False)
+        abandoned = await api.abandon(await api.connect(), scan_id,
+                                      AbandonSignal(scanner=scanner, reason=reason))
+        out.print(f"{scan_id}: abandoned {', '.join(abandoned)}", highlight=False)
 
     _run(go())
 
 
 @app.command()
-def cancel(scan_id: str) -> None:
-    """Cancel a scan: its running scanners are stopped."""
+def cancel(
+    scan_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait until the scan has closed.")] = True,
+    wait_seconds: Annotated[float, typer.Option(help="How long to wait.")] = 10.0,
+) -> None:
+    """Cancel a running scan: its running scanners are stopped."""
 
     async def go() -> None:
-        await api.cancel(await api.connect(), scan_id)
-        out.print(f"cancel requested for {scan_id}", highlight=False)
+        client = await api.connect()
+        await api.cancel(client, scan_id)
+        if not wait:
+            out.print(f"cancel requested for {scan_id}", highlight=False)
+            return
+        state = await api.wait_closed(client, scan_id, timedelta(seconds=wait_seconds))
+        if state.running:
+            raise CliError(f"cancel requested, but {scan_id} is still running after "
+                           f"{wait_seconds:g}s (stopping its scanners); see `scanward status "
+                           f"{scan_id}`")
+        if state.workflow_status is not WorkflowExecutionStatus.CANCELED:
+            raise CliError(f"scan {scan_id} ended {state.closed_as} before the cancel took "
+                           "effect")
+        out.print(f"scan {scan_id} cancelled", highlight=False)
 
     _run(go())
 
@@ -303,6 +444,10 @@ def cancel(scan_id: str) -> None:
 async def _with_dev_stack(settings: Settings, server: DevServer,
                           body: Callable[[Client], Awaitable[None]]) -> None:
     """Run ``body`` with a dev server and an in-process local worker around it."""
+    # Imported here: the worker pulls in the activities, the Kubernetes client and the
+    # store (most of the CLI's start-up time), which only dev and demo need.
+    import worker as scan_worker
+
     server.start()
     try:
         os.environ["TEMPORAL_ADDRESS"] = server.address

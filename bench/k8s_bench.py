@@ -59,7 +59,6 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from scanward import client as api  # noqa: E402
-from scanward.catalog import Catalog  # noqa: E402
 from scanward.contract import ScanRequest, ScanStatus  # noqa: E402
 from scanward.devserver import DevServer, free_port  # noqa: E402
 from scanward.example import create_example_repo  # noqa: E402
@@ -735,7 +734,6 @@ class Bench:
     async def start_scans(self, w: WorkerProc, scanner: str, count: int) -> list[Any]:
         assert self.repo is not None and self.catalog_file is not None
         client = await self.connect()
-        catalog = Catalog.load(self.catalog_file)
         queue = w.env["SCANWARD_TASK_QUEUE"]
         gate = asyncio.Semaphore(self.args.start_concurrency)
 
@@ -743,8 +741,7 @@ class Bench:
             request = ScanRequest(repository=self.repo.as_uri(), ref="main",  # type: ignore[union-attr]
                                   scanners=(scanner,), dedupe_key=uuid.uuid4().hex)
             async with gate:
-                return await api.start_scan(client, request, task_queue=queue,
-                                            catalog=catalog)
+                return await api.start_scan(client, request, task_queue=queue)
 
         return list(await asyncio.gather(*(one() for _ in range(count))))
 

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import gc
+import logging
 import re
+import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+import weakref
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio.api.batch.v1 import BatchOperationSignal
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.workflowservice.v1 import StartBatchOperationRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -20,15 +38,17 @@ from temporalio.common import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.runtime import Runtime
+from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.service import RPCError, RPCStatusCode
 
 from scanward import search_attributes as sa
 from scanward import tracing
-from scanward.catalog import Catalog
 from scanward.contract import AbandonSignal, RetrySignal, ScanRequest, ScanStatus, ScanSummary
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
 
 WORKFLOW = "ScanWorkflow"
+T = TypeVar("T")
+log = logging.getLogger("scanward.client")
 
 
 class TemporalUnavailable(RuntimeError):
@@ -39,14 +59,74 @@ class ScanAlreadyFinished(Exception):
     """The same request was already scanned to completion; pass a new ``dedupe_key``."""
 
 
+class ScanNotFound(LookupError):
+    """No scan (workflow) has this id."""
+
+
+class ScanNotRunning(Exception):
+    """The operation needs a running scan and this one has ended."""
+
+
+class Rejected(Exception):
+    """The scan refused an operator command (its validator named the reason)."""
+
+
+# ------------------------------------------------------------------------- runtime
+
+# The runtime that :func:`connect` uses inside :func:`run`.
+_session_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+    "scanward_runtime", default=None)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on a Temporal runtime of its own, shut down before returning.
+
+    Why: the Temporal core's Rust threads hand every RPC result back to Python by taking
+    the GIL. With the default runtime (a module global) those threads outlive
+    ``asyncio.run``; if one is still between two GIL acquisitions when the interpreter
+    finalizes, CPython ends that thread inside Rust code and the process aborts with
+    ``Fatal Python error: PyGILState_Release`` (exit 134). Dropping the runtime here
+    joins its threads while the interpreter is fully alive. ``main`` must connect with
+    :func:`connect` and must not return a client or a handle."""
+    runtime: Runtime | None = Runtime(telemetry=TelemetryConfig())
+    alive = weakref.ref(runtime)
+    token = _session_runtime.set(runtime)
+    try:
+        return asyncio.run(main)
+    except BaseException as e:
+        # A traceback keeps the failed coroutines' frames, and so their clients, alive:
+        # clear their locals (the traceback itself still prints).
+        _clear_frames(e)
+        raise
+    finally:
+        _session_runtime.reset(token)
+        runtime = None
+        gc.collect()  # clients sit in reference cycles; their runtime goes with them
+        if alive() is not None:
+            log.warning("the Temporal runtime outlived its session: something still holds "
+                        "a client, so its threads may abort the interpreter at exit")
+
+
+def _clear_frames(exc: BaseException | None, seen: set[int] | None = None) -> None:
+    seen = set() if seen is None else seen
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        if exc.__cause__ is not None:
+            _clear_frames(exc.__cause__, seen)
+        exc = exc.__context__
+
+
 async def connect(profile: str | None = None, *, runtime: Runtime | None = None) -> Client:
     """Connect with Temporal's own conventions (``TEMPORAL_ADDRESS``,
-    ``TEMPORAL_NAMESPACE``, ``TEMPORAL_PROFILE``, config file) and the pydantic converter."""
+    ``TEMPORAL_NAMESPACE``, ``TEMPORAL_PROFILE``, config file) and the pydantic converter.
+    Inside :func:`run`, the client uses that session's runtime."""
     config = ClientConfigProfile.load(profile=profile).to_client_connect_config()
     target = config.setdefault("target_host", "localhost:7233")
     try:
         return await Client.connect(**config, data_converter=pydantic_data_converter,
-                                    runtime=runtime, interceptors=tracing.interceptors())
+                                    runtime=runtime or _session_runtime.get(),
+                                    interceptors=tracing.interceptors())
     except RuntimeError as e:
         why = re.search(r'message: "([^"]+)"', str(e))
         reason = why.group(1) if why else str(e).splitlines()[0]
@@ -54,20 +134,23 @@ async def connect(profile: str | None = None, *, runtime: Runtime | None = None)
                                   "(set TEMPORAL_ADDRESS or a profile)") from e
 
 
+# --------------------------------------------------------------------------- scans
+
+
 async def start_scan(
     client: Client,
     request: ScanRequest,
     *,
     task_queue: str = DEFAULT_TASK_QUEUE,
-    catalog: Catalog | None = None,
 ) -> WorkflowHandle[Any, ScanSummary]:
     """Start (or join, if the same request is running) the ScanWorkflow.
 
     The workflow id is derived from the request, so a duplicate start never scans twice:
     a running scan is joined; a finished one raises :class:`ScanAlreadyFinished`.
-    Unknown scanners raise :class:`scanward.catalog.UnknownScanner` before anything starts.
+    Scanner names are checked for syntax only (by :class:`ScanRequest`): the workers'
+    catalog (``SCANWARD_CATALOG``) is the authority on which scanners exist, and a scan
+    naming one they do not know fails at once with ``UnknownScanner``.
     """
-    (catalog or Catalog.load()).check(request.scanners)
     scan_id = request.scan_id()
     queue = task_queue_for(request.cluster, task_queue)
     try:
@@ -95,23 +178,172 @@ def handle(client: Client, scan_id: str) -> WorkflowHandle[Any, ScanSummary]:
     return client.get_workflow_handle(scan_id, result_type=ScanSummary)
 
 
-async def progress(client: Client, scan_id: str) -> ScanSummary:
-    """Live progress of a scan (works on finished scans too)."""
-    summary: ScanSummary = await handle(client, scan_id).query("progress",
-                                                               result_type=ScanSummary)
+async def progress(client: Client, scan_id: str,
+                   rpc_timeout: timedelta | None = None) -> ScanSummary:
+    """Live progress of a scan (works on finished scans too, while a worker serves
+    their task queue)."""
+    summary: ScanSummary = await handle(client, scan_id).query(
+        "progress", result_type=ScanSummary, rpc_timeout=rpc_timeout)
     return summary
 
 
-async def retry(client: Client, scan_id: str, signal: RetrySignal | None = None) -> None:
-    await handle(client, scan_id).signal("retry", signal or RetrySignal())
+@dataclass(frozen=True)
+class ScanState:
+    """What Temporal knows of a scan without asking its workflow."""
+
+    scan_id: str
+    workflow_status: WorkflowExecutionStatus | None
+    scan_status: ScanStatus | None  # the ScanStatus search attribute
+    dead_scanners: tuple[str, ...]
+    failure: str | None = None  # why the workflow closed unsuccessfully, if it did
+
+    @property
+    def running(self) -> bool:
+        return self.workflow_status is WorkflowExecutionStatus.RUNNING
+
+    @property
+    def closed_as(self) -> str:
+        """``completed`` / ``failed`` / ``cancelled`` ...: the scan's own word when it
+        set one, else the workflow's."""
+        if self.scan_status is not None and self.scan_status not in (ScanStatus.RUNNING,
+                                                                     ScanStatus.DEAD):
+            return self.scan_status.value
+        return self.workflow_status.name.lower() if self.workflow_status else "unknown"
 
 
-async def abandon(client: Client, scan_id: str, signal: AbandonSignal | None = None) -> None:
-    await handle(client, scan_id).signal("abandon", signal or AbandonSignal())
+def _state(scan_id: str, desc: WorkflowExecutionDescription,
+           failure: str | None = None) -> ScanState:
+    raw = desc.typed_search_attributes.get(sa.SCAN_STATUS)
+    try:
+        scan_status = ScanStatus(raw) if raw else None
+    except ValueError:
+        scan_status = None
+    dead = desc.typed_search_attributes.get(sa.SCAN_DEAD_SCANNERS) or []
+    return ScanState(scan_id, desc.status, scan_status, tuple(dead), failure)
+
+
+async def describe(client: Client, scan_id: str) -> ScanState:
+    """The scan's workflow status and search attributes; for a scan that closed without
+    completing, also the failure message of its result. Raises :class:`ScanNotFound`."""
+    h = handle(client, scan_id)
+    try:
+        desc = await h.describe()
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise ScanNotFound(f"no such scan: {scan_id}") from e
+        raise
+    failure = None
+    if desc.status not in (None, WorkflowExecutionStatus.RUNNING,
+                           WorkflowExecutionStatus.COMPLETED):
+        failure = await _failure(h)
+    return _state(scan_id, desc, failure)
+
+
+async def _failure(h: WorkflowHandle[Any, ScanSummary]) -> str | None:
+    """The message a closed, unsuccessful workflow failed with."""
+    try:
+        await h.result(follow_runs=False)
+    except WorkflowFailureError as e:
+        return getattr(e.cause, "message", None) or str(e.cause)
+    except RPCError as e:
+        return e.message
+    return None
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """``scanward status``: the workflow's answer when it gives one, Temporal's record
+    of the execution always."""
+
+    state: ScanState
+    summary: ScanSummary | None  # the progress query's answer
+    query_error: str | None  # why there is no summary
+
+
+async def report(client: Client, scan_id: str,
+                 query_timeout: timedelta = timedelta(seconds=10)) -> ScanReport:
+    """The scan's progress, or, when its workflow cannot answer (it closed before its
+    first task, or no worker serves its queue), what Temporal recorded of it."""
+    state = await describe(client, scan_id)
+    try:
+        return ScanReport(state, await progress(client, scan_id, query_timeout), None)
+    except RPCError as e:
+        return ScanReport(state, None, e.message)
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
+        return ScanReport(state, None, str(e))
+
+
+# ----------------------------------------------------------------------- operators
+
+
+async def retry(client: Client, scan_id: str, signal: RetrySignal | None = None) -> list[str]:
+    """Retry dead scanners through the validating ``retry`` update; returns the scanners
+    retried. Raises :class:`Rejected` with the workflow's reason (unknown scanner, not
+    dead, nothing dead, resources above the cap), :class:`ScanNotFound` or
+    :class:`ScanNotRunning`."""
+    return await _verdict(client, scan_id, "retry", signal or RetrySignal())
+
+
+async def abandon(client: Client, scan_id: str,
+                  signal: AbandonSignal | None = None) -> list[str]:
+    """Abandon dead scanners through the validating ``abandon`` update; returns the
+    scanners abandoned. Raises like :func:`retry`."""
+    return await _verdict(client, scan_id, "abandon", signal or AbandonSignal())
+
+
+async def _verdict(client: Client, scan_id: str, update: str,
+                   verdict: RetrySignal | AbandonSignal) -> list[str]:
+    try:
+        applied: list[str] = await handle(client, scan_id).execute_update(
+            update, verdict, result_type=list[str])
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        reason = getattr(cause, "message", None) or str(cause)
+        raise Rejected(f"{update} rejected by {scan_id}: {reason}") from e
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise await _not_running(client, scan_id) from e
+        raise
+    return applied
+
+
+async def _not_running(client: Client, scan_id: str) -> Exception:
+    """The error for a command sent to a scan that is unknown or has ended."""
+    try:
+        state = await describe(client, scan_id)
+    except ScanNotFound as e:
+        return e
+    return ScanNotRunning(f"scan {scan_id} is not running: it ended {state.closed_as}"
+                          + (f" ({state.failure})" if state.failure else ""))
 
 
 async def cancel(client: Client, scan_id: str) -> None:
-    await handle(client, scan_id).cancel()
+    """Cancel a running scan (its running scanners are stopped). Raises
+    :class:`ScanNotFound` for an unknown id and :class:`ScanNotRunning` for a scan that
+    has ended: cancelling it would do nothing."""
+    state = await describe(client, scan_id)
+    if not state.running:
+        raise await _not_running(client, scan_id)
+    try:
+        await handle(client, scan_id).cancel()
+    except RPCError as e:  # it ended between the describe and the cancel
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise await _not_running(client, scan_id) from e
+        raise
+
+
+async def wait_closed(client: Client, scan_id: str, patience: timedelta) -> ScanState:
+    """Poll until the scan's workflow has closed or ``patience`` has passed; returns its
+    last state (still running if the patience ran out)."""
+    deadline = time.monotonic() + patience.total_seconds()
+    while True:
+        state = await describe(client, scan_id)
+        if not state.running or time.monotonic() >= deadline:
+            return state
+        await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------- visibility
 
 
 def status_query(status: ScanStatus | None = None, tenant: str | None = None) -> str:
@@ -158,6 +390,7 @@ async def signal_matching(client: Client, query: str, signal_name: str, payload:
 
 async def retry_all_dead(client: Client, signal: RetrySignal | None = None,
                          tenant: str | None = None) -> str:
-    """Send ``retry`` to every dead scan in one batch; returns the batch job id."""
+    """Send the ``retry`` signal to every dead scan in one batch (a batch cannot run
+    updates); returns the batch job id."""
     return await signal_matching(client, status_query(ScanStatus.DEAD, tenant), "retry",
                                  signal or RetrySignal(), "scanward retry --all-dead")

@@ -22,7 +22,6 @@ from temporalio.testing import WorkflowEnvironment
 import worker as scan_worker
 from scanward import client as api
 from scanward import search_attributes as sa
-from scanward.catalog import Catalog
 from scanward.contract import RetryTuning, ScanRequest
 from scanward.devserver import temporal_binary
 from scanward.example import create_example_repo
@@ -142,8 +141,7 @@ def scan_request(repo: Path, *scanners: str, **fields: Any) -> ScanRequest:
 
 
 async def start(client: Client, settings: Settings, request: ScanRequest) -> Any:
-    return await api.start_scan(client, request, task_queue=settings.task_queue,
-                                catalog=Catalog.load(settings.catalog_file))
+    return await api.start_scan(client, request, task_queue=settings.task_queue)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,

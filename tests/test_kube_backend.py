@@ -156,8 +156,7 @@ def jobs_of(plane: Any, namespace: str) -> list[dict[str, Any]]:
 
 async def start_kube(client: Client, settings: Settings, *scanners: str, **fields: Any) -> Any:
     request = scan_request(Path(fields.pop("repo")), *scanners, **fields)
-    return await api.start_scan(client, request, task_queue=settings.task_queue,
-                                catalog=Catalog.load(settings.catalog_file))
+    return await api.start_scan(client, request, task_queue=settings.task_queue)
 
 
 @pytest.mark.usefixtures("kube_worker")

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 import worker as scan_worker  # noqa: E402
 from scanward import client as api  # noqa: E402
 from scanward import search_attributes as sa  # noqa: E402
-from scanward.catalog import Catalog  # noqa: E402
 from scanward.contract import RetrySignal, RetryTuning, ScannerStatus, ScanRequest  # noqa: E402
 from scanward.devserver import temporal_binary  # noqa: E402
 from scanward.example import create_example_repo  # noqa: E402
@@ -66,14 +65,13 @@ async def main() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(scan_worker.run(settings, stop, env.client))
     try:
-        cat = Catalog.load(catalog)
         done = await api.start_scan(env.client, ScanRequest(
             repository=repo.as_uri(), ref="main", scanners=("bandit",), tuning=TUNING),
-            task_queue="record", catalog=cat)
+            task_queue="record")
         await done.result()
         retried = await api.start_scan(env.client, ScanRequest(
             repository=repo.as_uri(), ref="main", scanners=("bandit", "flaky"), tuning=TUNING),
-            task_queue="record", catalog=cat)
+            task_queue="record")
         while not any(r.status is ScannerStatus.DEAD  # noqa: ASYNC110 - polls a query
                       for r in (await api.progress(env.client, retried.id)).scanners):
             await asyncio.sleep(0.2)
