@@ -28,6 +28,7 @@ from scanward.health import Health
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
+from workflows.resolve import ResolveRefWorkflow
 from workflows.scan import ScanWorkflow
 
 log = logging.getLogger("scanward.worker")
@@ -62,11 +63,11 @@ def build_worker(client: Client, settings: Settings, store: Store,
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[ScanWorkflow],
+        workflows=[ScanWorkflow, ResolveRefWorkflow],
         activities=[
-            workspace.clone_repository, workspace.cleanup_workspace, scanners.run_scanner,
-            scanners.stop_scanner,
-            results.persist_results, results.finalize_scan, notify.notify_webhook,
+            workspace.resolve_ref, workspace.clone_repository, workspace.cleanup_workspace,
+            scanners.run_scanner, scanners.stop_scanner, results.persist_results,
+            results.finalize_scan, notify.notify_webhook,
         ],
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -37,16 +37,29 @@ from temporalio.common import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from scanward import search_attributes as sa
 from scanward import tracing
-from scanward.contract import AbandonSignal, RetrySignal, ScanRequest, ScanStatus, ScanSummary
+from scanward.contract import (
+    AbandonSignal,
+    ResolvedRef,
+    ResolveInput,
+    RetrySignal,
+    ScanRequest,
+    ScanStatus,
+    ScanSummary,
+)
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
 
 WORKFLOW = "ScanWorkflow"
+RESOLVE_WORKFLOW = "ResolveRef"
+# Long enough for a slow remote, short enough that a caller with no worker running
+# learns it instead of waiting for ever.
+RESOLVE_TIMEOUT = timedelta(seconds=60)
 T = TypeVar("T")
 log = logging.getLogger("scanward.client")
 
@@ -55,8 +68,9 @@ class TemporalUnavailable(RuntimeError):
     """Temporal could not be reached at the configured address."""
 
 
-class ScanAlreadyFinished(Exception):
-    """The same request was already scanned to completion; pass a new ``dedupe_key``."""
+class RefNotResolved(Exception):
+    """No worker could say which commit the requested ref names (unknown ref, no access,
+    or no worker polling the task queue)."""
 
 
 class ScanNotFound(LookupError):
@@ -143,16 +157,21 @@ async def start_scan(
     *,
     task_queue: str = DEFAULT_TASK_QUEUE,
 ) -> WorkflowHandle[Any, ScanSummary]:
-    """Start (or join, if the same request is running) the ScanWorkflow.
+    """Start a scan of the commit ``request.ref`` names now, or return the scan of it
+    that already exists.
 
-    The workflow id is derived from the request, so a duplicate start never scans twice:
-    a running scan is joined; a finished one raises :class:`ScanAlreadyFinished`.
+    Without ``request.commit``, a worker resolves the ref first (``ResolveRef``: git
+    ls-remote with the worker's credentials; the client needs none). The workflow id is
+    derived from the request *and the commit*: the same commit with the same scanners is
+    the same scan (joined while it runs, its result returned once finished), and a
+    branch that moved is a new scan. ``dedupe_key`` scans the same commit again on purpose.
     Scanner names are checked for syntax only (by :class:`ScanRequest`): the workers'
     catalog (``SCANWARD_CATALOG``) is the authority on which scanners exist, and a scan
     naming one they do not know fails at once with ``UnknownScanner``.
     """
-    scan_id = request.scan_id()
+    request = await with_commit(client, request, task_queue=task_queue)
     queue = task_queue_for(request.cluster, task_queue)
+    scan_id = request.scan_id()
     try:
         return await client.start_workflow(
             WORKFLOW,
@@ -167,11 +186,45 @@ async def start_scan(
                 SearchAttributePair(sa.SCAN_TENANT, request.tenant),
             ]),
         )
-    except WorkflowAlreadyStartedError as e:
-        raise ScanAlreadyFinished(
-            f"scan {scan_id} already finished for this request; pass a new dedupe key to "
-            "scan again"
-        ) from e
+    except WorkflowAlreadyStartedError:
+        # This commit was scanned to the end with these scanners: that scan is the answer.
+        return handle(client, scan_id)
+
+
+async def with_commit(client: Client, request: ScanRequest, *,
+                      task_queue: str = DEFAULT_TASK_QUEUE) -> ScanRequest:
+    """``request`` with the commit its ref names now (unchanged if it names a commit)."""
+    if request.commit is not None:
+        return request
+    queue = task_queue_for(request.cluster, task_queue)
+    resolved = await resolve_ref(client, request, queue)
+    return request.model_copy(update={"commit": resolved.commit})
+
+
+async def resolve_ref(client: Client, request: ScanRequest, task_queue: str, *,
+                      within: timedelta = RESOLVE_TIMEOUT) -> ResolvedRef:
+    """The commit ``request.ref`` names now, asked of a worker on ``task_queue``."""
+    try:
+        resolved: ResolvedRef = await client.execute_workflow(
+            RESOLVE_WORKFLOW,
+            ResolveInput(repository=request.repository, ref=request.ref,
+                         credentials_ref=request.credentials_ref),
+            id=f"resolve-{request.tenant}-{uuid.uuid4().hex[:12]}",
+            task_queue=task_queue, result_type=ResolvedRef, execution_timeout=within,
+        )
+    except WorkflowFailureError as e:
+        if isinstance(e.cause, TemporalTimeoutError):
+            raise RefNotResolved(
+                f"cannot resolve {request.ref!r}: no worker answered on task queue "
+                f"{task_queue!r} within {within.total_seconds():.0f}s (give the commit to "
+                "start without resolving)") from e
+        cause: BaseException | None = e.cause
+        while isinstance(cause, ActivityError) and cause.cause is not None:
+            cause = cause.cause
+        message = cause.message if isinstance(cause, FailureError) else str(cause)
+        raise RefNotResolved(f"cannot resolve {request.ref!r} in {request.repository}: "
+                             f"{message}") from e
+    return resolved
 
 
 def handle(client: Client, scan_id: str) -> WorkflowHandle[Any, ScanSummary]:

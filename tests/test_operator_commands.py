@@ -179,8 +179,10 @@ async def test_status_shows_every_reason_in_full_and_json(
         flawed_repo: Path) -> None:
     env = cli_env(temporal_env, settings)
     dying = await start(client, settings, scan_request(flawed_repo, "flaky"))
+    # A commit the repository does not have: the clone fails (an unknown *ref* is refused
+    # before anything starts, by ResolveRef).
     missing_ref = await start(client, settings, scan_request(flawed_repo, "fake").model_copy(
-        update={"ref": "no-such-branch"}))
+        update={"commit": "0" * 40}))
     await eventually(lambda: dead(client, dying.id, "flaky"), what="flaky dead")
 
     code, out, err = await scanward("status", dying.id, env=env)
@@ -199,14 +201,17 @@ async def test_status_shows_every_reason_in_full_and_json(
         await missing_ref.result()
     code, out, err = await scanward("status", missing_ref.id, env=env)
     assert code == 0, err
-    assert "scan (failed):\n  clone failed:" in out and "no-such-branch" in out, out
+    assert "scan (failed):\n  clone failed:" in out and "0" * 40 in out, out
 
 
 async def test_status_of_a_workflow_that_never_answered(
         temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
         flawed_repo: Path) -> None:
     """Closed before any worker ran it: no query answer, so Temporal's record instead."""
-    handle = await api.start_scan(client, scan_request(flawed_repo, "bandit"),
+    # With a commit, nothing is resolved first: the scan starts though no worker serves
+    # the queue (durable), and waits for one.
+    request = scan_request(flawed_repo, "bandit").model_copy(update={"commit": "a" * 40})
+    handle = await api.start_scan(client, request,
                                   task_queue=f"nobody-{uuid.uuid4().hex[:8]}")
     await handle.terminate(reason="stuck: no worker serves this queue")
     env = cli_env(temporal_env, settings)

@@ -151,16 +151,17 @@ async def test_cancel_kills_the_running_scanner(client: Client, settings: Settin
     assert not (settings.workspace_root / handle.id).exists()
 
 
-async def test_duplicate_start_joins_then_is_rejected(client: Client, settings: Settings,
-                                                      flawed_repo: Path) -> None:
+async def test_duplicate_start_joins_then_returns_the_finished_scan(
+        client: Client, settings: Settings, flawed_repo: Path) -> None:
     request = scan_request(flawed_repo, "fake")
     first = await start(client, settings, request)
     second = await start(client, settings, request)
-    assert second.first_execution_run_id == first.first_execution_run_id or (
-        (await second.describe()).run_id == (await first.describe()).run_id)
-    await first.result()
-    with pytest.raises(api.ScanAlreadyFinished, match="already finished"):
-        await start(client, settings, request)
+    assert second.id == first.id
+    assert (await second.describe()).run_id == (await first.describe()).run_id
+    summary = await first.result()
+    # Started again once finished: the same scan, its result, not an error.
+    third = await start(client, settings, request)
+    assert third.id == first.id and await third.result() == summary
     runs = [w async for w in client.list_workflows(f'WorkflowId = "{first.id}"')]
     assert len(runs) == 1
 
@@ -188,8 +189,12 @@ async def test_retry_all_dead_is_one_batch(client: Client, settings: Settings,
 
 async def test_clone_of_missing_ref_fails_with_reason(client: Client, settings: Settings,
                                                       flawed_repo: Path) -> None:
+    # Started as another SDK or Temporal's CLI would, without our client's ResolveRef
+    # (which refuses an unknown ref before anything starts: tests/test_rescan.py).
     request = scan_request(flawed_repo, "fake").model_copy(update={"ref": "no-such-branch"})
-    handle = await start(client, settings, request)
+    handle = await client.start_workflow("ScanWorkflow", request, id=request.scan_id(),
+                                         task_queue=settings.task_queue,
+                                         result_type=ScanSummary)
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert "clone failed" in str(failure.value.cause)

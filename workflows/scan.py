@@ -14,13 +14,10 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from activities.notify import NotifyActivities
     from activities.results import ResultActivities
     from activities.scanner_jobs import NON_RETRYABLE as SCANNER_NON_RETRYABLE
@@ -47,9 +44,10 @@ with workflow.unsafe.imports_passed_through():
         ScanStatus,
         ScanSummary,
         Severity,
-        explain,
     )
     from scanward.policy import after_failure, backoff, job_deadline
+
+from workflows.payloads import NO_INPUT, decode
 
 # Versioned changes (the README: "changing the workflow safely"): histories recorded before
 # a patch keep their old command sequence on replay.
@@ -59,11 +57,7 @@ with workflow.unsafe.imports_passed_through():
 STOP_ON_CANCEL = "stop-scanners-on-cancel"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
-T = TypeVar("T")
 
-# What a handler receives when the sender gave no input: the payload converter decodes
-# it as None, like an explicit JSON ``null``.
-NO_INPUT = RawValue(Payload(metadata={"encoding": b"binary/null"}))
 
 
 def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> RetryPolicy:
@@ -100,7 +94,7 @@ class ScanWorkflow:
         # once and visibly, not fail its first task again and again.
         self._invalid: str | None = None
         try:
-            self._request: ScanRequest | None = _decode(raw, ScanRequest, "scan request")
+            self._request: ScanRequest | None = decode(raw, ScanRequest, "scan request")
         except ApplicationError as e:
             self._request, self._invalid = None, e.message
         self._runs = {name: ScannerRun(scanner=name)
@@ -126,20 +120,20 @@ class ScanWorkflow:
     def retry_update(self, raw: RawValue = NO_INPUT) -> list[str]:
         """Run dead scanners again (one, or all), optionally with more memory/CPU; returns
         the scanners retried. Rejected, with the reason, when nothing would happen."""
-        return self._apply(_decode(raw, RetrySignal, "retry"))
+        return self._apply(decode(raw, RetrySignal, "retry"))
 
     @retry_update.validator
     def _validate_retry(self, raw: RawValue = NO_INPUT) -> None:
-        self._targets(_decode(raw, RetrySignal, "retry"))
+        self._targets(decode(raw, RetrySignal, "retry"))
 
     @workflow.update(name="abandon")
     def abandon_update(self, raw: RawValue = NO_INPUT) -> list[str]:
         """Give up on dead scanners (one, or all); returns the scanners abandoned."""
-        return self._apply(_decode(raw, AbandonSignal, "abandon"))
+        return self._apply(decode(raw, AbandonSignal, "abandon"))
 
     @abandon_update.validator
     def _validate_abandon(self, raw: RawValue = NO_INPUT) -> None:
-        self._targets(_decode(raw, AbandonSignal, "abandon"))
+        self._targets(decode(raw, AbandonSignal, "abandon"))
 
     @workflow.signal(name="retry")
     def retry(self, raw: RawValue = NO_INPUT) -> None:
@@ -155,7 +149,7 @@ class ScanWorkflow:
 
     def _signalled(self, raw: RawValue, model: type[Verdict], name: str) -> None:
         try:
-            self._apply(_decode(raw, model, name))
+            self._apply(decode(raw, model, name))
         except ApplicationError as e:
             workflow.logger.warning("%s signal to %s not applied: %s", name,
                                     workflow.info().workflow_id, e.message)
@@ -411,16 +405,3 @@ class ScanWorkflow:
             start_to_close_timeout=timedelta(minutes=5), retry_policy=_io_retry(tuning),
         )
 
-
-def _decode(raw: RawValue, model: type[T], what: str) -> T:
-    """Decode and validate handler input; a payload of ``null`` (or none) is ``model()``.
-    Raises a non-retryable ``ApplicationError`` naming every problem."""
-    try:
-        value = workflow.payload_converter().from_payload(raw.payload, model | None)  # type: ignore[arg-type]
-        return value if value is not None else model()
-    except ValidationError as e:
-        problem = explain(e)
-    except Exception as e:  # not JSON, an unknown encoding
-        problem = f"{type(e).__name__}: {e}"
-    raise ApplicationError(f"invalid {what}: {problem}", type="InvalidInput",
-                           non_retryable=True)
