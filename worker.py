@@ -21,6 +21,7 @@ from activities.notify import NotifyActivities
 from activities.results import ResultActivities
 from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
+from scanward import client as client_api
 from scanward import metrics, tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
@@ -150,7 +151,9 @@ def main() -> None:
         await run(Settings.from_env(), stop)
 
     try:
-        asyncio.run(_main())
+        # On a Temporal runtime that is shut down before the interpreter finalizes (see
+        # scanward.client.run): the default one can abort the process at exit.
+        client_api.run(_main())
     except (ConfigError, OSError, RuntimeError) as e:
         print(f"scanward-worker: {e}", file=sys.stderr)
         sys.exit(1)
