@@ -42,8 +42,8 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
+from scanward import scan_details, tracing
 from scanward import search_attributes as sa
-from scanward import tracing
 from scanward.contract import (
     AbandonSignal,
     ResolvedRef,
@@ -185,6 +185,7 @@ async def start_scan(
                 SearchAttributePair(sa.SCAN_STATUS, ScanStatus.RUNNING.value),
                 SearchAttributePair(sa.SCAN_TENANT, request.tenant),
             ]),
+            static_summary=scan_details.static_summary(request),  # the Web UI's title
         )
     except WorkflowAlreadyStartedError:
         # This commit was scanned to the end with these scanners: that scan is the answer.

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         Severity,
     )
     from scanward.policy import after_failure, backoff, job_deadline
+    from scanward.scan_details import current_details
 
 from workflows.payloads import NO_INPUT, decode
 
@@ -68,6 +69,12 @@ def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> Retry
         maximum_attempts=tuning.io_attempts,
         non_retryable_error_types=list(non_retryable),
     )
+
+
+def _retry_why(failure: FailureClass) -> str:
+    """Why the next attempt runs, as the Web UI shows it on the activity."""
+    return {FailureClass.OOM_KILLED: "OOM retry, more memory",
+            FailureClass.EVICTED: "evicted, again"}.get(failure, f"retry after {failure.value}")
 
 
 def _failure_of(err: ActivityError) -> tuple[FailureClass, str]:
@@ -197,6 +204,7 @@ class ScanWorkflow:
             self._reason = f"invalid scan request: {self._invalid}"
             self._status = ScanStatus.FAILED
             workflow.upsert_search_attributes([sa.SCAN_STATUS.value_set(self._status.value)])
+            self._show()
             raise ApplicationError(self._reason, type="InvalidRequest", non_retryable=True)
         scan_id = workflow.info().workflow_id
         try:
@@ -210,6 +218,8 @@ class ScanWorkflow:
                     # The clone heartbeats: a killed worker costs seconds, not the timeout.
                     heartbeat_timeout=request.tuning.heartbeat_timeout,
                     retry_policy=_io_retry(request.tuning, CLONE_NON_RETRYABLE),
+                    summary=f"clone {request.ref}"
+                            + (f" at {request.commit[:12]}" if request.commit else ""),
                 )
             except ActivityError as e:
                 # Cancelled mid-clone: the scan ends cancelled, not failed (same patch).
@@ -243,12 +253,13 @@ class ScanWorkflow:
         tuning = request.tuning
         name, resources = plan.scanner, plan.resources
         attempt = counted = 0
+        why = ""  # what led to this attempt, for its summary in the Web UI
         while True:
             attempt += 1
             self._update(name, status=ScannerStatus.RUNNING, attempts=attempt,
                          resources=resources)
             try:
-                await self._attempt(request, name, attempt, resources, checkout)
+                await self._attempt(request, name, attempt, resources, checkout, why)
                 return
             except ActivityError as e:
                 if isinstance(e.cause, CancelledError):
@@ -262,6 +273,7 @@ class ScanWorkflow:
             if decision.retry:
                 self._update(name, status=ScannerStatus.RETRYING, failure_class=failure,
                              reason=message[:2000])
+                why = _retry_why(failure)
                 resources = decision.resources
                 await workflow.sleep(backoff(tuning, counted))
                 continue
@@ -271,14 +283,14 @@ class ScanWorkflow:
                              reason=f"{verdict.reason} (was: {decision.reason[:1500]})")
                 self._publish_status()
                 return
-            counted = 0
+            counted, why = 0, "operator retry"
             resources = Resources(
                 cpu_millis=verdict.cpu_millis or resources.cpu_millis,
                 memory_mib=verdict.memory_mib or resources.memory_mib,
             )
 
     async def _attempt(self, request: ScanRequest, name: str, attempt: int,
-                       resources: Resources, checkout: Checkout) -> None:
+                       resources: Resources, checkout: Checkout, why: str = "") -> None:
         tuning = request.tuning
         job_input = ScannerJobInput(scan_id=checkout.scan_id, scanner=name, attempt=attempt,
                                     checkout=checkout, resources=resources,
@@ -296,6 +308,8 @@ class ScanWorkflow:
                 cancellation_type=(
                     workflow.ActivityCancellationType.TRY_CANCEL if self._stop_on_cancel
                     else workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED),
+                summary=" · ".join(filter(None, (f"{name} attempt {attempt}",
+                                                 f"{resources.memory_mib} MiB", why))),
             )
         except ActivityError as e:
             if not isinstance(e.cause, CancelledError):
@@ -311,6 +325,7 @@ class ScanWorkflow:
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=tuning.heartbeat_timeout,  # persist heartbeats per batch
             retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,)),
+            summary=f"persist {name} attempt {attempt}",
         )
         for severity, count in stored.by_severity.items():
             self._by_severity[severity] = self._by_severity.get(severity, 0) + count
@@ -325,6 +340,7 @@ class ScanWorkflow:
                 ScannerActivities.stop_scanner, job,
                 start_to_close_timeout=timedelta(minutes=1),
                 retry_policy=_io_retry(request.tuning),
+                summary=f"stop {job.scanner} attempt {job.attempt} (scan cancelled)",
             ) for job in jobs), return_exceptions=True)
         for job, stop in zip(jobs, stops, strict=True):
             if isinstance(stop, BaseException):
@@ -353,6 +369,11 @@ class ScanWorkflow:
 
     def _update(self, name: str, **changes: object) -> None:
         self._runs[name] = self._runs[name].model_copy(update=changes)
+        self._show()
+
+    def _show(self) -> None:
+        """Keep the Web UI's scan page current (no command: replay is unaffected)."""
+        workflow.set_current_details(current_details(self._summary()))
 
     def _publish_status(self) -> None:
         dead = sorted(n for n, r in self._runs.items() if r.status is ScannerStatus.DEAD)
@@ -363,6 +384,7 @@ class ScanWorkflow:
                 sa.SCAN_STATUS.value_set(status.value),
                 sa.SCAN_DEAD_SCANNERS.value_set(dead),
             ])
+        self._show()
 
     def _summary(self) -> ScanSummary:
         req = self._request
@@ -383,6 +405,7 @@ class ScanWorkflow:
         workflow.upsert_search_attributes([
             sa.SCAN_STATUS.value_set(status.value), sa.SCAN_DEAD_SCANNERS.value_set([]),
         ])
+        self._show()
         summary = self._summary()
         await workflow.execute_activity_method(
             ResultActivities.finalize_scan, FinalizeInput(summary=summary),
