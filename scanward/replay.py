@@ -1,0 +1,275 @@
+"""Replay recorded ScanWorkflow histories against today's workflow code: the pre-deploy
+gate (``scanward replay``).
+
+A history that no longer replays means a deploy would break the running scans that
+carry it (a dead scan may wait weeks for an operator), so every history is replayed with
+Temporal's ``Replayer`` exactly as the worker would run it: same workflow class(es),
+pydantic converter and interceptors. Histories come from JSON files (``history.to_json()``
+or ``temporal workflow show --output json``) or from a namespace by visibility query.
+Replays run in ``concurrency`` lanes, each its own ``Replayer``: one replayer replays one
+history at a time, and a lane fetching the next history from the server overlaps with
+the others replaying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.worker import Interceptor, Replayer
+
+DEFAULT_QUERY = 'WorkflowType="ScanWorkflow"'
+RUNNING = 'ExecutionStatus="Running"'
+
+
+class ReplayError(Exception):
+    """Nothing could be replayed (no history found, a path that does not exist)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One history to replay: where it comes from, and how to get it."""
+
+    origin: str  # a file path, or "namespace <ns>"
+    load: Callable[[], Awaitable[WorkflowHistory]]
+    workflow_id: str | None = None  # known before loading (listed from visibility)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The replay of one history; ``error`` is None when it replayed."""
+
+    workflow_id: str
+    run_id: str
+    origin: str
+    events: int
+    error: str | None = None
+    saved: Path | None = None
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    @property
+    def replays_per_second(self) -> float:
+        return len(self.outcomes) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "replayed": len(self.outcomes),
+            "failed": [{"workflow_id": o.workflow_id, "run_id": o.run_id, "origin": o.origin,
+                        "error": o.error} for o in self.failures],
+            "seconds": round(self.seconds, 3),
+            "replays_per_second": round(self.replays_per_second, 1),
+            "saved": [str(o.saved) for o in self.outcomes if o.saved is not None],
+        }
+
+
+# ------------------------------------------------------------------------- sources
+
+
+def history_files(paths: Iterable[Path]) -> list[Path]:
+    """Every ``*.json`` under each directory (recursively) and each file given, sorted
+    per argument; a path that does not exist is an error, not an empty corpus."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.json") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ReplayError(f"no such file or directory: {path}")
+    return found
+
+
+def load_history(path: Path) -> WorkflowHistory:
+    """A history file as ``history.to_json()`` or ``temporal workflow show --output json``
+    writes it; the workflow id comes from its start event (the file name otherwise)."""
+    data = json.loads(path.read_text())
+    workflow_id = path.stem
+    if isinstance(data, dict):
+        events = data.get("events") or []
+        first = events[0] if events and isinstance(events[0], dict) else {}
+        started = first.get("workflowExecutionStartedEventAttributes") or {}
+        workflow_id = started.get("workflowId") or workflow_id
+    return WorkflowHistory.from_json(workflow_id, data)
+
+
+async def _load_file(path: Path) -> WorkflowHistory:
+    return load_history(path)
+
+
+def file_sources(paths: Iterable[Path]) -> list[Source]:
+    return [Source(str(p), partial(_load_file, p)) for p in history_files(paths)]
+
+
+def namespace_query(query: str | None = None, running: bool = False) -> str:
+    """The visibility query: ``query`` (ScanWorkflow histories when it names no workflow
+    type: other types would fail to replay against ScanWorkflow), and only running
+    executions with ``running``."""
+    q = (query or "").strip() or DEFAULT_QUERY
+    if "WorkflowType" not in q:
+        q = f"{DEFAULT_QUERY} AND ({q})"
+    if running:
+        q = f"({q}) AND {RUNNING}"
+    return q
+
+
+async def namespace_sources(client: Client, query: str,
+                            limit: int | None = None) -> AsyncIterator[Source]:
+    """Executions matching ``query``; each history is fetched by the lane replaying it,
+    so ``concurrency`` fetches are in flight (``map_histories`` fetches one at a time)."""
+    origin = f"namespace {client.namespace}"
+    async for wf in client.list_workflows(query, limit=limit):
+        handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+        yield Source(origin, handle.fetch_history, workflow_id=wf.id)
+
+
+async def count(client: Client, query: str, limit: int | None = None) -> int:
+    """How many executions ``query`` matches (for the progress bar)."""
+    total = (await client.count_workflows(query)).count
+    return min(total, limit) if limit is not None else total
+
+
+# ------------------------------------------------------------------------- replay
+
+
+def save_name(workflow_id: str, run_id: str) -> str:
+    """A file name for one run's history: ids may hold characters paths must not."""
+    def safe(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", s)
+
+    return f"{safe(workflow_id)}__{safe(run_id)}.json"
+
+
+def save(history: WorkflowHistory, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / save_name(history.workflow_id, history.run_id)
+    path.write_text(history.to_json())
+    return path
+
+
+def default_workflows() -> list[type]:
+    """Today's ScanWorkflow (imported on demand: it pulls in the activities)."""
+    from workflows.scan import ScanWorkflow
+
+    return [ScanWorkflow]
+
+
+async def _iterate(sources: Iterable[Source] | AsyncIterator[Source]) -> AsyncIterator[Source]:
+    if isinstance(sources, AsyncIterator):
+        async for s in sources:
+            yield s
+    else:
+        for s in sources:
+            yield s
+
+
+async def replay(
+    sources: Iterable[Source] | AsyncIterator[Source],
+    *,
+    workflows: Sequence[type] | None = None,
+    concurrency: int = 4,
+    save_dir: Path | None = None,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> Report:
+    """Replay every history of ``sources`` against ``workflows`` (default: today's
+    ScanWorkflow). A history that fails to load or to replay is an :class:`Outcome` with
+    its error, never an exception: the report names every failure."""
+    if workflows is None:
+        workflows = default_workflows()
+    if interceptors is None:
+        from scanward import tracing
+
+        # The worker's: it takes those of its client's interceptors that are also
+        # worker interceptors.
+        interceptors = [i for i in tracing.interceptors() if isinstance(i, Interceptor)]
+    chain = interceptors
+    if runtime is None:
+        # A runtime of the replay's own, without the core's console log: a history that
+        # does not replay is reported once, by the caller, not also as a core warning.
+        runtime = Runtime(telemetry=TelemetryConfig(logging=None))
+    report = Report()
+    lanes = max(1, concurrency)
+    queue: asyncio.Queue[Source | None] = asyncio.Queue(maxsize=lanes * 2)
+    started = time.monotonic()
+
+    def record(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    async def feed() -> None:
+        async for source in _iterate(sources):
+            await queue.put(source)
+        for _ in range(lanes):  # one end mark per lane (on error, the group cancels them)
+            await queue.put(None)
+
+    async def lane() -> None:
+        replayer = Replayer(workflows=workflows, data_converter=pydantic_data_converter,
+                            interceptors=chain, runtime=runtime)
+        origins: dict[int, tuple[Source, Path | None]] = {}
+
+        async def histories() -> AsyncIterator[WorkflowHistory]:
+            while (source := await queue.get()) is not None:
+                try:
+                    history = await source.load()
+                    _ = history.run_id  # raises for an empty history
+                except Exception as e:  # reported, with its origin
+                    record(Outcome(source.workflow_id or Path(source.origin).stem, "",
+                                   source.origin, 0, f"could not load: {_one_line(e)}"))
+                    continue
+                saved = save(history, save_dir) if save_dir is not None else None
+                origins[id(history)] = (source, saved)
+                yield history
+
+        async with replayer.workflow_replay_iterator(histories()) as results:
+            async for result in results:
+                source, saved = origins.pop(id(result.history))
+                failure = result.replay_failure
+                record(Outcome(result.history.workflow_id, result.history.run_id,
+                               source.origin, len(result.history.events),
+                               None if failure is None else _one_line(failure), saved))
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(feed())
+            for _ in range(lanes):
+                group.create_task(lane())
+    except BaseExceptionGroup as eg:
+        # Listing the namespace failed (or a replayer could not start): the caller gets
+        # that error itself, e.g. an RPCError, not a group of one.
+        raise eg.exceptions[0] from None
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# The core reports a failed activation as a Rust debug dump; the message inside is what
+# a person needs ("[TMPRL1100] Nondeterminism error: Activity type of scheduled event ...").
+_CORE_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e)
+    inner = _CORE_MESSAGE.search(text)
+    if inner:
+        text = inner.group(1).replace('\\"', '"')
+    text = " ".join(text.split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
