@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +29,9 @@ from scanward.inputs import check_ref, check_repository_url, check_scanner_name
 
 # A secret *reference*: the name of a secret the worker knows, never its value.
 SecretRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# What git may be pointed at (scanward.inputs: no ext::, no credentials, no "-" refs).
+RepositoryUrl = Annotated[str, Field(max_length=2048), AfterValidator(check_repository_url)]
+GitRef = Annotated[str, Field(max_length=255), AfterValidator(check_ref)]
 
 
 class Frozen(BaseModel):
@@ -133,8 +137,8 @@ class RetryTuning(Frozen):
 class ScanRequest(Frozen):
     """What a service asks for: scan ``repository`` at ``ref`` (or ``commit``)."""
 
-    repository: str = Field(max_length=2048)
-    ref: str = Field(default="HEAD", max_length=255)
+    repository: RepositoryUrl
+    ref: GitRef = "HEAD"
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
     scanners: tuple[str, ...] = Field(min_length=1, max_length=32)
     tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -145,16 +149,6 @@ class ScanRequest(Frozen):
     # Distinguishes deliberate re-scans of the same request (e.g. a push event id).
     dedupe_key: str = Field(default="", max_length=128)
     tuning: RetryTuning = RetryTuning()
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, v: str) -> str:
-        return check_repository_url(v)
-
-    @field_validator("ref")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        return check_ref(v)
 
     @field_validator("scanners")
     @classmethod
@@ -187,6 +181,19 @@ SCAN_ID_RE = re.compile(r"^scan-[a-z0-9-]{1,63}-[0-9a-f]{20}$")
 
 
 # ---------------------------------------------------------------- activity contract
+
+
+class ResolveInput(Frozen):
+    """Which commit does ``ref`` name now? Asked of a worker, where the credentials are."""
+
+    repository: RepositoryUrl
+    ref: GitRef = "HEAD"
+    credentials_ref: SecretRef | None = None
+
+
+class ResolvedRef(Frozen):
+    ref: str  # the full name it resolved through, e.g. refs/heads/main
+    commit: str = Field(pattern=r"^[0-9a-f]{40,64}$")
 
 
 class CloneInput(Frozen):
@@ -259,8 +266,9 @@ class PersistInput(Frozen):
 
 class PersistResult(Frozen):
     scanner: str
-    finding_count: int  # distinct findings after dedupe
+    finding_count: int  # distinct findings after dedupe (not those the tool suppressed)
     by_severity: dict[Severity, int]
+    suppressed_count: int = 0  # stored too, but reported suppressed by the tool
 
 
 class Finding(Frozen):
@@ -276,6 +284,12 @@ class Finding(Frozen):
     end_column: int | None = None
     message: str
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Follows the finding from scan to scan whatever its line (scanward.lifecycle); None
+    # for findings stored before schema 0003.
+    match_fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # Set when the tool reports the result suppressed (SARIF ``suppressions``, e.g.
+    # ``# nosemgrep``): its kind and justification. Stored and shown, never counted.
+    suppression: str | None = Field(default=None, max_length=600)
 
 
 class ScannerRun(Frozen):
@@ -288,6 +302,23 @@ class ScannerRun(Frozen):
     failure_class: FailureClass | None = None
     reason: str | None = None
     finding_count: int | None = None
+
+
+class ScanLifecycle(Frozen):
+    """What changed since the previous completed scan of the same (tenant, repository,
+    ref) and scanners (``previous_scan_id``; None for the first). Findings suppressed by
+    the tool or triaged (false positive, accepted risk) count only in ``suppressed``."""
+
+    previous_scan_id: str | None = None
+    previous_commit: str | None = None
+    new: int = Field(default=0, ge=0)
+    existing: int = Field(default=0, ge=0)
+    fixed: int = Field(default=0, ge=0)
+    suppressed: int = Field(default=0, ge=0)
+    by_severity: dict[Severity, int] = Field(default_factory=dict)  # new + existing
+    new_by_severity: dict[Severity, int] = Field(default_factory=dict)
+    new_findings: tuple[Finding, ...] = ()  # most severe first, capped (see truncated)
+    truncated: bool = False  # more new findings than new_findings holds
 
 
 class ScanSummary(Frozen):
@@ -304,6 +335,10 @@ class ScanSummary(Frozen):
     by_severity: dict[Severity, int] = Field(default_factory=dict)
     checkout_bytes: int | None = None
     reason: str | None = None
+    # Set when the scan finished with a lifecycle (completed or partial scans recorded
+    # with the "lifecycle-in-summary" patch); by_severity and finding_count then count
+    # the open findings only (not suppressed, not triaged).
+    lifecycle: ScanLifecycle | None = None
 
 
 class NotifyInput(Frozen):
