@@ -349,6 +349,31 @@ def findings(scan_id: str, format: Format = Format.table) -> None:
         _fail(str(e))
 
 
+@app.command()
+def logs(
+    scan_id: str,
+    scanner: Annotated[str, typer.Option(help="The scanner whose log to print.")],
+    attempt: Annotated[int | None, typer.Option(min=1, help="Which attempt (default: the "
+                                                "last).")] = None,
+) -> None:
+    """Print a scanner attempt's log (scanner.log), kept after the scan ended for
+    SCANWARD_LOG_RETENTION_DAYS days (14). Read from the workers' results volume at
+    SCANWARD_RESULTS: run it on a worker's machine or where that volume is mounted."""
+    import sys
+
+    from scanward import attempt_logs
+
+    try:
+        found = attempt_logs.find_log(Settings.from_env().results_root, scan_id, scanner,
+                                      attempt)
+        err.print(f"{scan_id} {found.scanner} attempt {found.attempt} of "
+                  f"{len(found.attempts)}: {found.path}", markup=False, highlight=False,
+                  soft_wrap=True)
+        attempt_logs.copy_log(found, sys.stdout.buffer)
+    except (attempt_logs.LogUnavailable, OSError) as e:
+        _fail(str(e))
+
+
 @app.command(name="list")
 def list_scans(
     status: Annotated[ScanStatus | None, typer.Option(help="Only scans in this state.")] = None,

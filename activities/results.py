@@ -26,6 +26,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from scanward.attempt_logs import with_log_tail
 from scanward.contract import (
     FailureClass,
     FinalizeInput,
@@ -70,7 +71,9 @@ class ResultActivities:
                 added += len(batch)
                 activity.heartbeat("stored", added)
         except SarifError as e:
-            raise ApplicationError(str(e), type=FailureClass.BROKEN_SARIF.value,
+            # The scanner's log, beside its SARIF, usually says why the file is broken.
+            raise ApplicationError(with_log_tail(str(e), path.parent),
+                                   type=FailureClass.BROKEN_SARIF.value,
                                    non_retryable=True) from e
         stored = self._store.complete_scanner_result(scan_id=req.scan_id,
                                                      scanner=req.scanner, attempt=req.attempt)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import child_process, git_errors
 from activities.backends import wait_heartbeating
+from scanward import attempt_logs
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import Checkout, CloneInput, CloneResult, ScannerPlan
 from scanward.inputs import InputError, check_ref, check_repository_url
@@ -33,6 +35,7 @@ NON_RETRYABLE = ("InputError", "UnknownScanner", "SecretNotFound",
 # An attempt clones into a directory of its own and renames it to ``src`` when complete:
 # a dead attempt's half-written tree (or a git still writing into it) is never ``src``.
 _ATTEMPT_PREFIX = ".clone-"
+SWEEP_EVERY_SECONDS = 3600.0  # expired scanner logs, per worker (see cleanup_workspace)
 
 
 def scan_dir(root: Path, scan_id: str) -> Path:
@@ -107,6 +110,7 @@ class WorkspaceActivities:
         self._settings = settings
         self._catalog = catalog
         self._secrets = secrets
+        self._next_sweep = 0.0  # time.monotonic() of the next expired-log sweep
 
     def _git_env(self, credentials_ref: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
         """git's environment, and the secret strings that must never leave the worker."""
@@ -210,6 +214,36 @@ class WorkspaceActivities:
 
     @activity.defn(name="cleanup_workspace")
     async def cleanup_workspace(self, scan_id: str) -> None:
-        """Remove the scan's checkout and results; idempotent."""
-        for root in (self._settings.workspace_root, self._settings.results_root):
-            shutil.rmtree(scan_dir(root, scan_id), ignore_errors=True)
+        """Remove the scan's checkout and results but for each attempt's scanner.log,
+        kept for the retention period (``scanward.attempt_logs``); at most once an hour
+        per worker, sweep the logs that expired. Idempotent."""
+        checkout = scan_dir(self._settings.workspace_root, scan_id)
+        results = scan_dir(self._settings.results_root, scan_id)
+        await _in_thread(shutil.rmtree, checkout, True, what="removing the checkout")
+        try:
+            await _in_thread(attempt_logs.keep_logs, results, time.time(),
+                             what="removing the results but the logs")
+        except OSError as e:  # like rmtree(ignore_errors=True): never fail a finished scan
+            activity.logger.warning("results of %s not marked for log retention: %s",
+                                    scan_id, e)
+        await self._sweep_expired_logs()
+
+    async def _sweep_expired_logs(self) -> None:
+        """Housekeeping rides on cleanups, never in the workflow: the first cleanup after
+        the worker starts, then one an hour. Best effort: a failed sweep must not fail
+        the scan's cleanup, and the next one catches up."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_SECONDS
+        try:
+            days = attempt_logs.retention_days(self._settings.env)
+            swept = await _in_thread(attempt_logs.sweep, self._settings.results_root, days,
+                                     time.time(), what="sweeping expired logs")
+        except (OSError, ValueError) as e:
+            activity.logger.warning("expired scanner logs not swept: %s", e)
+            return
+        if swept.expired_logs or swept.removed_scans:
+            activity.logger.info("log retention (%g days): %d log(s) expired, %d scan "
+                                 "directories removed", days, swept.expired_logs,
+                                 swept.removed_scans)

@@ -20,10 +20,35 @@ ANNOTATION_SCAN_ID = "scanward.dev/scan-id"
 ANNOTATION_WORKFLOW = "scanward.dev/workflow-id"
 ANNOTATION_RESULTS = "scanward.dev/results-subpath"
 ANNOTATION_TRACEPARENT = "scanward.dev/traceparent"
+# A catalog entry whose image has no /bin/sh sets this pod annotation to "false": its
+# command then runs as is, and only an attempt that crashed or was OOM-killed gets a log
+# (its pod's, read from the API).
+ANNOTATION_TEE_LOG = "scanward.dev/tee-log"
 CONTAINER = "scanner"
 SOURCE_MOUNT = "/src"
 RESULTS_MOUNT = "/results"
 SARIF_FILE = "results.sarif"
+LOG_FILE = "scanner.log"  # the attempt's output, next to its SARIF (both backends)
+EXIT_CODE_FILE = "/tmp/.scanward-exit-code"  # noqa: S108 - the pod's own emptyDir
+
+# The scanner's command runs under this POSIX sh script (busybox ash, dash, bash), so that
+# its output goes both to the pod's log and to the attempt's scanner.log on the results
+# volume: every attempt keeps its log with no API request. Arguments: the log file, the
+# file carrying the scanner's exit code out of the pipeline (no pipefail in POSIX sh),
+# then the scanner's argv. The container exits with the scanner's own code, so the
+# podFailurePolicy's exit-code rules still apply. SIGTERM (the Job deleted) is passed to
+# the scanner and tee rather than ignored by a shell that runs as PID 1. Without tee in
+# the image the command runs unwrapped.
+TEE_LOG_SCRIPT = """\
+log=$1 code=$2; shift 2
+command -v tee >/dev/null 2>&1 || exec "$@"
+trap 'trap "" TERM; kill -TERM 0 2>/dev/null' TERM
+{ "$@" 2>&1; echo $? >"$code"; } | tee -a "$log" &
+wait $!
+wait
+read -r rc 2>/dev/null <"$code" || rc=143
+exit "$rc"
+"""
 
 # podFailurePolicy rule order: the Job's failure message names the matching rule's
 # index, which is how the backend tells "findings" from "bad input" without reading pods.
@@ -65,12 +90,20 @@ def results_subpath(job: ScannerJobInput) -> str:
     return f"{job.scan_id}/{job.scanner}/attempt-{job.attempt}"
 
 
+def tee_log_command(command: list[str], log: str = f"{RESULTS_MOUNT}/{LOG_FILE}",
+                    exit_code_file: str = EXIT_CODE_FILE) -> list[str]:
+    """``command`` wrapped by :data:`TEE_LOG_SCRIPT`."""
+    return ["/bin/sh", "-c", TEE_LOG_SCRIPT, "scanward", log, exit_code_file, *command]
+
+
 def build_job(job: ScannerJobInput, spec: ScannerSpec, cfg: KubeJobConfig, *,
               deadline_seconds: int | None = None,
               env: dict[str, str] | None = None) -> dict[str, Any]:
     """The Job manifest for one attempt of one scanner."""
     sarif = f"{RESULTS_MOUNT}/{SARIF_FILE}"
     command = [a.format(source=SOURCE_MOUNT, sarif=sarif) for a in spec.command]
+    if spec.pod_annotations.get(ANNOTATION_TEE_LOG, "true").lower() != "false":
+        command = tee_log_command(command)
     labels = {
         MANAGED_BY: MANAGER,
         LABEL_SCAN: scan_label(job.scan_id),

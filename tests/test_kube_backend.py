@@ -2,8 +2,10 @@
 controller, scheduler, TTL and garbage collectors), with kwok playing the kubelet.
 
 No container runs here, so a thread plays the scanner's part that kwok cannot: when a
-scanner Job appears, it writes that attempt's SARIF into the results directory, as the
-pod would on the results volume. Everything else is the real API server's doing.
+scanner Job appears, it writes that attempt's SARIF and scanner.log (what the Job's
+command tees there: tests/test_attempt_logs.py runs that command in real shells) into
+the results directory, as the pod would on the results volume. Everything else is the
+real API server's doing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
 import worker as scan_worker
+from activities.backends import ScannerFailed
 from activities.backends.kubernetes import KubernetesBackend, KubeSettings
 from scanward import client as api
 from scanward.catalog import Catalog
@@ -37,7 +40,14 @@ from scanward.contract import (
     ScannerStatus,
     ScanStatus,
 )
-from scanward.job_spec import ANNOTATION_RESULTS, SARIF_FILE, job_name
+from scanward.job_spec import (
+    ANNOTATION_RESULTS,
+    LABEL_SCANNER,
+    LOG_FILE,
+    SARIF_FILE,
+    job_name,
+    tee_log_command,
+)
 from scanward.settings import Settings
 from tests.conftest import FAST, eventually, scan_request
 from tests.k8s_fixture import kwok_complete, kwok_fail
@@ -55,6 +65,7 @@ def kube_catalog(path: Path, **overrides: dict[str, Any]) -> Path:
     scanners = {
         "k-ok": entry("k-ok", kwok_complete("1s")),
         "k-findings": entry("k-findings", kwok_fail(1)),  # exit 1 means "found something"
+        "k-empty": entry("k-empty", kwok_fail(1)),  # ... but its SARIF is empty
         "k-badinput": entry("k-badinput", kwok_fail(2)),
         "k-crash": entry("k-crash", kwok_fail(3)),
         "k-oom": entry("k-oom", kwok_fail(137, reason="OOMKilled"), max_memory_mib=256,
@@ -68,8 +79,14 @@ def kube_catalog(path: Path, **overrides: dict[str, Any]) -> Path:
     return path
 
 
+def pod_log(job_name: str) -> str:
+    """What the stand-in's pods "print", in their scanner.log."""
+    return f"log of {job_name}: scanning /src"
+
+
 class PodStandIn:
-    """Writes each new scanner Job's SARIF where its pod would (the results volume)."""
+    """Writes each new scanner Job's SARIF and log where its pod would (the results
+    volume); a ``k-empty`` pod writes an empty SARIF."""
 
     def __init__(self, plane: Any, namespace: str, results_root: Path) -> None:
         self._plane = plane
@@ -109,7 +126,9 @@ class PodStandIn:
                             "locations": [{"physicalLocation": {
                                 "artifactLocation": {"uri": "/src/app.py"},
                                 "region": {"startLine": 3}}}]}]}]}
-        (out / SARIF_FILE).write_text(json.dumps(doc))
+        empty = job["metadata"]["labels"][LABEL_SCANNER] == "k-empty"
+        (out / SARIF_FILE).write_text("" if empty else json.dumps(doc))
+        (out / LOG_FILE).write_text(f"{pod_log(name)}\n")
 
 
 @pytest.fixture
@@ -183,7 +202,8 @@ async def test_scan_end_to_end_as_a_job(client: Client, kube_settings: Settings,
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == IMAGE
-    assert container["command"] == ["scan", "/src", "/results/results.sarif"]
+    # The scanner's command, its output teed into the attempt's scanner.log.
+    assert container["command"] == tee_log_command(["scan", "/src", "/results/results.sarif"])
     assert container["resources"]["limits"]["memory"] == \
         f"{runs['k-ok'].resources.memory_mib}Mi"  # type: ignore[union-attr]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -203,6 +223,10 @@ async def test_scan_end_to_end_as_a_job(client: Client, kube_settings: Settings,
     finally:
         store.close()
     assert ("k-ok", "app.py", 3) in paths
+    # The scan's cleanup kept each attempt's log, and only that.
+    attempt = kube_settings.results_root / handle.id / "k-ok" / "attempt-1"
+    assert [p.name for p in attempt.iterdir()] == [LOG_FILE]
+    assert (attempt / LOG_FILE).read_text() == f"{pod_log(name)}\n"
 
 
 @pytest.mark.usefixtures("kube_worker")
@@ -218,6 +242,8 @@ async def test_crash_until_dead_then_retry_after_catalog_fix(
     run = await eventually(dead, timeout=60, what="k-crash dead")
     assert run.attempts == FAST.scanner_attempts
     assert run.failure_class is FailureClass.CRASHED and "exited 3" in (run.reason or "")
+    # The last log lines, from the attempt's scanner.log on the results volume.
+    assert f"last log lines:\n{pod_log(job_name(handle.id, 'k-crash', 2))}" in (run.reason or "")
     names = sorted(j["metadata"]["name"] for j in jobs_of(control_plane, kube_namespace))
     assert names == [job_name(handle.id, "k-crash", n) for n in (1, 2)]  # one Job an attempt
     # The operator fixes the catalog entry; the worker reads it again; retry succeeds.
@@ -226,6 +252,25 @@ async def test_crash_until_dead_then_retry_after_catalog_fix(
     summary = await handle.result()
     assert summary.status is ScanStatus.COMPLETED
     assert summary.scanners[0].attempts == 3
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_empty_sarif_is_dead_with_the_pods_log(
+        client: Client, kube_settings: Settings, flawed_repo: Path) -> None:
+    handle = await start_kube(client, kube_settings, "k-empty", repo=flawed_repo)
+
+    async def dead() -> Any:
+        runs = (await api.progress(client, handle.id)).scanners
+        return runs[0] if runs[0].status is ScannerStatus.DEAD else None
+
+    run = await eventually(dead, timeout=60, what="k-empty dead")
+    assert run.failure_class is FailureClass.BROKEN_SARIF
+    assert "file is empty" in (run.reason or "")
+    assert pod_log(job_name(handle.id, "k-empty", 1)) in (run.reason or "")
+    await api.abandon(client, handle.id)
+    assert (await handle.result()).status is ScanStatus.PARTIAL
+    log = kube_settings.results_root / handle.id / "k-empty" / "attempt-1" / LOG_FILE
+    assert log.read_text() == f"{pod_log(job_name(handle.id, 'k-empty', 1))}\n"
 
 
 @pytest.mark.usefixtures("kube_worker")
@@ -323,6 +368,37 @@ async def test_create_twice_yields_one_job(kube_settings: Settings, control_plan
         assert results[0].sarif_subpath == results[1].sarif_subpath
         assert [j["metadata"]["name"] for j in jobs_of(control_plane, kube_namespace)] == [
             job_name(job.scan_id, "k-ok", 1)]
+    finally:
+        backend.close()
+
+
+async def test_logs_are_read_from_the_volume_not_the_api(
+        kube_settings: Settings, stand_in: PodStandIn) -> None:
+    """A successful attempt costs one request (the create) and keeps its log; a crashed
+    one adds only the pods' list (which tells OOM from crash), not a pod log read."""
+    backend = KubernetesBackend(KubeSettings.from_env(kube_settings.env),
+                                kube_settings.results_root)
+    await asyncio.to_thread(backend.start)
+    catalog = Catalog.load(kube_settings.catalog_file)
+    try:
+        for scanner, requests in (("k-ok", 1), ("k-crash", 2)):
+            scan_id = f"scan-default-{uuid.uuid4().hex[:20]}"
+            job = ScannerJobInput(
+                scan_id=scan_id, scanner=scanner, attempt=1,
+                checkout=Checkout(scan_id=scan_id, source_subpath=f"{scan_id}/src",
+                                  commit="0" * 40, size_bytes=1, file_count=1),
+                resources=Resources(cpu_millis=100, memory_mib=128))
+            before = backend.requests
+            try:
+                await backend.run(job, catalog.get(scanner), lambda: None, 1.0)
+                reason = ""
+            except ScannerFailed as e:
+                reason = e.message
+            assert backend.requests - before == requests, scanner
+            log = kube_settings.results_root / scan_id / scanner / "attempt-1" / LOG_FILE
+            assert log.read_text() == f"{pod_log(job_name(scan_id, scanner, 1))}\n"
+            if scanner == "k-crash":
+                assert f"last log lines:\n{pod_log(job_name(scan_id, scanner, 1))}" in reason
     finally:
         backend.close()
 

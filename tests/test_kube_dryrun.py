@@ -29,6 +29,7 @@ from scanward.job_spec import (
     build_job,
     job_name,
     results_subpath,
+    tee_log_command,
 )
 from tests.k8s_fixture import testenv
 
@@ -217,9 +218,9 @@ def test_server_accepts_job(control_plane: testenv.ControlPlane, kube_namespace:
     check_read_back(manifest, got, job, cfg, case)
     container = got["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == spec.image
-    assert container["command"] == [
+    assert container["command"] == tee_log_command([
         a.format(source=SOURCE_MOUNT, sarif=f"{RESULTS_MOUNT}/results.sarif")
-        for a in spec.command]
+        for a in spec.command])
 
 
 def test_catalog_is_the_builtin_four() -> None:

@@ -2,8 +2,11 @@
 
 Cheap for the API server: a successful attempt costs one request (the create); its end
 arrives through the worker's shared watch, and the Job removes itself
-(``ttlSecondsAfterFinished``). Failed attempts read their pods (and log tail) once to
-say why. The SARIF is read from the results volume, never from the pod's output.
+(``ttlSecondsAfterFinished``). Failed attempts read their pods once to say why. The SARIF
+is read from the results volume, never from the pod's output; so is the attempt's log,
+which the pod tees into ``scanner.log`` there (``job_spec.TEE_LOG_SCRIPT``): only an
+image without a shell makes a failed attempt read its pod's log through the API, saved
+to ``scanner.log`` so that every attempt has the same layout as with the local backend.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from urllib3.exceptions import HTTPError
 
 from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating
 from activities.backends.job_watch import JobTracker
+from scanward.attempt_logs import read_tail, with_log_tail
 from scanward.catalog import Catalog, ScannerSpec
 from scanward.contract import (
     Checkout,
@@ -39,6 +43,7 @@ from scanward.job_spec import (
     LABEL_ATTEMPT,
     LABEL_SCAN,
     LABEL_SCANNER,
+    LOG_FILE,
     MANAGED_BY,
     MANAGER,
     SARIF_FILE,
@@ -243,17 +248,17 @@ class KubernetesBackend:
                                                             "DeadlineExceeded", BAD_IMAGE):
             pods = await asyncio.to_thread(self._pods, name)
         failure, message = classify(outcome, spec, pods)
+        out_dir = self._results_root / results_subpath(job)
         if failure is not None:
             if failure is FailureClass.BAD_IMAGE:
                 await asyncio.to_thread(self._delete, name)
-            logs = await asyncio.to_thread(self._log_tail, name, pods)
-            raise ScannerFailed(failure, f"{spec.name}: {message}" +
-                                (f"; last log lines:\n{logs}" if logs else ""))
+            await asyncio.to_thread(self._save_pod_log, name, pods, out_dir / LOG_FILE)
+            raise ScannerFailed(failure, with_log_tail(f"{spec.name}: {message}", out_dir))
         sarif = f"{results_subpath(job)}/{SARIF_FILE}"
         if not (self._results_root / sarif).is_file():
-            raise ScannerFailed(FailureClass.BROKEN_SARIF,
-                                f"{spec.name}: Job {name} ended but wrote no SARIF at "
-                                f"{sarif} on the results volume")
+            raise ScannerFailed(FailureClass.BROKEN_SARIF, with_log_tail(
+                f"{spec.name}: Job {name} ended but wrote no SARIF at {sarif} on the "
+                "results volume", out_dir))
         return ScannerJobResult(scanner=spec.name, attempt=job.attempt, sarif_subpath=sarif,
                                 exit_code=0, duration_seconds=round(time.monotonic() - started,
                                                                     3),
@@ -312,6 +317,21 @@ class KubernetesBackend:
             return []
         result: list[dict[str, Any]] = self._client.sanitize_for_serialization(pods)["items"]
         return result
+
+    def _save_pod_log(self, name: str, pods: list[dict[str, Any]] | None, path: Path) -> None:
+        """A failed attempt whose pod wrote no scanner.log (an image without a shell, or
+        the pod never started): its pod's log tail, if the pods were read, saved there.
+        One request at most, and none when the pod's own log is on the volume."""
+        if read_tail(path) or not pods:
+            return
+        text = self._log_tail(name, pods)
+        if not text:
+            return
+        # O_NOFOLLOW: the pod may have left a symlink here, pointing at a worker's file.
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
 
     def _log_tail(self, name: str, pods: list[dict[str, Any]] | None) -> str:
         for pod in pods or []:

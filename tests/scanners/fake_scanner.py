@@ -7,6 +7,8 @@ ok        write a valid SARIF with one finding per .py file, exit 0
 flaky     exit 3 ("crash") until STATE_DIR/fixed exists, then behave like ok
 sleepy    write STATE_DIR/pid, sleep STATE_DIR/seconds (default 30) seconds, then ok
 broken    write a file that is not SARIF, exit 0
+empty     print a diagnostic to stderr, write an empty SARIF file, exit 1 (a "findings"
+          code in the catalogs that declare it)
 badinput  exit 2, which the test catalog declares a bad-input exit code
 many      write a big SARIF: STATE_DIR/count (default 100000) distinct findings spread
           over the .py files, exit 0 (persisting it takes seconds)
@@ -74,6 +76,10 @@ def main() -> int:
     if mode == "broken":
         sarif.write_text("{ this is not json")
         return 0
+    if mode == "empty":
+        print("fatal: rule pack failed to load, no results written", file=sys.stderr)
+        sarif.write_text("")
+        return 1
     if mode == "badinput":
         print("cannot parse input", file=sys.stderr)
         return 2
