@@ -23,7 +23,14 @@ from activities import child_process, git_errors
 from activities.backends import wait_heartbeating
 from scanward import attempt_logs
 from scanward.catalog import Catalog, UnknownScanner
-from scanward.contract import Checkout, CloneInput, CloneResult, ScannerPlan
+from scanward.contract import (
+    Checkout,
+    CloneInput,
+    CloneResult,
+    ResolvedRef,
+    ResolveInput,
+    ScannerPlan,
+)
 from scanward.inputs import InputError, check_ref, check_repository_url
 from scanward.policy import size_resources
 from scanward.secrets import SecretNotFound, SecretStore
@@ -36,6 +43,33 @@ NON_RETRYABLE = ("InputError", "UnknownScanner", "SecretNotFound",
 # a dead attempt's half-written tree (or a git still writing into it) is never ``src``.
 _ATTEMPT_PREFIX = ".clone-"
 SWEEP_EVERY_SECONDS = 3600.0  # expired scanner logs, per worker (see cleanup_workspace)
+
+
+FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def ref_candidates(ref: str) -> tuple[str, ...]:
+    """The full ref names ``ref`` may mean, in git's order of preference."""
+    if ref == "HEAD" or ref.startswith("refs/"):
+        return (ref,)
+    return (f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}")
+
+
+def pick_ref(ls_remote: str, ref: str) -> ResolvedRef | None:
+    """The commit ``ref`` names in ``git ls-remote`` output: a branch before a tag, and an
+    annotated tag through the commit it points to (its ``^{}`` line)."""
+    listed: dict[str, str] = {}
+    for line in ls_remote.splitlines():
+        sha, _, name = line.partition("\t")
+        if FULL_SHA.fullmatch(sha):
+            listed[name] = sha
+    for name in ref_candidates(ref):
+        if name.endswith("^{}"):
+            continue
+        peeled = listed.get(f"{name}^{{}}")
+        if name in listed:
+            return ResolvedRef(ref=name, commit=peeled or listed[name])
+    return None
 
 
 def scan_dir(root: Path, scan_id: str) -> Path:
@@ -158,25 +192,47 @@ class WorkspaceActivities:
                                    non_retryable=not failure.retryable)
         return out.decode().strip()
 
+    def _check_source(self, repository: str, ref: str) -> None:
+        """The same safe-clone rules for every git command the worker runs."""
+        try:
+            check_repository_url(repository)
+            check_ref(ref)
+        except InputError as e:
+            raise ApplicationError(str(e), type="InputError", non_retryable=True) from e
+        if repository.startswith("file:") and not self._settings.allow_local_repositories:
+            raise ApplicationError(
+                f"local repository {repository!r} refused: this worker does not allow "
+                "file:// URLs (SCANWARD_ALLOW_LOCAL_REPOS=1 enables them for local use)",
+                type="LocalRepositoryRefused", non_retryable=True)
+
+    @activity.defn(name="resolve_ref")
+    async def resolve_ref(self, req: ResolveInput) -> ResolvedRef:
+        """The commit ``ref`` names now (``git ls-remote``: no download), so that a scan
+        is identified by the commit it scans. Runs where the credentials are."""
+        self._check_source(req.repository, req.ref)
+        if FULL_SHA.fullmatch(req.ref):
+            return ResolvedRef(ref=req.ref, commit=req.ref)
+        env, secrets = self._git_env(req.credentials_ref)
+        listing = await self._git("ls-remote", "--", req.repository, *ref_candidates(req.ref),
+                                  env=env, secrets=secrets)
+        found = pick_ref(listing, req.ref)
+        if found is None:
+            raise ApplicationError(f"git ls-remote: ref {req.ref!r} not found in "
+                                   f"{req.repository}", type="RefNotFound",
+                                   non_retryable=True)
+        return found
+
     @activity.defn(name="clone_repository")
     async def clone_repository(self, req: CloneInput) -> CloneResult:
         """Fetch one commit (depth 1) into ``<workspace>/<scan_id>/src`` and size the
         scanners from it. Heartbeats throughout, so a killed worker's clone is retried
         elsewhere within the heartbeat timeout; safe to retry: each attempt clones into
         a fresh directory, and what a dead attempt left is removed."""
+        self._check_source(req.repository, req.ref)
         try:
-            check_repository_url(req.repository)
-            check_ref(req.ref)
             specs = [self._catalog.get(name) for name in req.scanners]
         except UnknownScanner as e:
             raise ApplicationError(str(e), type="UnknownScanner", non_retryable=True) from e
-        except InputError as e:
-            raise ApplicationError(str(e), type="InputError", non_retryable=True) from e
-        if req.repository.startswith("file:") and not self._settings.allow_local_repositories:
-            raise ApplicationError(
-                f"local repository {req.repository!r} refused: this worker does not allow "
-                "file:// URLs (SCANWARD_ALLOW_LOCAL_REPOS=1 enables them for local use)",
-                type="LocalRepositoryRefused", non_retryable=True)
         env, secrets = self._git_env(req.credentials_ref)
         base = scan_dir(self._settings.workspace_root, req.scan_id)
         src = base / "src"
