@@ -84,7 +84,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(f"invalid request: {where}: {msg}" if where else f"invalid request: {msg}")
     except CliError as e:
         _fail(str(e), e.code)
-    except (InputError, DevServerError, api.ScanAlreadyFinished, api.ScanNotFound,
+    except (InputError, DevServerError, api.RefNotResolved, api.ScanNotFound,
             api.ScanNotRunning, api.Rejected) as e:
         _fail(str(e))
     except RPCError as e:
@@ -305,7 +305,8 @@ def scan(
         help="With --wait: keep waiting while a scanner is dead (announced on stderr); "
              f"--no-wait-dead exits {EXIT_DEAD} instead.")] = True,
 ) -> None:
-    """Start a scan (a duplicate of a running scan joins it)."""
+    """Scan the commit REF names now: the same commit with the same scanners is the same
+    scan (joined while it runs, its result shown once ended); a moved branch is a new one."""
 
     async def go() -> None:
         settings = Settings.from_env()
@@ -317,8 +318,16 @@ def scan(
             notify=_notify_targets(notify), cluster=cluster,
         )
         client = await api.connect()
+        request = await api.with_commit(client, request, task_queue=settings.task_queue)
         handle = await api.start_scan(client, request, task_queue=settings.task_queue)
-        out.print(f"scan {handle.id} started", highlight=False)
+        what = f"{request.ref} at {(request.commit or '')[:12]}"
+        state = (await handle.describe()).status
+        if state is WorkflowExecutionStatus.RUNNING:
+            out.print(f"scan {handle.id} of {what} running", highlight=False)
+        else:  # this commit was scanned already with these scanners: that is the answer
+            out.print(f"scan {handle.id} of {what} already ended "
+                      f"({state.name.lower() if state else 'unknown'}); --key scans again",
+                      highlight=False)
         if wait:
             summary = await _watch(client, handle.id, stop_on_dead=not wait_dead)
             _print_findings(handle.id)
