@@ -9,7 +9,7 @@ import time
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backends import JobBackend, ScannerFailed
+from activities.backends import JobBackend, ScannerFailed, worker_leaving
 from scanward import metrics
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
@@ -49,6 +49,14 @@ class ScannerActivities:
             outcome = e.failure.value
             raise ApplicationError(e.message, type=e.failure.value, non_retryable=True) from e
         except asyncio.CancelledError:
+            if worker_leaving():
+                # Not a cancel of the scan: fail this attempt of the activity so that
+                # Temporal retries it on another worker at once (a cancellation the
+                # server did not ask for would only time out).
+                outcome = "worker_shutdown"
+                raise ApplicationError(
+                    f"worker shutting down during {job.scanner} attempt {job.attempt}; "
+                    "retried on another worker", type="WorkerShutdown") from None
             outcome = "cancelled"
             raise
         finally:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
@@ -314,6 +315,54 @@ async def test_deadline_exceeded_and_bad_input_are_dead_at_once(
     assert "exit code 2" in (runs["k-badinput"].reason or "")
     await api.abandon(client, handle.id)
     await handle.result()
+
+
+@pytest.mark.usefixtures("stand_in")
+async def test_a_deploy_leaves_the_job_running_for_the_next_worker(
+        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
+        flawed_repo: Path, tmp_path: Path) -> None:
+    """A rolling update: the worker waiting for a Job is stopped (SIGTERM's path, with a
+    drain shorter than the Job); the Job runs on, and the activity retried on the next
+    worker adopts the same Job (same uid) instead of starting the scanner again."""
+    settings = dataclasses.replace(
+        kube_settings, graceful_shutdown_seconds=0.5,
+        catalog_file=kube_catalog(tmp_path / "deploy-catalog.json",
+                                  **{"k-wait": kwok_complete("8s")}))
+    stop_first = asyncio.Event()
+    first = asyncio.create_task(scan_worker.run(settings, stop_first, client))
+    handle = await start_kube(client, settings, "k-wait", repo=flawed_repo)
+    await eventually(lambda: _async(bool(_pods(control_plane, kube_namespace))),
+                     what="the Job's pod")
+    (job,) = jobs_of(control_plane, kube_namespace)
+    uid = job["metadata"]["uid"]
+    stop_first.set()
+    await asyncio.wait_for(first, 30)
+    # The worker is gone; its Job is not.
+    assert [j["metadata"]["uid"] for j in jobs_of(control_plane, kube_namespace)] == [uid]
+
+    stop_second = asyncio.Event()
+    second = asyncio.create_task(scan_worker.run(settings, stop_second, client))
+    try:
+        summary = await asyncio.wait_for(handle.result(), 60)
+    finally:
+        stop_second.set()
+        await asyncio.wait_for(second, 30)
+    (run,) = summary.scanners
+    assert summary.status is ScanStatus.COMPLETED
+    assert (run.status, run.attempts) == (ScannerStatus.SUCCEEDED, 1)  # not a new attempt
+    # One Job for the attempt, the same one (ttl keeps it after completion).
+    assert [j["metadata"]["uid"] for j in jobs_of(control_plane, kube_namespace)] == [uid]
+    # The activity was retried once, after the first worker's WorkerShutdown failure.
+    history = await handle.fetch_history()
+    scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                 for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED}
+    (started,) = [e.activity_task_started_event_attributes for e in history.events
+                  if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                  and scheduled[e.activity_task_started_event_attributes.scheduled_event_id]
+                  == "run_scanner"]
+    assert started.attempt == 2
+    assert started.last_failure.application_failure_info.type == "WorkerShutdown"
 
 
 @pytest.mark.usefixtures("kube_worker")

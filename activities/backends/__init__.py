@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from temporalio import activity
+
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.job_spec import SARIF_FILE, results_subpath
@@ -86,6 +88,16 @@ class JobBackend(Protocol):
         """Stop the attempt now, from any worker (the scan was cancelled); idempotent.
         Returns what was done, for the activity's log."""
         ...
+
+
+def worker_leaving() -> bool:
+    """True in an activity cancelled because its worker is shutting down (a deploy), not
+    because the scan was cancelled: a job that can outlive the worker is left running
+    for the retried activity on another worker to adopt."""
+    if not activity.in_activity():
+        return False
+    details = activity.cancellation_details()
+    return bool(details and details.worker_shutdown and not details.cancel_requested)
 
 
 def classify_exit(spec: ScannerSpec, exit_code: int) -> FailureClass | None:

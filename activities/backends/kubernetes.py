@@ -27,7 +27,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating
+from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating, worker_leaving
 from activities.backends.job_watch import JobTracker
 from scanward.attempt_logs import read_tail, with_log_tail
 from scanward.catalog import Catalog, ScannerSpec
@@ -238,7 +238,14 @@ class KubernetesBackend:
             outcome = await wait_heartbeating(waiter, heartbeat, heartbeat_every)
         except BaseException:
             waiter.cancel()
-            # Cancelled (or the worker is going away without finishing): no orphans.
+            if worker_leaving():
+                # A deploy: the Job runs on without this worker, and the retried activity
+                # on another worker adopts it (create -> 409 -> adopt) instead of starting
+                # the scanner again from zero.
+                log.info("worker shutting down: Job %s left running for the next worker",
+                         name)
+                raise
+            # Cancelled, or failed here: no orphans.
             await asyncio.shield(asyncio.to_thread(self._delete, name))
             raise
         finally:
