@@ -575,6 +575,93 @@ async def _chain(first: list[Any], then: Any) -> Any:
         yield item
 
 
+# ------------------------------------------------------------------------------ load
+
+
+@app.command()
+def load(
+    scenario: Annotated[str, typer.Argument(
+        help="happy | mixed | webhook | tenants")] = "happy",
+    iterations: Annotated[int | None, typer.Option(
+        min=1, help="Scans to run (tenants: the bulk tenant's).")] = None,
+    duration: Annotated[str | None, typer.Option(
+        help="Start scans for this long instead, e.g. 5m.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(
+        min=1, help="Scans in flight at once.")] = None,
+    rate: Annotated[str | None, typer.Option(help="At most R starts per second, e.g. 5/s.")
+                    ] = None,
+    run_id: Annotated[str | None, typer.Option(
+        help="Derives the scan ids (and the local task queue).")] = None,
+    start_local_server: Annotated[bool, typer.Option(
+        "--start-local-server", help="Start a dev server and a worker process here.")
+                                  ] = False,
+    task_queue: Annotated[str | None, typer.Option(
+        help="Task queue of the deployment's workers.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Route scans to this cluster.")] = None,
+    scanners: Annotated[int, typer.Option(min=1, max=8, help="Synthetic scanners per scan.")
+                        ] = 1,
+    scan_seconds: Annotated[float, typer.Option(min=0, help="How long each scanner runs.")
+                            ] = 0.0,
+    findings: Annotated[int, typer.Option(min=0, help="Findings per scanner.")] = 3,
+    crash_share: Annotated[float, typer.Option(help="mixed: crash, then succeed.")] = 0.2,
+    dead_share: Annotated[float, typer.Option(help="mixed: go dead (retried, abandoned).")
+                          ] = 0.2,
+    cancel_share: Annotated[float, typer.Option(help="mixed: cancelled while running.")
+                            ] = 0.2,
+    webhook_down: Annotated[str, typer.Option(help="webhook: receiver down this long.")
+                            ] = "3s",
+    webhook_delay: Annotated[float, typer.Option(help="webhook: seconds per answer.")] = 0.2,
+    small_scans: Annotated[int, typer.Option(min=1, help="tenants: the small tenant's scans.")
+                           ] = 10,
+    tenant_max_jobs: Annotated[str | None, typer.Option(
+        help="SCANWARD_TENANT_MAX_JOBS of the local worker, e.g. 4 or bulk=2,*=4.")] = None,
+    worker_activities: Annotated[int | None, typer.Option(
+        min=1, help="SCANWARD_MAX_CONCURRENT_ACTIVITIES of the local worker.")] = None,
+    baseline: Annotated[bool, typer.Option(
+        help="Also run a minimal workflow with as many no-op activities; print ratios.")
+                        ] = False,
+    keep: Annotated[bool, typer.Option(help="Keep the work dir (logs, repository).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON on stdout.")
+                       ] = False,
+) -> None:
+    """Load test: run a scenario's scans end to end with the synthetic scanner, report
+    throughput, latency, history sizes and CPU per scan, then replay every history it
+    produced. Exits 1 if a scan failed or a history does not replay."""
+    from scanward.load import report as load_report
+    from scanward.load import runner
+
+    async def go() -> None:
+        try:
+            opts = runner.LoadOptions(
+                scenario=scenario, iterations=iterations,
+                duration=runner.parse_duration(duration) if duration else None,
+                max_concurrent=max_concurrent,
+                rate=runner.parse_rate(rate) if rate else None,
+                start_local_server=start_local_server, task_queue=task_queue,
+                cluster=cluster, scanners=scanners, scan_seconds=scan_seconds,
+                findings=findings, crash_share=crash_share, dead_share=dead_share,
+                cancel_share=cancel_share, webhook_down=runner.parse_duration(webhook_down),
+                webhook_delay=webhook_delay, small_scans=small_scans,
+                tenant_max_jobs=tenant_max_jobs, worker_activities=worker_activities,
+                baseline=baseline, keep=keep)
+            if run_id:
+                opts.run_id = run_id
+            result = await runner.run_load(opts, lambda line: err.print(
+                f"scanward load: {line}", markup=False, highlight=False, soft_wrap=True))
+        except runner.LoadError as e:
+            raise CliError(str(e)) from e
+        if as_json:
+            print(json.dumps(result.as_json(), indent=2))
+        else:
+            load_report.render(result, out)
+        scans, replayed = load_report.counts(result.records), result.replay
+        if scans["failed"] or replayed.get("failures"):
+            raise CliError(f"{scans['failed']} scan(s) failed, {replayed.get('failures', 0)} "
+                           "history(ies) did not replay")
+
+    _run(go())
+
+
 async def _with_dev_stack(settings: Settings, server: DevServer,
                           body: Callable[[Client], Awaitable[None]]) -> None:
     """Run ``body`` with a dev server and an in-process local worker around it."""

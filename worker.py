@@ -22,10 +22,11 @@ from activities.results import ResultActivities
 from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
 from scanward import client as client_api
-from scanward import metrics, tracing
+from scanward import metrics, tenants, tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
 from scanward.health import Health
+from scanward.inputs import InputError
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
@@ -58,7 +59,11 @@ def build_worker(client: Client, settings: Settings, store: Store,
     secrets = SecretStore(settings.env, settings.secrets_dir)
     workspace = WorkspaceActivities(settings, catalog, secrets)
     pusher = metrics.Pusher(settings.pushgateway) if settings.pushgateway else None
-    scanners = ScannerActivities(backend, catalog, pusher)
+    try:
+        caps = tenants.parse_job_caps(settings.env.get(tenants.MAX_JOBS_ENV))
+    except InputError as e:
+        raise ConfigError(str(e)) from e
+    scanners = ScannerActivities(backend, catalog, pusher, caps)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets)
     return Worker(

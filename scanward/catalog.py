@@ -95,6 +95,20 @@ _BUILTIN: tuple[ScannerSpec, ...] = (
         base=Resources(cpu_millis=500, memory_mib=512),
         memory_mib_per_gib=512,
     ),
+    # Load tests (scanward load): duration and outcome chosen by the scanned repository
+    # (.scanward-synthetic.json), valid SARIF with N findings; see synthetic_scanner.py.
+    ScannerSpec(
+        name="synthetic",
+        image="ghcr.io/scanward/scanward:0.1.0",
+        command=("python", "-m", "scanward.synthetic_scanner", "{source}", "{sarif}"),
+        # -I: the checkout (the cwd) must not shadow the scanner's own modules.
+        local_command=("{python}", "-I", "-m", "scanward.synthetic_scanner", "{source}",
+                       "{sarif}"),
+        bad_input_exit_codes=frozenset({2}),
+        base=Resources(cpu_millis=50, memory_mib=64),
+        memory_mib_per_gib=0,
+        max_memory_mib=1024,
+    ),
 )
 
 

@@ -30,6 +30,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
+    Priority,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -54,6 +55,7 @@ from scanward.contract import (
     ScanSummary,
 )
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
+from scanward.tenants import priority_for, weights_from_env
 
 WORKFLOW = "ScanWorkflow"
 RESOLVE_WORKFLOW = "ResolveRef"
@@ -156,6 +158,7 @@ async def start_scan(
     request: ScanRequest,
     *,
     task_queue: str = DEFAULT_TASK_QUEUE,
+    priority: Priority | None = None,
 ) -> WorkflowHandle[Any, ScanSummary]:
     """Start a scan of the commit ``request.ref`` names now, or return the scan of it
     that already exists.
@@ -168,7 +171,15 @@ async def start_scan(
     Scanner names are checked for syntax only (by :class:`ScanRequest`): the workers'
     catalog (``SCANWARD_CATALOG``) is the authority on which scanners exist, and a scan
     naming one they do not know fails at once with ``UnknownScanner``.
+
+    Per-tenant fairness: the scan (and every activity of it, which inherits the
+    workflow's priority) carries ``Priority(fairness_key=tenant, fairness_weight=w)``
+    with ``w`` from ``SCANWARD_TENANT_WEIGHTS`` (default 1), so that on a backlogged task
+    queue a tenant with 1,000 scans queued does not starve one that queues 10.
+    ``priority`` overrides it (``Priority.default``: no fairness key, plain FIFO).
     """
+    if priority is None:
+        priority = priority_for(request.tenant, weights_from_env())
     request = await with_commit(client, request, task_queue=task_queue)
     queue = task_queue_for(request.cluster, task_queue)
     scan_id = request.scan_id()
@@ -186,6 +197,7 @@ async def start_scan(
                 SearchAttributePair(sa.SCAN_TENANT, request.tenant),
             ]),
             static_summary=scan_details.static_summary(request),  # the Web UI's title
+            priority=priority,
         )
     except WorkflowAlreadyStartedError:
         # This commit was scanned to the end with these scanners: that scan is the answer.

@@ -23,7 +23,7 @@ import worker as scan_worker
 from scanward import client as api
 from scanward import search_attributes as sa
 from scanward.contract import RetryTuning, ScanRequest
-from scanward.devserver import temporal_binary
+from scanward.devserver import FAIRNESS_ARGS, temporal_binary
 from scanward.example import create_example_repo
 from scanward.settings import Settings
 from tests.webhook_receiver import WebhookReceiver
@@ -55,6 +55,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=sa.ALL,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        dev_server_extra_args=list(FAIRNESS_ARGS),  # per-tenant fairness, as `scanward dev`
     )
     try:
         yield env

@@ -1,0 +1,218 @@
+"""Scenarios: what one iteration does (its executor), and each scenario's defaults.
+
+Every iteration starts a real scan with :func:`scanward.client.start_scan` of a commit
+whose ``.scanward-synthetic.json`` sets the synthetic scanner's behaviour, steers it as
+an operator would (retry, then abandon, a dead scanner through the validating Updates;
+cancel a running scan), and waits for its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import Priority
+from temporalio.exceptions import CancelledError
+from temporalio.service import RPCError
+
+from scanward import client as api
+from scanward.contract import (
+    AbandonSignal,
+    NotifyTarget,
+    RetryTuning,
+    ScannerStatus,
+    ScanRequest,
+    ScanStatus,
+    ScanSummary,
+)
+from scanward.load.report import ScanRecord
+from scanward.load.synthetic import Behaviour, LoadRepo
+
+# Kinds of iteration, each a behaviour of the synthetic scanner plus what the load tool
+# does meanwhile.
+OK, CRASH_THEN_OK, DEAD, CANCEL = "ok", "crash_then_ok", "dead", "cancel"
+KINDS = (OK, CRASH_THEN_OK, DEAD, CANCEL)
+
+# Production's shape with shorter waits: a crash is retried after 200 ms, not 10 s, so a
+# run measures orchestration rather than backoff timers.
+LOAD_TUNING = RetryTuning(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=1),
+    scanner_attempts=2,
+    io_attempts=10,
+    clone_timeout=timedelta(minutes=2),
+    scanner_timeout=timedelta(minutes=10),
+    notify_timeout=timedelta(seconds=10),
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    iterations: int  # default when neither --iterations nor --duration is given
+    max_concurrent: int
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("happy", "every scanner of every scan succeeds", 100, 10),
+    Scenario("mixed", "a share crash then succeed, go dead (retried, then abandoned by the "
+                      "load tool), or are cancelled while running; the rest succeed", 50, 10),
+    Scenario("webhook", "every scan notifies a receiver that is down (503) for a while and "
+                        "slow throughout", 30, 10),
+    Scenario("tenants", "one tenant queues N scans, then a small tenant queues a few: its "
+                        "latency idle, with fairness off (FIFO) and on", 1000, 0),
+)}
+
+
+def behaviours(scan_seconds: float, findings: int, stamps: str | None = None
+               ) -> dict[str, Behaviour]:
+    """The synthetic scanner's behaviour for each kind of iteration."""
+    return {
+        OK: Behaviour("ok", scan_seconds, findings, stamps=stamps),
+        CRASH_THEN_OK: Behaviour("crash_then_ok", scan_seconds, findings, crash_attempts=1,
+                                 stamps=stamps),
+        DEAD: Behaviour("crash", scan_seconds, findings, stamps=stamps),
+        # Long enough to be running when the load tool cancels it.
+        CANCEL: Behaviour("ok", max(scan_seconds, 300.0), findings, stamps=stamps),
+    }
+
+
+def mixed_kinds(crash: float, dead: float, cancel: float, slots: int = 20) -> list[str]:
+    """A repeating sequence of kinds with these shares, spread evenly (smooth weighted
+    round robin), so that even a short run gets every kind early."""
+    weights = {CRASH_THEN_OK: round(crash * slots), DEAD: round(dead * slots),
+               CANCEL: round(cancel * slots)}
+    if sum(weights.values()) > slots or min(crash, dead, cancel) < 0:
+        raise ValueError("shares must be non-negative and add up to at most 1")
+    weights = {OK: slots - sum(weights.values()), **weights}
+    current = dict.fromkeys(weights, 0)
+    order = []
+    for _ in range(slots):
+        for kind, weight in weights.items():
+            current[kind] += weight
+        pick = max(current, key=lambda k: current[k])
+        current[pick] -= slots
+        order.append(pick)
+    return order
+
+
+@dataclass
+class LoadContext:
+    """What every iteration needs."""
+
+    client: Client
+    task_queue: str
+    run_id: str
+    repo: LoadRepo
+    scanners: tuple[str, ...] = ("synthetic",)
+    tuning: RetryTuning = LOAD_TUNING
+    notify: tuple[NotifyTarget, ...] = ()
+    cluster: str | None = None
+    poll_seconds: float = 0.2
+    steer_timeout: float = 300.0  # waiting for a scan to go dead or to run
+
+
+@dataclass
+class Started:
+    """A scan started by an iteration, not yet steered or ended."""
+
+    handle: WorkflowHandle[Any, ScanSummary]
+    record: ScanRecord
+
+
+async def start(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",
+                phase: str = "", priority: Priority | None = None) -> Started:
+    """Start a scan of ``kind``'s commit (no ref to resolve: the commit is known)."""
+    request = ScanRequest(
+        repository=ctx.repo.url, ref=kind, commit=ctx.repo.commits[kind],
+        scanners=ctx.scanners, tenant=tenant, notify=ctx.notify, tuning=ctx.tuning,
+        cluster=ctx.cluster, dedupe_key=f"{ctx.run_id}-{phase or 'load'}-{i}",
+    )
+    started = time.monotonic()
+    handle = await api.start_scan(ctx.client, request, task_queue=ctx.task_queue,
+                                  priority=priority)
+    return Started(handle, ScanRecord(handle.id, kind, tenant, started, started, "failed",
+                                      phase))
+
+
+async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
+    """Steer a started scan as its kind asks and wait for its end."""
+    handle, record = scan.handle, scan.record
+    try:
+        async with asyncio.timeout(ctx.steer_timeout):
+            if record.kind == DEAD:
+                await _retry_then_abandon(ctx, handle.id)
+                record.went_dead = True
+            elif record.kind == CANCEL:
+                await _cancel_when_running(ctx, handle.id)
+        summary: ScanSummary = await handle.result()
+        record.outcome = {ScanStatus.COMPLETED: "completed",
+                          ScanStatus.PARTIAL: "dead"}.get(summary.status, "failed")
+        if record.outcome == "failed":
+            record.error = f"ended {summary.status.value}: {summary.reason}"
+    except WorkflowFailureError as e:
+        cancelled = isinstance(e.cause, CancelledError)
+        record.outcome = "cancelled" if cancelled else "failed"
+        if not cancelled:
+            record.error = str(getattr(e.cause, "message", e.cause))
+    except (TimeoutError, RPCError, api.Rejected, api.ScanNotRunning) as e:
+        record.error = f"{type(e).__name__}: {e}"
+        # Leave nothing running behind the load: the next run must not inherit it.
+        with contextlib.suppress(RPCError):
+            await handle.terminate(reason=f"scanward load: {record.error}")
+    record.ended = time.monotonic()
+    return record
+
+
+async def run_scan(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",
+                   phase: str = "", priority: Priority | None = None) -> ScanRecord:
+    """One iteration: start a scan of ``kind``'s commit, steer it, wait for its end."""
+    return await finish(ctx, await start(ctx, i, kind, tenant=tenant, phase=phase,
+                                         priority=priority))
+
+
+async def _progress(ctx: LoadContext, scan_id: str) -> ScanSummary | None:
+    try:
+        return await api.progress(ctx.client, scan_id, timedelta(seconds=10))
+    except RPCError:
+        return None  # the workflow has not run its first task yet
+
+
+async def _until(ctx: LoadContext, scan_id: str,
+                 check: Callable[[ScanSummary], bool]) -> ScanSummary:
+    while True:
+        summary = await _progress(ctx, scan_id)
+        if summary is not None and check(summary):
+            return summary
+        await asyncio.sleep(ctx.poll_seconds)
+
+
+def _dead(summary: ScanSummary, after_attempts: int = 0) -> bool:
+    return any(r.status is ScannerStatus.DEAD and r.attempts > after_attempts
+               for r in summary.scanners)
+
+
+async def _retry_then_abandon(ctx: LoadContext, scan_id: str) -> None:
+    """What an operator does with a scanner that keeps dying: retry it once (the
+    ``retry`` Update), and when it dies again, abandon it (``abandon``)."""
+    first = await _until(ctx, scan_id, _dead)
+    attempts = max(r.attempts for r in first.scanners if r.status is ScannerStatus.DEAD)
+    await api.retry(ctx.client, scan_id)
+    await _until(ctx, scan_id, lambda s: _dead(s, attempts))
+    await api.abandon(ctx.client, scan_id, AbandonSignal(reason="abandoned by scanward load"))
+
+
+async def _cancel_when_running(ctx: LoadContext, scan_id: str) -> None:
+    await _until(ctx, scan_id, lambda s: any(r.status is ScannerStatus.RUNNING
+                                             for r in s.scanners))
+    await api.cancel(ctx.client, scan_id)
+
+
+Executor = Callable[[int], Awaitable[ScanRecord]]

