@@ -27,6 +27,7 @@ from scanward.catalog import Catalog
 from scanward.client import connect
 from scanward.health import Health
 from scanward.inputs import InputError
+from scanward.scan_survey import ScanSurveyor
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
@@ -53,19 +54,20 @@ def make_backend(settings: Settings) -> JobBackend:
 
 
 def build_worker(client: Client, settings: Settings, store: Store,
-                 executor: ThreadPoolExecutor, backend: JobBackend) -> Worker:
+                 executor: ThreadPoolExecutor, backend: JobBackend,
+                 pusher: metrics.Pusher | None = None) -> Worker:
     """A worker for the ScanWorkflow and its activities on ``settings.task_queue``."""
     catalog = Catalog.load(settings.catalog_file)
+    metrics.initialize(catalog.names(), backend.name)
     secrets = SecretStore(settings.env, settings.secrets_dir)
     workspace = WorkspaceActivities(settings, catalog, secrets)
-    pusher = metrics.Pusher(settings.pushgateway) if settings.pushgateway else None
     try:
         caps = tenants.parse_job_caps(settings.env.get(tenants.MAX_JOBS_ENV))
     except InputError as e:
         raise ConfigError(str(e)) from e
     scanners = ScannerActivities(backend, catalog, pusher, caps)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
-    notify = NotifyActivities(secrets)
+    notify = NotifyActivities(secrets, pusher)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -88,6 +90,10 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
     """Run a worker until ``stop`` is set, then drain in-flight work and return."""
     for path in (settings.workspace_root, settings.results_root):
         path.mkdir(parents=True, exist_ok=True)
+    try:
+        interval = metrics.interval_from_env(settings.env)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     backend = make_backend(settings)
     try:
         await asyncio.to_thread(backend.start)
@@ -102,12 +108,19 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
                 metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
         client = await connect(runtime=runtime)
     health = _health(settings, store, client)
-    probes = asyncio.create_task(health.run())
+    background = [asyncio.create_task(health.run())]
+    pusher = (metrics.Pusher(settings.pushgateway, interval=interval)
+              if settings.pushgateway else None)
+    if settings.health_port is not None:  # someone scrapes /metrics: survey scans for it
+        surveyor = ScanSurveyor(client, settings.task_queue)
+        background.append(asyncio.create_task(surveyor.run(interval)))
     try:
         # Threads serve only the synchronous (database) activities and are started on
         # demand; waiting scanners are coroutines and use none.
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
-            worker = build_worker(client, settings, store, executor, backend)
+            worker = build_worker(client, settings, store, executor, backend, pusher)
+            if pusher is not None:  # after build_worker: the first push has every series
+                background.append(asyncio.create_task(pusher.run()))
             async with worker:
                 health.set_ready(True)
                 log.info("worker polling %s (backend %s)", settings.task_queue,
@@ -117,7 +130,10 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
                 log.info("shutting down: finishing in-flight activities (up to %.0fs)",
                          settings.graceful_shutdown_seconds)
     finally:
-        probes.cancel()
+        for task in background:
+            task.cancel()
+        if pusher is not None:  # a clean stop: its group leaves the Pushgateway
+            await pusher.close()
         health.close()
         store.close()
         backend.close()
@@ -136,6 +152,7 @@ def _health(settings: Settings, store: Store, client: Client) -> Health:
 
     health.add_check("temporal", temporal)
     health.add_check("store", database)
+    metrics.WORKER_READY.set_function(lambda: float(health.ready()[0]))
     if settings.health_port is not None:
         port = health.serve(settings.health_port)
         log.info("health probes on :%d (/livez, /readyz)", port)

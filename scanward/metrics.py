@@ -1,31 +1,97 @@
-"""Scanner-attempt metrics, recorded by the worker that watched each attempt.
+"""Worker metrics: what a worker serves at ``/metrics`` and what it pushes to a Pushgateway.
 
-Scanner Jobs are often shorter than a scrape interval, and their images are third-party:
-so the worker records every attempt (outcome, duration) and, with
-``SCANWARD_PUSHGATEWAY`` set, pushes them to a Prometheus Pushgateway as soon as an
-attempt ends. The same registry is served at ``/metrics`` on the health port.
+Two registries, and one source for every series, so that a Prometheus that scrapes the
+worker *and* the Pushgateway never counts an attempt twice:
+
+* ``PUSHED``: counters of work that can end right before the worker dies (scanner
+  attempts by outcome, their durations, webhook deliveries). Cumulative per worker
+  process. With ``SCANWARD_PUSHGATEWAY`` set, a :class:`Pusher` pushes them under the
+  grouping key ``{job="scanward_scanner", instance="<host>-<pid>"}`` when each attempt or
+  delivery ends and every interval, and ``/metrics`` leaves them out while it does.
+  Without a gateway, ``/metrics`` serves them.
+* ``REGISTRY``: the worker's own state, meaningful only while it runs (ready, scans by
+  status from Temporal's visibility): scraped, never pushed; a pushed gauge of a dead
+  worker would stay in the gateway forever.
+
+Pushgateway hygiene: a clean shutdown deletes the worker's group (after one interval when
+its last push changed values, so that a scrape sees them); the group of a crashed worker
+is deleted by any live worker once it has not been pushed for ``STALE_INTERVALS``
+intervals, and the ``ScanwardPushgatewayStale`` alert fires when no one does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import push_to_gateway
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import delete_from_gateway, push_to_gateway
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scanward.contract import FailureClass
 
 log = logging.getLogger("scanward.metrics")
 
-REGISTRY = CollectorRegistry()
+PUSH_JOB = "scanward_scanner"
+INTERVAL_VARIABLE = "SCANWARD_METRICS_INTERVAL_SECONDS"
+DEFAULT_INTERVAL = 30.0
+# A group not pushed for this many intervals belongs to a worker that is gone.
+STALE_INTERVALS = 20
+OUTCOMES = ("succeeded", "cancelled", *(c.value for c in FailureClass))
+
+PUSHED = CollectorRegistry()
 ATTEMPTS = Counter(
     "scanward_scanner_attempts", "Scanner attempts by outcome (succeeded, a failure class, "
-    "or cancelled)", ["scanner", "backend", "outcome"], registry=REGISTRY)
+    "or cancelled)", ["scanner", "backend", "outcome"], registry=PUSHED)
 DURATION = Histogram(
     "scanward_scanner_attempt_seconds", "Wall time of a scanner attempt, start to end",
-    ["scanner", "backend"], registry=REGISTRY,
+    ["scanner", "backend"], registry=PUSHED,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200))
-PUSH_JOB = "scanward_scanner"
+DELIVERIES = Counter(
+    "scanward_webhook_deliveries", "Webhook delivery attempts by outcome: delivered, "
+    "failed (retried), gave_up (the last retry failed), rejected (not retryable)",
+    ["host", "outcome"], registry=PUSHED)
+
+REGISTRY = CollectorRegistry()
+WORKER_READY = Gauge("scanward_worker_ready", "1 while /readyz answers ready, else 0",
+                     registry=REGISTRY)
+
+_pushers: set[Pusher] = set()
+_pushers_lock = threading.Lock()
+
+
+class _Unpushed(Collector):
+    """``PUSHED`` as part of ``/metrics``, but only while nothing pushes it."""
+
+    def collect(self) -> Iterable[Metric]:
+        with _pushers_lock:
+            if _pushers:
+                return []
+        return list(PUSHED.collect())
+
+
+REGISTRY.register(_Unpushed())
+
+
+def initialize(scanners: Iterable[str], backend: str) -> None:
+    """Create every (scanner, outcome) series at zero: a counter that first appears at 1
+    hides that increment from ``increase()``, and dashboards would miss it."""
+    for scanner in scanners:
+        DURATION.labels(scanner, backend)
+        for outcome in OUTCOMES:
+            ATTEMPTS.labels(scanner, backend, outcome)
 
 
 def record(scanner: str, backend: str, outcome: str, seconds: float) -> None:
@@ -33,25 +99,208 @@ def record(scanner: str, backend: str, outcome: str, seconds: float) -> None:
     DURATION.labels(scanner, backend).observe(seconds)
 
 
+def webhook_host(url: str) -> str:
+    """The label for a webhook target: host and port only (paths and query strings of
+    webhook URLs often carry tokens)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "invalid"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
+
+
+def record_delivery(url: str, outcome: str) -> None:
+    DELIVERIES.labels(webhook_host(url), outcome).inc()
+
+
 def exposition() -> bytes:
-    """The registry in Prometheus text format (for ``/metrics``)."""
+    """The worker's ``/metrics`` in Prometheus text format."""
     return generate_latest(REGISTRY)
 
 
-class Pusher:
-    """Pushes the registry to a Pushgateway, grouped by this worker instance."""
+def interval_from_env(env: Mapping[str, str]) -> float:
+    """``SCANWARD_METRICS_INTERVAL_SECONDS``: how often the worker re-pushes its group and
+    surveys scans, and how long a clean shutdown waits before deleting a group it has
+    just changed (set it to at least the scrape interval)."""
+    raw = env.get(INTERVAL_VARIABLE) or ""
+    if not raw.strip():
+        return DEFAULT_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        # The form of scanward.env_values' messages: one line, variable, value, form.
+        raise ValueError(f"{INTERVAL_VARIABLE}={raw.strip()!r}: expected a number of seconds "
+                         "from 0 (exclusive) to 3600")
+    return value
 
-    def __init__(self, gateway: str, instance: str | None = None) -> None:
+
+class Pusher:
+    """Pushes ``PUSHED`` to a Pushgateway, grouped by this worker process."""
+
+    def __init__(self, gateway: str, instance: str | None = None, *,
+                 interval: float = DEFAULT_INTERVAL) -> None:
         self.gateway = gateway
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: bytes | None = None
+        self._changed_at: float | None = None  # monotonic time of the last changing push
+
+    @property
+    def grouping_key(self) -> dict[str, str]:
+        return {"instance": self.instance}
 
     def push(self) -> bool:
         """Push now; a gateway that is down is logged, never raised (metrics must not
         fail a scan)."""
+        with self._lock:
+            payload = generate_latest(PUSHED)
+            try:
+                push_to_gateway(self.gateway, job=PUSH_JOB, registry=PUSHED,
+                                grouping_key=self.grouping_key, timeout=5)
+            except OSError as e:
+                log.warning("pushing metrics to %s failed: %s", self.gateway, e)
+                return False
+            if payload != self._last:
+                self._last = payload
+                self._changed_at = time.monotonic()
+            return True
+
+    def delete(self) -> bool:
+        """Delete this worker's group from the gateway."""
         try:
-            push_to_gateway(self.gateway, job=PUSH_JOB, registry=REGISTRY,
-                            grouping_key={"instance": self.instance}, timeout=5)
+            delete_from_gateway(self.gateway, job=PUSH_JOB, grouping_key=self.grouping_key,
+                                timeout=5)
         except OSError as e:
-            log.warning("pushing metrics to %s failed: %s", self.gateway, e)
+            log.warning("deleting metrics group %s from %s failed: %s", self.instance,
+                        self.gateway, e)
             return False
         return True
+
+    async def run(self) -> None:
+        """Until cancelled: take over ``PUSHED`` from ``/metrics``, push every interval
+        (``push_time_seconds`` stays fresh while this worker lives), and delete the
+        groups of workers that stopped pushing long ago."""
+        with _pushers_lock:
+            _pushers.add(self)
+        while True:
+            await asyncio.to_thread(self.push)
+            await asyncio.to_thread(delete_stale_groups, self.gateway,
+                                    self.interval * STALE_INTERVALS)
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        """On clean shutdown: a last push, then delete the group. When that push (or one
+        just before) changed values, wait one interval first so a scrape records them."""
+        await asyncio.to_thread(self.push)
+        if self._changed_at is not None:
+            wait = self._changed_at + self.interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        deleted = await asyncio.to_thread(self.delete)
+        with _pushers_lock:
+            _pushers.discard(self)
+        if deleted:
+            log.info("deleted metrics group instance=%s from %s", self.instance, self.gateway)
+
+
+def _url(gateway: str) -> str:
+    return gateway if "://" in gateway else f"http://{gateway}"
+
+
+def groups(gateway: str) -> tuple[list[dict[str, Any]], float]:
+    """The gateway's groups (``/api/v1/metrics``) and its clock (the ``Date`` header), so
+    that ages never depend on this host's clock."""
+    response = httpx.get(f"{_url(gateway)}/api/v1/metrics", timeout=5)
+    response.raise_for_status()
+    now = time.time()
+    with contextlib.suppress(TypeError, ValueError):
+        now = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    data: list[dict[str, Any]] = response.json().get("data") or []
+    return data, now
+
+
+def stale_groups(found: Iterable[Mapping[str, Any]], now: float, older_than: float,
+                 job: str = PUSH_JOB) -> Iterator[dict[str, str]]:
+    """Labels of ``job``'s groups last pushed more than ``older_than`` seconds before
+    ``now``."""
+    for group in found:
+        labels: dict[str, str] = dict(group.get("labels") or {})
+        if labels.get("job") != job:
+            continue
+        try:
+            pushed = float(group["push_time_seconds"]["metrics"][0]["value"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        if now - pushed > older_than:
+            yield labels
+
+
+def delete_stale_groups(gateway: str, older_than: float, job: str = PUSH_JOB,
+                        delete: Callable[..., None] = delete_from_gateway) -> list[str]:
+    """Delete ``job``'s groups not pushed for ``older_than`` seconds (workers that
+    crashed); returns their instances. Failures are logged: the next round retries."""
+    try:
+        found, now = groups(gateway)
+    except (httpx.HTTPError, ValueError) as e:
+        log.warning("listing metrics groups on %s failed: %s", gateway, e)
+        return []
+    deleted = []
+    for labels in stale_groups(found, now, older_than, job):
+        key = {k: v for k, v in labels.items() if k != "job"}
+        try:
+            delete(gateway, job=job, grouping_key=key, timeout=5)
+        except OSError as e:
+            log.warning("deleting stale metrics group %s failed: %s", key, e)
+            continue
+        log.info("deleted stale metrics group %s (no push for %.0fs)", key, older_than)
+        deleted.append(key.get("instance", ""))
+    return deleted
+
+
+@dataclass(frozen=True)
+class ScanCounts:
+    """One survey of a task queue's scans (:mod:`scanward.scan_survey`)."""
+
+    open: Mapping[str, int]  # running scans by ScanStatus (running, dead)
+    closed_last_hour: Mapping[str, int]  # scans that ended in the last hour, by ScanStatus
+    oldest_dead_seconds: float  # how long the longest-dead scan has been dead; 0: none
+
+
+class ScanGauges(Collector):
+    """Scans by ``ScanStatus`` per task queue, as last surveyed; nothing for a queue
+    until its first survey, rather than zeros that would be a lie."""
+
+    def __init__(self) -> None:
+        self._by_queue: dict[str, ScanCounts] = {}
+
+    def set(self, task_queue: str, counts: ScanCounts) -> None:
+        self._by_queue[task_queue] = counts
+
+    def get(self, task_queue: str) -> ScanCounts | None:
+        return self._by_queue.get(task_queue)
+
+    def collect(self) -> Iterable[Metric]:
+        scans = GaugeMetricFamily("scanward_scans", "Running scans by ScanStatus (running, "
+                                  "dead), from Temporal's visibility",
+                                  labels=["task_queue", "status"])
+        closed = GaugeMetricFamily("scanward_scans_closed_1h", "Scans that ended in the "
+                                   "last hour by ScanStatus", labels=["task_queue", "status"])
+        oldest = GaugeMetricFamily("scanward_dead_scans_oldest_seconds", "How long the "
+                                   "longest-dead running scan has been dead (0: none)",
+                                   labels=["task_queue"])
+        for queue, counts in sorted(self._by_queue.items()):
+            for status, n in sorted(counts.open.items()):
+                scans.add_metric([queue, status], n)
+            for status, n in sorted(counts.closed_last_hour.items()):
+                closed.add_metric([queue, status], n)
+            oldest.add_metric([queue], counts.oldest_dead_seconds)
+        return [scans, closed, oldest] if self._by_queue else []
+
+
+SCANS = ScanGauges()
+REGISTRY.register(SCANS)

@@ -28,7 +28,7 @@ from scanward.example import create_example_repo
 from scanward.settings import Settings
 from tests.webhook_receiver import WebhookReceiver
 
-pytest_plugins = ["tests.postgres_fixture", "tests.k8s_fixture"]
+pytest_plugins = ["tests.postgres_fixture", "tests.k8s_fixture", "tests.prometheus_fixture"]
 
 HERE = Path(__file__).parent
 T = TypeVar("T")
