@@ -43,6 +43,7 @@ from scanward.contract import (
     ScanSummary,
 )
 from scanward.devserver import DevServer, DevServerError, free_port
+from scanward.env_values import ConfigError
 from scanward.example import create_example_repo
 from scanward.inputs import InputError
 from scanward.settings import Settings
@@ -87,6 +88,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except (InputError, DevServerError, api.RefNotResolved, api.ScanNotFound,
             api.ScanNotRunning, api.Rejected) as e:
         _fail(str(e))
+    except ConfigError as e:  # met while running: `dev`'s worker reads the backend's own
+        _fail(str(e))
     except RPCError as e:
         _fail(f"temporal: {e.message}")
     except RuntimeError as e:  # cannot connect to Temporal; StoreError (one line)
@@ -94,6 +97,20 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except KeyboardInterrupt:
         _fail("interrupted")
     raise AssertionError("unreachable")
+
+
+@app.callback()
+def _check_configuration() -> None:
+    # Before any command: a bad SCANWARD_* value is one line naming the variable and
+    # exit 1, whichever command meets it first (or none would, like `list`).
+    try:
+        settings = Settings.from_env()
+        if settings.backend == "kubernetes":  # a worker's environment (`dev`, a pod)
+            from activities.backends.kubernetes import KubeSettings
+
+            KubeSettings.from_env(settings.env)
+    except ConfigError as e:
+        _fail(str(e))
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:

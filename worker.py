@@ -25,6 +25,7 @@ from scanward import client as client_api
 from scanward import metrics, tenants, tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
+from scanward.env_values import ConfigError  # a bad SCANWARD_* value, or a cluster that cannot work
 from scanward.health import Health
 from scanward.inputs import InputError
 from scanward.scan_survey import ScanSurveyor
@@ -35,10 +36,6 @@ from workflows.resolve import ResolveRefWorkflow
 from workflows.scan import ScanWorkflow
 
 log = logging.getLogger("scanward.worker")
-
-
-class ConfigError(Exception):
-    """The worker's configuration cannot work."""
 
 
 def make_backend(settings: Settings) -> JobBackend:

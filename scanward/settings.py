@@ -7,21 +7,32 @@ Temporal connection settings are not here: they follow Temporal's own convention
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from scanward.env_values import (
+    ConfigError,
+    bad,
+    env_choice,
+    env_flag,
+    env_float,
+    env_int,
+    env_port,
+)
 
 DEFAULT_HOME = Path(os.path.expanduser("~")) / ".scanward"
 DEFAULT_TASK_QUEUE = "scanward"
+BACKENDS = ("local", "kubernetes")
+# ScanRequest.cluster's pattern: a worker named otherwise could never be sent a scan.
+_CLUSTER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def task_queue_for(cluster: str | None, base: str = DEFAULT_TASK_QUEUE) -> str:
     """Each cluster's workers serve their own task queue; scans are routed by request."""
     return f"{base}-{cluster}" if cluster else base
-
-
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -48,33 +59,121 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``SCANWARD_*``; a value that cannot work raises
+        :class:`~scanward.env_values.ConfigError` naming the variable and the form
+        expected, before anything starts (the worker and the CLI print it and exit 1)."""
         e = dict(os.environ if env is None else env)
-        home = Path(e.get("SCANWARD_HOME", str(DEFAULT_HOME))).expanduser().resolve()
-
-        def path(name: str, default: Path) -> Path:
-            return Path(e[name]).expanduser() if e.get(name) else default
-
-        def port(name: str) -> int | None:
-            return int(e[name]) if e.get(name) else None
-
-        catalog = e.get("SCANWARD_CATALOG")
-        secrets_dir = e.get("SCANWARD_SECRETS_DIR")
+        home = _directory(e, "SCANWARD_HOME", DEFAULT_HOME).resolve()
+        cluster = e.get("SCANWARD_CLUSTER") or None
+        if cluster is not None and not _CLUSTER.fullmatch(cluster):
+            raise bad("SCANWARD_CLUSTER", cluster,
+                      "a cluster name (lowercase letters, digits and '-', at most 63)")
+        catalog = e.get("SCANWARD_CATALOG") or None
+        if catalog is not None:
+            _check_catalog(catalog)
+        secrets_dir = e.get("SCANWARD_SECRETS_DIR") or None
+        if secrets_dir is not None:
+            _directory(e, "SCANWARD_SECRETS_DIR", Path(secrets_dir))
+        _check_retention(e)
+        _check_others(e)
         return cls(
             home=home,
-            workspace_root=path("SCANWARD_WORKSPACE", home / "workspace"),
-            results_root=path("SCANWARD_RESULTS", home / "results"),
-            database_url=e.get("SCANWARD_DATABASE_URL") or f"sqlite:///{home / 'scanward.db'}",
-            task_queue=e.get("SCANWARD_TASK_QUEUE") or task_queue_for(e.get("SCANWARD_CLUSTER")),
-            cluster=e.get("SCANWARD_CLUSTER") or None,
-            backend=e.get("SCANWARD_BACKEND") or "local",
-            allow_local_repositories=_flag(e.get("SCANWARD_ALLOW_LOCAL_REPOS")),
+            workspace_root=_directory(e, "SCANWARD_WORKSPACE", home / "workspace"),
+            results_root=_directory(e, "SCANWARD_RESULTS", home / "results"),
+            database_url=_database_url(e, home),
+            task_queue=(e.get("SCANWARD_TASK_QUEUE") or "").strip()
+            or task_queue_for(cluster),
+            cluster=cluster,
+            backend=env_choice(e, "SCANWARD_BACKEND", "local", BACKENDS),
+            allow_local_repositories=env_flag(e, "SCANWARD_ALLOW_LOCAL_REPOS"),
             catalog_file=Path(catalog) if catalog else None,
             secrets_dir=Path(secrets_dir) if secrets_dir else None,
-            metrics_port=port("SCANWARD_METRICS_PORT"),
-            pushgateway=e.get("SCANWARD_PUSHGATEWAY") or None,
-            health_port=port("SCANWARD_HEALTH_PORT"),
-            graceful_shutdown_seconds=float(e.get("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS") or 60),
-            max_concurrent_activities=int(e.get("SCANWARD_MAX_CONCURRENT_ACTIVITIES") or 500),
-            max_cached_workflows=int(e.get("SCANWARD_MAX_CACHED_WORKFLOWS") or 1000),
+            metrics_port=env_port(e, "SCANWARD_METRICS_PORT"),
+            pushgateway=_pushgateway(e),
+            health_port=env_port(e, "SCANWARD_HEALTH_PORT"),
+            graceful_shutdown_seconds=env_float(e, "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", 60),
+            max_concurrent_activities=env_int(e, "SCANWARD_MAX_CONCURRENT_ACTIVITIES", 500,
+                                              min=1),
+            max_cached_workflows=env_int(e, "SCANWARD_MAX_CACHED_WORKFLOWS", 1000, min=0),
             env=e,
         )
+
+
+def _directory(env: Mapping[str, str], name: str, default: Path) -> Path:
+    """A directory: it may not exist yet (the worker creates it), but it may not be a
+    file, which would only fail later at the first mkdir or clone."""
+    raw = env.get(name)
+    path = Path(raw).expanduser() if raw else default
+    if raw and path.exists() and not path.is_dir():
+        raise bad(name, raw, "a directory (this is a file)")
+    return path
+
+
+def _database_url(env: Mapping[str, str], home: Path) -> str:
+    raw = env.get("SCANWARD_DATABASE_URL")
+    if not raw:
+        return f"sqlite:///{home / 'scanward.db'}"
+    # Imported here: the store pulls in SQLAlchemy, which most CLI commands never need.
+    from scanward.store.errors import StoreError
+    from scanward.store.urls import normalize_url
+
+    try:
+        normalize_url(raw)  # the form only: whether the database answers is the store's
+    except StoreError as err:
+        # The store's message names the expected forms and masks any password.
+        raise ConfigError(f"SCANWARD_DATABASE_URL: {err}") from None
+    return raw
+
+
+def _pushgateway(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("SCANWARD_PUSHGATEWAY") or "").strip()
+    if not raw:
+        return None
+    # prometheus_client takes host:port and prefixes http:// itself; or a full URL.
+    parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise bad("SCANWARD_PUSHGATEWAY", raw, "host:port or http(s)://host:port")
+    return raw
+
+
+def _check_catalog(raw: str) -> None:
+    # The worker loads it again when it starts; reading it here makes a missing or
+    # broken file a configuration error of its own, named, before anything runs.
+    from scanward.catalog import Catalog
+    from scanward.inputs import InputError
+
+    try:
+        Catalog.load(raw)
+    except InputError as err:
+        raise ConfigError(f"SCANWARD_CATALOG: {err}; expected a JSON file "
+                          '{"scanners": [...]}') from None
+
+
+def _check_retention(env: Mapping[str, str]) -> None:
+    # Read by each cleanup (activities/workspace.py); checked here so that a bad value
+    # stops the worker at start instead of failing every cleanup later.
+    from scanward.attempt_logs import retention_days
+
+    try:
+        retention_days(env)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_others(env: Mapping[str, str]) -> None:
+    # Parsed where they are used (tenant fairness by the client and the scanner
+    # activities, the push interval by the worker's metrics), and checked here as well,
+    # so that each is a configuration error at start for the worker and every command.
+    from scanward import metrics, tenants
+    from scanward.inputs import InputError
+
+    try:
+        tenants.parse_weights(env.get(tenants.WEIGHTS_ENV))
+        tenants.parse_job_caps(env.get(tenants.MAX_JOBS_ENV))
+        metrics.interval_from_env(env)
+    except (InputError, ValueError) as err:
+        raise ConfigError(str(err)) from None

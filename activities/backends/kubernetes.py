@@ -85,28 +85,51 @@ class KubeSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KubeSettings:
-        def items(name: str) -> dict[str, str]:
-            pairs = [p.split("=", 1) for p in env.get(name, "").split(",") if "=" in p]
-            return {k.strip(): v.strip() for k, v in pairs}
+        """From the backend's variables (README); a value that cannot work raises
+        :class:`~scanward.env_values.ConfigError` naming the variable and the form
+        expected (checked here, not at the first Job's create)."""
+        from scanward import env_values as ev  # here: this function is all that uses it
 
-        secrets = tuple(s.strip() for s in env.get("SCANWARD_KUBE_IMAGE_PULL_SECRETS", "")
-                        .split(",") if s.strip())
-        tolerations = tuple(json.loads(env.get("SCANWARD_KUBE_TOLERATIONS") or "[]"))
         job = KubeJobConfig(
-            namespace=env.get("SCANWARD_KUBE_NAMESPACE") or "scanward",
-            workspace_claim=env.get("SCANWARD_KUBE_WORKSPACE_CLAIM") or "scanward-workspace",
-            results_claim=env.get("SCANWARD_KUBE_RESULTS_CLAIM") or "scanward-results",
-            image_pull_policy=env.get("SCANWARD_KUBE_IMAGE_PULL_POLICY") or "IfNotPresent",
-            image_pull_secrets=secrets,
-            ttl_seconds_after_finished=int(env.get("SCANWARD_KUBE_JOB_TTL_SECONDS") or 3600),
-            node_selector=items("SCANWARD_KUBE_NODE_SELECTOR"),
-            tolerations=tolerations,
+            namespace=ev.env_k8s_name(env, "SCANWARD_KUBE_NAMESPACE", "scanward",
+                                      dns_label=True),
+            workspace_claim=ev.env_k8s_name(env, "SCANWARD_KUBE_WORKSPACE_CLAIM",
+                                            "scanward-workspace"),
+            results_claim=ev.env_k8s_name(env, "SCANWARD_KUBE_RESULTS_CLAIM",
+                                          "scanward-results"),
+            image_pull_policy=ev.env_choice(env, "SCANWARD_KUBE_IMAGE_PULL_POLICY",
+                                            "IfNotPresent", ("Always", "IfNotPresent", "Never")),
+            image_pull_secrets=ev.env_names(env, "SCANWARD_KUBE_IMAGE_PULL_SECRETS"),
+            ttl_seconds_after_finished=ev.env_int(env, "SCANWARD_KUBE_JOB_TTL_SECONDS", 3600,
+                                                  min=0, what="a number of seconds"),
+            node_selector=ev.env_mapping(env, "SCANWARD_KUBE_NODE_SELECTOR"),
+            tolerations=tuple(ev.env_json_list(
+                env, "SCANWARD_KUBE_TOLERATIONS",
+                example='[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]')),
         )
+        variable = "SCANWARD_KUBECONFIG" if env.get("SCANWARD_KUBECONFIG") else "KUBECONFIG"
+        kubeconfig = env.get(variable) or None
+        context = env.get("SCANWARD_KUBE_CONTEXT") or None
+        if kubeconfig and not any(Path(p).expanduser().is_file()
+                                  for p in kubeconfig.split(os.pathsep) if p):
+            # Starts like api_client's own message, and names the variable too.
+            raise ev.ConfigError(f"kubeconfig {kubeconfig}: file not found ({variable}: "
+                                 "expected a kubeconfig file)")
+        if context and (kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST")):
+            try:
+                contexts, _ = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+            except (k8s_config.ConfigException, OSError, ValueError):
+                contexts = None  # an unreadable kubeconfig: api_client says why, at start
+            names = [c.get("name") for c in contexts or []]
+            if contexts is not None and context not in names:
+                raise ev.bad("SCANWARD_KUBE_CONTEXT", context,
+                             f"a context of kubeconfig {kubeconfig or '~/.kube/config'} "
+                             f"({', '.join(map(str, names)) or 'it has none'})")
         return cls(
-            kubeconfig=env.get("SCANWARD_KUBECONFIG") or env.get("KUBECONFIG") or None,
-            context=env.get("SCANWARD_KUBE_CONTEXT") or None,
+            kubeconfig=kubeconfig,
+            context=context,
             job=job,
-            resync_seconds=float(env.get("SCANWARD_KUBE_RESYNC_SECONDS") or 300),
+            resync_seconds=ev.env_float(env, "SCANWARD_KUBE_RESYNC_SECONDS", 300, positive=True),
         )
 
 
