@@ -273,8 +273,18 @@ async def test_clone_of_a_directory_that_is_not_a_repository_fails_at_once(
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "app.py").write_text("print('not in git')\n")
+    # Through our client, the ref is resolved first (ResolveRef, git ls-remote): refused
+    # before anything starts, with git's own reason.
     started = time.monotonic()
-    handle = await start(client, settings, scan_request(plain, "fake"))
+    with pytest.raises(api.RefNotResolved) as refused:
+        await start(client, settings, scan_request(plain, "fake"))
+    assert f"'{plain}' does not appear to be a git repository" in str(refused.value)
+    assert "repository exists" not in str(refused.value)
+    assert time.monotonic() - started < 15
+    # Started with a commit (a push event's sha, or another SDK): the clone fails at once.
+    started = time.monotonic()
+    handle = await start(client, settings,
+                         scan_request(plain, "fake").model_copy(update={"commit": "b" * 40}))
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     elapsed = time.monotonic() - started
