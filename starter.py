@@ -690,22 +690,19 @@ async def _with_dev_stack(settings: Settings, server: DevServer,
     try:
         os.environ["TEMPORAL_ADDRESS"] = server.address
         client = await api.connect()
-        stop = asyncio.Event()
-        worker_task = asyncio.create_task(scan_worker.run(settings, stop, client))
-        body_task: asyncio.Future[None] = asyncio.ensure_future(body(client))
-        try:
-            # Whichever ends first: a worker that dies at start (an unreachable cluster,
-            # a bad store URL) ends the command with its error instead of a silent hang.
-            await asyncio.wait({worker_task, body_task}, return_when=asyncio.FIRST_COMPLETED)
-            if worker_task.done() and not body_task.done():
+        async with scan_worker.running(settings, client) as worker_task:
+            body_task: asyncio.Future[None] = asyncio.ensure_future(body(client))
+            try:
+                # Whichever ends first: a worker that dies at start (an unreachable
+                # cluster, a bad store URL) ends the command with its error, not a hang.
+                await asyncio.wait({worker_task, body_task},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if worker_task.done() and not body_task.done():
+                    worker_task.result()  # raises the worker's error
+                    raise CliError("the local worker stopped unexpectedly")
+                body_task.result()
+            finally:
                 body_task.cancel()
-                worker_task.result()  # raises the worker's error
-                raise CliError("the local worker stopped unexpectedly")
-            body_task.result()
-        finally:
-            body_task.cancel()
-            stop.set()
-            await worker_task
     finally:
         server.stop()
 

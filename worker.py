@@ -4,9 +4,11 @@ Temporal worker, and shuts it down gracefully on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -135,6 +137,21 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         store.close()
         backend.close()
     log.info("worker stopped")
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, client: Client, *,
+                  stop_timeout: float = 60.0) -> AsyncIterator[asyncio.Task[None]]:
+    """A worker in this process for the duration of the block (tests, tools, the dev
+    stack), drained and stopped when the block ends; yields its task."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop, client))
+    await asyncio.sleep(0)
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout)
 
 
 def _health(settings: Settings, store: Store, client: Client) -> Health:

@@ -110,14 +110,8 @@ def settings(tmp_path: Path, state_dir: Path) -> Settings:
 @pytest_asyncio.fixture
 async def scan_worker_task(client: Client, settings: Settings) -> AsyncIterator[None]:
     """An in-process worker on the test's own task queue."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(settings, stop, client))
-    await asyncio.sleep(0)
-    try:
+    async with scan_worker.running(settings, client, stop_timeout=30):
         yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 @pytest.fixture

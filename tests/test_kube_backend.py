@@ -159,13 +159,8 @@ def stand_in(control_plane: Any, kube_namespace: str,
 @pytest_asyncio.fixture
 async def kube_worker(client: Client, kube_settings: Settings,
                       stand_in: PodStandIn) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(kube_settings, stop, client))
-    try:
+    async with scan_worker.running(kube_settings, client):
         yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 def jobs_of(plane: Any, namespace: str) -> list[dict[str, Any]]:
@@ -328,25 +323,17 @@ async def test_a_deploy_leaves_the_job_running_for_the_next_worker(
         kube_settings, graceful_shutdown_seconds=0.5,
         catalog_file=kube_catalog(tmp_path / "deploy-catalog.json",
                                   **{"k-wait": kwok_complete("8s")}))
-    stop_first = asyncio.Event()
-    first = asyncio.create_task(scan_worker.run(settings, stop_first, client))
-    handle = await start_kube(client, settings, "k-wait", repo=flawed_repo)
-    await eventually(lambda: _async(bool(_pods(control_plane, kube_namespace))),
-                     what="the Job's pod")
-    (job,) = jobs_of(control_plane, kube_namespace)
-    uid = job["metadata"]["uid"]
-    stop_first.set()
-    await asyncio.wait_for(first, 30)
+    async with scan_worker.running(settings, client, stop_timeout=30):
+        handle = await start_kube(client, settings, "k-wait", repo=flawed_repo)
+        await eventually(lambda: _async(bool(_pods(control_plane, kube_namespace))),
+                         what="the Job's pod")
+        (job,) = jobs_of(control_plane, kube_namespace)
+        uid = job["metadata"]["uid"]
     # The worker is gone; its Job is not.
     assert [j["metadata"]["uid"] for j in jobs_of(control_plane, kube_namespace)] == [uid]
 
-    stop_second = asyncio.Event()
-    second = asyncio.create_task(scan_worker.run(settings, stop_second, client))
-    try:
+    async with scan_worker.running(settings, client, stop_timeout=30):
         summary = await asyncio.wait_for(handle.result(), 60)
-    finally:
-        stop_second.set()
-        await asyncio.wait_for(second, 30)
     (run,) = summary.scanners
     assert summary.status is ScanStatus.COMPLETED
     assert (run.status, run.attempts) == (ScannerStatus.SUCCEEDED, 1)  # not a new attempt

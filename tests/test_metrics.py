@@ -64,9 +64,7 @@ async def test_attempts_pushed_not_served_twice_and_group_deleted_on_clean_stop(
         settings, pushgateway=prometheus_stack.pushgateway, health_port=port,
         env={**settings.env, metrics.INTERVAL_VARIABLE: "1"})
     instance = metrics.Pusher(prometheus_stack.pushgateway).instance  # this process's
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(pushed, stop, client))
-    try:
+    async with scan_worker.running(pushed, client):
         handle = await start(client, pushed, scan_request(flawed_repo, "fake", "badinput"))
 
         async def pushed_both() -> bool:
@@ -88,9 +86,6 @@ async def test_attempts_pushed_not_served_twice_and_group_deleted_on_clean_stop(
         assert "scanward_scanner_attempts_total" not in served
         assert "scanward_worker_ready 1.0" in served
         await handle.cancel()
-    finally:
-        stop.set()
-        await task
     # A clean stop deletes the worker's group.
     assert group(prometheus_stack, instance) is None
     # No longer pushing: /metrics would serve the attempts again.

@@ -3,7 +3,6 @@ SQLite store and a real local HTTP receiver."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from pathlib import Path
@@ -217,14 +216,9 @@ async def test_bandit_and_semgrep_into_postgres(client: Client, settings: Settin
     """Two real scanners against one checkout, stored in a real PostgreSQL."""
     pg = dataclasses.replace(settings, database_url=postgres_database,
                              task_queue=f"pg-{uuid.uuid4().hex[:8]}")
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(pg, stop, client))
-    try:
+    async with scan_worker.running(pg, client):
         handle = await start(client, pg, scan_request(flawed_repo, "bandit", "semgrep"))
         summary = await handle.result()
-    finally:
-        stop.set()
-        await task
     assert summary.status is ScanStatus.COMPLETED
     store = Store.open(postgres_database)
     try:
@@ -246,16 +240,11 @@ async def test_scans_are_routed_to_their_clusters_workers(client: Client, settin
     """A worker serves one cluster on its own task queue; the request picks the cluster."""
     east = dataclasses.replace(settings, task_queue=f"{settings.task_queue}-east",
                                database_url=settings.database_url.replace(".db", "-east.db"))
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(east, stop, client))
-    try:
+    async with scan_worker.running(east, client):
         routed = await start(client, settings, scan_request(flawed_repo, "fake", cluster="east"))
         default = await start(client, settings, scan_request(flawed_repo, "fake"))
         await routed.result()
         await default.result()
-    finally:
-        stop.set()
-        await task
     queues = {}
     for handle in (routed, default):
         queues[handle.id] = {

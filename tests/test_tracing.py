@@ -3,7 +3,6 @@ scanner process (W3C TRACEPARENT), with spans captured by an in-memory exporter.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -32,14 +31,9 @@ async def test_one_trace_from_start_to_scanner(temporal_env: WorkflowEnvironment
                                   data_converter=pydantic_data_converter,
                                   interceptors=tracing.interceptors())
     traced = dataclasses.replace(settings, task_queue=settings.task_queue + "-traced")
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(traced, stop, client))
-    try:
+    async with scan_worker.running(traced, client):
         handle = await start(client, traced, scan_request(flawed_repo, "fake"))
         await handle.result()
-    finally:
-        stop.set()
-        await task
     spans = exporter.get_finished_spans()
     names = {s.name for s in spans}
     for expected in ("StartWorkflow:ScanWorkflow", "RunWorkflow:ScanWorkflow",

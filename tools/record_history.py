@@ -57,18 +57,6 @@ def local_settings(home: Path, catalog: Path, task_queue: str) -> Settings:
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings, client: Client) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(scan_worker.run(settings, stop, client))
-    await asyncio.sleep(0)
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=60)
-
-
-@asynccontextmanager
 async def kube_stack(tmp: Path, base: Settings,
                      client: Client) -> AsyncIterator[dict[str, Any]]:
     """The test control plane, a namespace with bound claims, a kubernetes worker and
@@ -118,7 +106,7 @@ async def kube_stack(tmp: Path, base: Settings,
                 content_type="application/merge-patch+json")
 
         try:
-            async with running_worker(settings, client):
+            async with scan_worker.running(settings, client):
                 yield {"kube": settings, "kube_catalog": catalog,
                        "kube_jobs": lambda: list(stand_in.jobs), "evict": evict}
         finally:
@@ -144,8 +132,8 @@ async def record(names: list[str], out: Path, kubernetes: bool) -> int:
     failed = 0
     try:
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(running_worker(local, env.client))
-            await stack.enter_async_context(running_worker(held, env.client))
+            await stack.enter_async_context(scan_worker.running(local, env.client))
+            await stack.enter_async_context(scan_worker.running(held, env.client))
             extra: dict[str, Any] = {}
             if kubernetes and any(n in KUBERNETES for n in names):
                 extra = await stack.enter_async_context(kube_stack(tmp, local, env.client))
