@@ -33,7 +33,6 @@ from scanward import client as api
 from scanward import tracing
 from scanward.contract import (
     AbandonSignal,
-    Finding,
     NotifyTarget,
     RetrySignal,
     ScannerRun,
@@ -41,15 +40,17 @@ from scanward.contract import (
     ScanRequest,
     ScanStatus,
     ScanSummary,
+    Severity,
 )
 from scanward.devserver import DevServer, DevServerError, free_port
 from scanward.env_values import ConfigError
 from scanward.example import create_example_repo
 from scanward.inputs import InputError
+from scanward.lifecycle import TriageState
 from scanward.settings import Settings
 
 if TYPE_CHECKING:
-    from scanward.store import Store
+    from scanward.store import FindingRecord, Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Durable security scans on Temporal.")
@@ -62,6 +63,8 @@ T = TypeVar("T")
 # --no-wait-dead` stopped waiting because a scanner is dead.
 EXIT_ERROR = 1
 EXIT_DEAD = 3
+# `scan --wait --fail-on/--fail-on-new S`: the scan has (new) open findings at or above S.
+EXIT_GATE = 4
 
 
 class CliError(Exception):
@@ -218,32 +221,154 @@ def _print_report(report: api.ScanReport, fmt: Format) -> None:
         out.print(f"workflow {workflow}: {state.failure}", markup=False, highlight=False)
 
 
-def _findings_table(findings: list[Finding]) -> Table:
-    table = Table(title=f"{len(findings)} finding(s)", title_justify="left")
-    for col in ("severity", "scanner", "rule", "location", "message"):
-        table.add_column(col)
-    for f in findings:
+class FindingsFormat(StrEnum):
+    table = "table"
+    json = "json"
+    sarif = "sarif"
+
+
+class FindingsView(StrEnum):
+    open = "open"  # new and existing, not suppressed (the default)
+    new = "new"  # new, not suppressed
+    fixed = "fixed"  # the previous scan's findings this one no longer has
+    all = "all"  # every finding of the scan, suppressed ones too
+
+
+def _shown_state(record: FindingRecord) -> str:
+    """What the state column says: the lifecycle state, or why it is not counted."""
+    if record.finding.suppression is not None:
+        return f"suppressed ({record.finding.suppression})"[:40]
+    if record.triage is not None and record.triage.state.value != "open":
+        return record.triage.state.value
+    return record.state.value if record.state is not None else ""
+
+
+def _first_seen(record: FindingRecord) -> str:
+    """The commit a finding was first seen at (its date is in --format json)."""
+    return (record.first_seen_commit or "")[:7]
+
+
+def _findings_table(records: list[FindingRecord], title: str) -> Table:
+    """One finding a line: every column but the message keeps its width (the message is
+    cut to what is left; --format json has it whole)."""
+    rows = []
+    for r in records:
+        f = r.finding
         where = f"{f.path}:{f.start_line}" if f.start_line else f.path
-        table.add_row(f.severity.value, f.scanner, f.rule_id, where, f.message[:100])
+        rows.append([_shown_state(r), f.severity.value, f.scanner, f.rule_id, where,
+                     _first_seen(r), r.key[:12], f.message])
+    table = Table(title=title, title_justify="left")
+    names = ("state", "severity", "scanner", "rule", "location", "since", "fingerprint")
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(names)]
+    for col, width in zip(names, widths, strict=True):
+        table.add_column(col, no_wrap=True, width=width)
+    # What is left of the terminal after the other columns and the borders (3 a column).
+    left = max(10, out.width - sum(widths) - 3 * (len(names) + 1) - 1)
+    table.add_column("message", no_wrap=True, width=min(left, max(
+        [len("message"), *(len(row[-1]) for row in rows)])))
+    for row in rows:
+        message = row[-1] if len(row[-1]) <= left else row[-1][:left - 1] + "…"
+        table.add_row(*row[:-1], message)
     return table
 
 
-def _print_findings(scan_id: str, fmt: Format = Format.table) -> list[Finding]:
-    """The scan's stored findings; a scan the store has never heard of is an error,
-    not an empty list."""
+def _lifecycle_line(store: Store, scan_id: str) -> str:
+    lifecycle = store.lifecycle(scan_id)
+    if lifecycle is None:
+        return ("no lifecycle: the scan has not finished, failed, or was stored before "
+                "findings were tracked")
+    since = (f"since {lifecycle.previous_scan_id} ({(lifecycle.previous_commit or '')[:7]})"
+             if lifecycle.previous_scan_id else "(first scan of this ref and scanners)")
+    return (f"{lifecycle.new} new, {lifecycle.existing} existing, {lifecycle.fixed} fixed "
+            f"{since}; {lifecycle.suppressed} suppressed")
+
+
+def _record_json(r: FindingRecord) -> dict[str, Any]:
+    return {
+        **r.finding.model_dump(mode="json"),
+        "state": r.state.value if r.state is not None else None,
+        "suppressed": r.suppressed,
+        "first_seen": None if r.first_seen_scan_id is None else {
+            "scan_id": r.first_seen_scan_id, "commit": r.first_seen_commit,
+            "at": r.first_seen_at.isoformat() if r.first_seen_at else None},
+        "triage": None if r.triage is None else {
+            "state": r.triage.state.value, "reason": r.triage.reason, "by": r.triage.by,
+            "at": r.triage.at.isoformat()},
+    }
+
+
+def _print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
+                    view: FindingsView = FindingsView.open,
+                    severities: tuple[Severity, ...] = ()) -> list[FindingRecord]:
+    """The scan's stored findings in ``view``; a scan the store has never heard of is an
+    error, not an empty list. Returns the findings shown."""
+    from scanward.sarif_export import to_sarif
+    from scanward.store.tracking import select_records
+
     store = _open_store()
     try:
-        if store.get_scan(scan_id) is None:
+        scan = store.get_scan(scan_id)
+        if scan is None:
             raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
                            "of it has finished yet; see `scanward status`)")
-        findings = store.findings(scan_id)
+        if view is FindingsView.fixed:
+            records = store.fixed_findings(scan_id)
+        else:
+            records = store.scan_findings(scan_id)
+        shown = select_records(records, new_only=view is FindingsView.new,
+                               include_suppressed=view in (FindingsView.all,
+                                                           FindingsView.fixed),
+                               severities=severities)
+        hidden = sum(r.suppressed for r in records) if view is not FindingsView.all else 0
+        summary = _lifecycle_line(store, scan_id)
     finally:
         store.close()
-    if fmt is Format.json:
-        print(json.dumps([f.model_dump(mode="json") for f in findings], indent=2))
+    if fmt is FindingsFormat.json:
+        print(json.dumps([_record_json(r) for r in shown], indent=2))
+    elif fmt is FindingsFormat.sarif:
+        doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
+                       repository=scan.repository, commit=scan.commit, ref=scan.ref)
+        print(json.dumps(doc, indent=2))
     else:
-        out.print(_findings_table(findings))
-    return findings
+        what = {FindingsView.open: "open (new and existing)", FindingsView.new: "new",
+                FindingsView.fixed: "fixed (gone since the previous scan)",
+                FindingsView.all: "all, suppressed ones too"}[view]
+        out.print(_findings_table(shown, f"{len(shown)} finding(s), {what}"),
+                  markup=False, highlight=False)
+        hint = " (not shown: --all shows them)" if hidden and view is FindingsView.open else ""
+        out.print(f"{scan_id}: {summary}{hint}", markup=False, highlight=False,
+                  soft_wrap=True)
+    return shown
+
+
+def _gate(records: list[FindingRecord], fail_on: Severity | None,
+          fail_on_new: Severity | None) -> None:
+    """Exit :data:`EXIT_GATE` when open findings (new ones, for ``fail_on_new``) at or
+    above the threshold remain; suppressed and triaged findings never count."""
+    from scanward.lifecycle import FindingState, gate
+
+    def severity(r: FindingRecord) -> Severity:
+        return r.finding.severity
+
+    def is_open(r: FindingRecord) -> bool:
+        return not r.suppressed
+
+    def is_new(r: FindingRecord) -> bool:
+        # A scan without a lifecycle (a worker before it): every finding counts as new.
+        return not r.suppressed and r.state in (FindingState.NEW, None)
+
+    failed: list[str] = []
+    for threshold, new_only in ((fail_on, False), (fail_on_new, True)):
+        if threshold is None:
+            continue
+        hits = gate(records, threshold, severity=severity,
+                    counted=is_new if new_only else is_open)
+        if hits:
+            kind = "new " if new_only else ""
+            failed.append(f"{len(hits)} {kind}finding(s) at or above {threshold.value} "
+                          f"(--fail-on{'-new' if new_only else ''} {threshold.value})")
+    if failed:
+        raise CliError("gate failed: " + "; ".join(failed), EXIT_GATE)
 
 
 def _dead_notice(scan_id: str, run: ScannerRun) -> str:
@@ -321,9 +446,18 @@ def scan(
     wait_dead: Annotated[bool, typer.Option(
         help="With --wait: keep waiting while a scanner is dead (announced on stderr); "
              f"--no-wait-dead exits {EXIT_DEAD} instead.")] = True,
+    fail_on: Annotated[Severity | None, typer.Option(
+        help=f"With --wait: exit {EXIT_GATE} if the scan has open findings at or above "
+             "this severity (suppressed and triaged ones do not count).")] = None,
+    fail_on_new: Annotated[Severity | None, typer.Option(
+        help=f"With --wait: exit {EXIT_GATE} if the scan has NEW open findings at or above "
+             "this severity (new: not in the previous scan of this ref).")] = None,
 ) -> None:
     """Scan the commit REF names now: the same commit with the same scanners is the same
     scan (joined while it runs, its result shown once ended); a moved branch is a new one."""
+
+    if (fail_on or fail_on_new) and not wait:
+        raise typer.BadParameter("--fail-on and --fail-on-new need --wait")
 
     async def go() -> None:
         settings = Settings.from_env()
@@ -347,9 +481,10 @@ def scan(
                       highlight=False)
         if wait:
             summary = await _watch(client, handle.id, stop_on_dead=not wait_dead)
-            _print_findings(handle.id)
+            shown = _print_findings(handle.id)
             if summary.status is not ScanStatus.COMPLETED:
                 raise CliError(f"scan ended {summary.status.value}: {_ended_reason(summary)}")
+            _gate(shown, fail_on, fail_on_new)
 
     _run(go())
 
@@ -365,14 +500,121 @@ def status(scan_id: str, format: Format = Format.table) -> None:
 
 
 @app.command()
-def findings(scan_id: str, format: Format = Format.table) -> None:
-    """Stored findings of a scan (an unknown scan is an error, not an empty list)."""
+def findings(
+    scan_id: str,
+    new: Annotated[bool, typer.Option("--new", help="Only new findings: not in the previous "
+                                      "scan of the same ref and scanners.")] = False,
+    fixed: Annotated[bool, typer.Option("--fixed", help="The previous scan's findings this "
+                                        "one no longer has.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every finding, also those suppressed "
+                                       "by the tool or triaged.")] = False,
+    severity: Annotated[list[Severity] | None, typer.Option(
+        help="Only these severities (repeat).")] = None,
+    format: FindingsFormat = FindingsFormat.table,
+) -> None:
+    """Stored findings of a scan: by default the open ones (new and existing, not
+    suppressed), with their state since the previous scan of the ref. An unknown scan is
+    an error, not an empty list. --format sarif writes SARIF 2.1.0 (GitHub, GitLab)."""
     from scanward.store import StoreError  # see _open_store
 
+    if new + fixed + all_ > 1:
+        raise typer.BadParameter("--new, --fixed and --all exclude each other")
+    view = (FindingsView.new if new else FindingsView.fixed if fixed
+            else FindingsView.all if all_ else FindingsView.open)
     try:
-        _print_findings(scan_id, format)
+        _print_findings(scan_id, format, view, tuple(severity or ()))
     except (CliError, StoreError) as e:
         _fail(str(e))
+
+
+@app.command()
+def triage(
+    fingerprint: Annotated[str, typer.Argument(
+        help="The finding's fingerprint as `findings` shows it (8+ hex digits).")],
+    state: Annotated[TriageState, typer.Option(help="false_positive or accepted_risk "
+                                               "(not counted), or open (counted again).")],
+    reason: Annotated[str | None, typer.Option(help="Why (required unless --state open).")
+                      ] = None,
+    by: Annotated[str | None, typer.Option(help="Who decides (default: $USER).")] = None,
+    tenant: Annotated[str | None, typer.Option(help="When the fingerprint is in several "
+                                               "tenants.")] = None,
+    repository: Annotated[str | None, typer.Option(help="When the fingerprint is in "
+                                                   "several repositories.")] = None,
+) -> None:
+    """Triage a finding in its repository, for every scan of it, past and future: it
+    keeps the state when its line moves. Unknown fingerprints are an error."""
+    import getpass
+
+    from scanward.store import StoreError
+
+    chosen = TriageState(state)
+    if chosen is not TriageState.OPEN and not (reason and reason.strip()):
+        raise typer.BadParameter(f"--reason is required for --state {chosen.value}")
+    who = by or os.environ.get("USER") or getpass.getuser()
+    try:
+        store = _open_store()
+        try:
+            done = store.set_triage(
+                fingerprint, chosen, reason=(reason or "reopened").strip(), by=who,
+                tenant=tenant,
+                repository=_repository_url(repository) if repository else None)
+        finally:
+            store.close()
+    except StoreError as e:
+        _fail(str(e))
+    out.print(f"{done.match_fingerprint[:12]} in {done.tenant} {done.repository}: "
+              f"{done.triage.state.value} by {done.triage.by} ({done.triage.reason}); "
+              f"{done.findings} stored finding(s), and every later scan", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+def history(
+    repository: Annotated[str, typer.Argument(help="Repository URL or local directory.")],
+    ref: Annotated[str | None, typer.Option(help="Only scans of this ref.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only scans of this tenant.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    format: Format = Format.table,
+) -> None:
+    """A repository's scans, latest first, with new / existing / fixed per scan."""
+    from scanward.store import StoreError
+
+    repo = _repository_url(repository)
+    try:
+        store = _open_store()
+        try:
+            entries = store.history(repo, ref=ref, tenant=tenant, limit=limit)
+        finally:
+            store.close()
+    except StoreError as e:
+        _fail(str(e))
+    if not entries:
+        _fail(f"no scans of {repo} in the store"
+              + (f" for ref {ref}" if ref else "") + (f" in tenant {tenant}" if tenant else ""))
+    if format is Format.json:
+        print(json.dumps([{**dataclasses.asdict(h), "status": h.status.value,
+                           "created_at": h.created_at.isoformat(),
+                           "finished_at": h.finished_at.isoformat() if h.finished_at else None}
+                          for h in entries], indent=2))
+        return
+    title = f"scans of {repo}" + (f" at {ref}" if ref else "")
+    table = Table(title=title, title_justify="left")
+    columns = ["scan", *([] if ref else ["ref"]), "commit", "status", "finished", "open", "new",
+               "existing", "fixed", "suppressed"]
+    for col in columns:
+        table.add_column(col, no_wrap=True, min_width=len(col))
+
+    def n(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    for h in entries:
+        # Open: new + existing (not suppressed); the stored count for scans without one.
+        opened = h.finding_count if h.new is None else h.new + (h.existing or 0)
+        table.add_row(h.scan_id, *([] if ref else [h.ref]), (h.commit or "")[:7],
+                      h.status.value,
+                      f"{h.finished_at:%m-%d %H:%M}" if h.finished_at else "",
+                      str(opened), n(h.new), n(h.existing), n(h.fixed), n(h.suppressed))
+    out.print(table, markup=False, highlight=False)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from scanward.contract import (
     Finding,
     PersistInput,
     PersistResult,
+    ScanLifecycle,
 )
 from scanward.sarif import SarifError, read_findings
 from scanward.store import Store
@@ -85,12 +86,22 @@ class ResultActivities:
                 "stored with an unresolved:// path (%s)", req.scanner,
                 sum(stats.unresolved.values()), stats.results - stats.skipped, reasons)
         return PersistResult(scanner=req.scanner, finding_count=stored.count,
-                             by_severity=stored.by_severity)
+                             by_severity=stored.by_severity,
+                             suppressed_count=stored.suppressed)
 
     @activity.defn(name="finalize_scan")
-    def finalize_scan(self, req: FinalizeInput) -> None:
-        """Record the scan's final status and summary. Idempotent."""
+    def finalize_scan(self, req: FinalizeInput) -> ScanLifecycle | None:
+        """Record the scan's final status and summary, then its lifecycle: each finding
+        new or existing against the previous completed scan of the same tenant,
+        repository, ref and scanners, and which are fixed. Returns the counts and the
+        first new findings (None for a failed or cancelled scan). Idempotent: a retry
+        returns what the first run recorded.
+
+        Histories recorded before the "lifecycle-in-summary" patch hold ``null`` here
+        (the activity returned nothing): the workflow reads the result only under it."""
         self._store.finish_scan(req.summary)
+        activity.heartbeat("finished")
+        return self._store.compute_lifecycle(req.summary.scan_id, progress=_heartbeat)
 
 
 def _heartbeat(stage: str, count: int) -> None:

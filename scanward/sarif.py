@@ -50,8 +50,15 @@ Normalisation rules:
   fingerprint only if they are the same finding: same rule, path, lines, columns and
   message. So the store never holds fewer findings than the SARIF has distinct results.
 
-Results that are not findings are skipped: ``kind`` ``pass`` or ``notApplicable``, a
-``baselineState`` of ``absent``, or an accepted suppression (e.g. ``# nosemgrep``).
+Results that are not findings are skipped: ``kind`` ``pass`` or ``notApplicable``, or a
+``baselineState`` of ``absent``.
+
+**Suppressions** are kept, never dropped: a result with a ``suppressions`` entry that is
+accepted (``status`` absent or ``accepted``; ``underReview`` and ``rejected`` ones do not
+suppress) is a finding with :attr:`Finding.suppression` set to the entries' kinds and
+justifications (``inSource`` for semgrep's ``# nosemgrep``). The store keeps it and shows
+it on request; it is never counted (see :mod:`scanward.lifecycle`). Bandit's ``# nosec``
+is applied by bandit itself: those results are not in its SARIF at all.
 """
 
 
@@ -118,6 +125,7 @@ _NAMED_SEVERITIES: Mapping[str, Severity] = {
     "informational": Severity.INFO,
 }
 _NOT_FINDINGS = frozenset({"pass", "notapplicable"})
+_MAX_SUPPRESSION_CHARS = 500
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 
 
@@ -126,7 +134,8 @@ class SarifStats:
     """What reading one SARIF file found, beyond the findings themselves."""
 
     results: int = 0  # results in the file, over all runs
-    skipped: int = 0  # results that are not findings (pass, suppressed, absent)
+    skipped: int = 0  # results that are not findings (pass, notApplicable, absent)
+    suppressed: int = 0  # findings the tool reported suppressed (kept, marked)
     # Findings kept with an ``unresolved://`` path, by reason.
     unresolved: Counter[str] = field(default_factory=Counter)
 
@@ -239,6 +248,8 @@ class FindingStream:
                 continue
             if raw.unresolved:
                 self.stats.unresolved[raw.unresolved] += 1
+            if raw.suppression is not None:
+                self.stats.suppressed += 1
             self._fingerprints.observe(raw)
         self._fingerprints.freeze()
 
@@ -251,6 +262,8 @@ class FindingStream:
                     path=r.path, start_line=r.start_line, end_line=r.end_line,
                     start_column=r.start_column, end_column=r.end_column, message=r.message,
                     fingerprint=self._fingerprints.of(r),
+                    match_fingerprint=self._fingerprints.match_of(r),
+                    suppression=r.suppression,
                 )
 
     def _raws(self, stage: str) -> Iterator[RawFinding | None]:
@@ -356,8 +369,7 @@ class _Run:
             return None
         if self.str_(res, "baselineState", where) == "absent":
             return None
-        if self.suppressed(res, where):
-            return None
+        suppression = self.suppression(res, where)
         rule_id, rule = self.rule(res, where)
         severity = self.severity(res, rule, kind, where)
         message = self.message(res, rule, where)
@@ -377,15 +389,27 @@ class _Run:
             message=message,
             snippet=loc.snippet,
             tool_fingerprints=self.tool_fingerprints(res, where),
+            suppression=suppression,
         )
 
-    def suppressed(self, res: dict[str, Any], where: str) -> bool:
+    def suppression(self, res: dict[str, Any], where: str) -> str | None:
+        """The accepted suppressions of a result, described (``inSource``, ``external:
+        <justification>``); None when it is not suppressed."""
+        parts: list[str] = []
         for i, s in enumerate(self.arr(res, "suppressions", where) or []):
-            sup = self.as_obj(s, f"{where}.suppressions[{i}]")
-            status = self.str_(sup, "status", f"{where}.suppressions[{i}]")
-            if status is None or status == "accepted":
-                return True
-        return False
+            swhere = f"{where}.suppressions[{i}]"
+            sup = self.as_obj(s, swhere)
+            status = self.str_(sup, "status", swhere)
+            if status is not None and status != "accepted":
+                continue  # under review or rejected: still a finding
+            kind = self.str_(sup, "kind", swhere) or "suppressed"
+            why = self.str_(sup, "justification", swhere)
+            parts.append(f"{kind}: {' '.join(why.split())}" if why and why.strip() else kind)
+        if not parts:
+            return None
+        text = _printable("; ".join(dict.fromkeys(parts)))
+        return text if len(text) <= _MAX_SUPPRESSION_CHARS else (
+            text[: _MAX_SUPPRESSION_CHARS - 1] + "…")
 
     def rule(self, res: dict[str, Any], where: str) -> tuple[str, dict[str, Any] | None]:
         """The result's rule id and, when the run describes it, its rule object."""

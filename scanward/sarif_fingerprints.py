@@ -23,7 +23,9 @@ store never holds fewer findings than the SARIF has distinct results. (For resul
 were never merged the fingerprints are those of the previous algorithm.)
 
 :meth:`Fingerprints.observe` sees every result first and keeps only digests (a few dozen
-bytes per distinct result); :meth:`Fingerprints.of` then gives each its fingerprint.
+bytes per distinct result); :meth:`Fingerprints.of` then gives each its fingerprint, and
+:meth:`Fingerprints.match_of` its location-independent match fingerprint (see
+:mod:`scanward.lifecycle`), whose ordinal is counted here the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanward.contract import Severity
+from scanward.lifecycle import match_basis, match_fingerprint
 
 __all__ = ["FINGERPRINT_VERSION", "Fingerprints", "RawFinding"]
 
@@ -59,6 +62,7 @@ class RawFinding:
     message: str
     snippet: str | None
     tool_fingerprints: tuple[tuple[str, str], ...]
+    suppression: str | None = None  # the tool reported it suppressed: kind, justification
 
 
 class Fingerprints:
@@ -73,9 +77,14 @@ class Fingerprints:
         self._single: dict[bytes, bytes] = {}
         self._multi: dict[bytes, set[bytes]] = {}
         self._ordered: dict[bytes, list[bytes]] = {}
+        # the same, keyed by the match basis (scanward.lifecycle), for match ordinals
+        self._match_single: dict[bytes, bytes] = {}
+        self._match_multi: dict[bytes, set[bytes]] = {}
+        self._match_ordered: dict[bytes, list[bytes]] = {}
 
     def observe(self, r: RawFinding) -> None:
         variant = _variant(r)
+        _add_variant(self._match_single, self._match_multi, _digest(_match_basis(r)), variant)
         if r.tool_fingerprints:
             content = _digest([r.snippet, r.message]) + variant
             tk = _digest([r.rule_id, r.path, r.tool_fingerprints])
@@ -95,6 +104,17 @@ class Fingerprints:
         """Called once every result was observed."""
         self._ordered = {key: sorted(variants) for key, variants in self._multi.items()}
         self._multi.clear()
+        self._match_ordered = {k: sorted(v) for k, v in self._match_multi.items()}
+        self._match_multi.clear()
+        self._match_single.clear()  # only needed to find the bases seen twice
+
+    def match_of(self, r: RawFinding) -> str:
+        """The match fingerprint of ``r``: its basis and its ordinal among the distinct
+        results with that basis in position order (so line shifts change nothing)."""
+        basis = _match_basis(r)
+        ordered = self._match_ordered.get(_digest(list(basis)))
+        ordinal = bisect.bisect_left(ordered, _variant(r)) if ordered else 0
+        return match_fingerprint(self._scanner, basis, ordinal)
 
     def of(self, r: RawFinding) -> str:
         """The fingerprint of ``r``, one of the observed results."""
@@ -112,6 +132,23 @@ class Fingerprints:
                 payload.append(ordinal)
         blob = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _match_basis(r: RawFinding) -> list[str]:
+    return match_basis(r.rule_id, r.path, r.snippet, r.message)
+
+
+def _add_variant(single: dict[bytes, bytes], multi: dict[bytes, set[bytes]], key: bytes,
+                 variant: bytes) -> None:
+    """Record ``variant`` under ``key``: keys seen with one variant stay in ``single``."""
+    several = multi.get(key)
+    if several is not None:
+        several.add(variant)
+        return
+    one = single.setdefault(key, variant)
+    if one != variant:
+        del single[key]
+        multi[key] = {one, variant}
 
 
 def _content_key(r: RawFinding) -> list[Any]:

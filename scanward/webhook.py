@@ -2,6 +2,14 @@
 
 The body is ``{"event": "scan.finished", "scan": <ScanSummary as JSON>}``, serialised
 deterministically (sorted keys, no whitespace), so every retry sends the same bytes.
+For a completed or partial scan, ``scan.lifecycle`` says what changed since the previous
+completed scan of the same tenant, repository, ref and scanners (what a PR bot needs for
+"2 new high findings"): ``new``, ``existing``, ``fixed`` and ``suppressed`` counts,
+``new_by_severity``, ``previous_scan_id``/``previous_commit``, and ``new_findings``: the
+new findings, most severe first, at most :data:`scanward.lifecycle.NEW_FINDINGS_CAP`
+(``truncated`` is true when there were more), each with its ``match_fingerprint`` (what
+``scanward triage`` takes). Suppressed and triaged findings are never in ``new``;
+``scan.by_severity`` then counts open findings only.
 Each request carries:
 
 * :data:`TIMESTAMP_HEADER`: Unix time in whole seconds, as decimal digits;

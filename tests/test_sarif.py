@@ -342,16 +342,21 @@ def test_messages() -> None:
     assert b.message.endswith("…")
 
 
-def test_results_that_are_not_findings_are_skipped() -> None:
+def test_results_that_are_not_findings_are_skipped_suppressed_ones_kept() -> None:
     data = sarif([
         result(text="kept"),
         result(kind="pass"),
         result(kind="notApplicable"),
         result(baselineState="absent"),
-        result(suppressions=[{"kind": "inSource"}]),  # e.g. # nosemgrep
+        # Suppressed (e.g. # nosemgrep): kept and marked, never silently dropped.
+        result(suppressions=[{"kind": "inSource"}], text="suppressed"),
         result(suppressions=[{"kind": "external", "status": "rejected"}], text="kept too"),
+        result(suppressions=[{"kind": "external", "justification": "  test  data "},
+                             {"kind": "inSource", "status": "underReview"}], text="waived"),
     ])
-    assert [f.message for f in parse(data)] == ["kept", "kept too"]
+    assert [(f.message, f.suppression) for f in parse(data)] == [
+        ("kept", None), ("suppressed", "inSource"), ("kept too", None),
+        ("waived", "external: test data")]
 
 
 def test_tool_fingerprints_are_preferred_and_placeholders_ignored() -> None:

@@ -110,7 +110,7 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 def test_migrations_create_the_schema(store: Store, db_url: str) -> None:
-    assert store.schema_revision() == Store.head_revision() == "0002"
+    assert store.schema_revision() == Store.head_revision() == "0003"
     engine = create_engine(normalize_url(db_url), poolclass=NullPool)
     try:
         insp = inspect(engine)
@@ -196,7 +196,7 @@ def test_migration_0002_keeps_rows_stored_at_0001(db_url: str) -> None:
         engine.dispose()
 
     with Store.open(db_url) as store:  # upgrades to the newest schema
-        assert store.schema_revision() == Store.head_revision() == "0002"
+        assert store.schema_revision() == Store.head_revision()
         kept = store.findings(SCAN)
         assert [(f.rule_id, f.start_line, f.start_column, f.end_column) for f in kept] == [
             ("B101", 3, None, None), ("B102", 4, None, None)]
@@ -232,7 +232,7 @@ def test_database_newer_than_the_code_is_refused(store: Store, db_url: str) -> N
             conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     finally:
         engine.dispose()
-    with pytest.raises(StoreError, match=r"cannot migrate .* to schema 0002: .*'9999'"):
+    with pytest.raises(StoreError, match=r"cannot migrate .* to schema 0003: .*'9999'"):
         Store.open(db_url)
 
 

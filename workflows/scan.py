@@ -407,10 +407,18 @@ class ScanWorkflow:
         ])
         self._show()
         summary = self._summary()
-        await workflow.execute_activity_method(
+        lifecycle = await workflow.execute_activity_method(
             ResultActivities.finalize_scan, FinalizeInput(summary=summary),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_io_retry(tuning),
         )
+        # Patched ("lifecycle-in-summary"): finalize_scan returns the scan's lifecycle
+        # (new / existing / fixed, the first new findings) and the webhooks carry it, with
+        # the severity counts of open findings only. Histories recorded before the patch
+        # hold null here and notify with the summary as it was.
+        if workflow.patched("lifecycle-in-summary") and lifecycle is not None:
+            summary = summary.model_copy(update={
+                "lifecycle": lifecycle, "by_severity": dict(lifecycle.by_severity),
+                "finding_count": sum(lifecycle.by_severity.values())})
         for target in request.notify:
             try:
                 await workflow.execute_activity_method(

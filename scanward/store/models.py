@@ -76,10 +76,21 @@ class ScanRow(Base):
     summary: Mapped[str | None] = mapped_column(Text)  # ScanSummary.model_dump_json()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Since schema 0003 (findings over time); NULL for scans finished before it.
+    scanners: Mapped[str | None] = mapped_column(Text)  # sorted names, comma-separated
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # first final status
+    # The lifecycle, once computed: the scan compared with (NULL: none, the first) and
+    # the counts (NULL: not computed, e.g. a failed scan or one finished before 0003).
+    previous_scan_id: Mapped[str | None] = mapped_column(String(255))
+    new_count: Mapped[int | None] = mapped_column(Integer)
+    existing_count: Mapped[int | None] = mapped_column(Integer)
+    fixed_count: Mapped[int | None] = mapped_column(Integer)
+    suppressed_count: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index(None, "tenant", "created_at"),
         Index(None, "status"),
+        Index(None, "tenant", "ref", "finished_at"),
     )
 
 
@@ -118,9 +129,34 @@ class FindingRow(Base):
     start_column: Mapped[int | None] = mapped_column(Integer)
     end_column: Mapped[int | None] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(Text)
+    # Since schema 0003; NULL for findings stored before it.
+    match_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    suppression: Mapped[str | None] = mapped_column(Text)  # the tool's suppression
+    # Set when the scan's lifecycle is computed: "new" or "existing", and where the
+    # finding was first seen (this scan for a new one, carried along otherwise).
+    state: Mapped[str | None] = mapped_column(String(16))
+    first_seen_scan_id: Mapped[str | None] = mapped_column(String(255))
+    first_seen_commit: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("scan_id", "fingerprint"),
         Index(None, "scan_id", "severity"),
         Index(None, "scan_id", "scanner"),
+        Index(None, "match_fingerprint"),
     )
+
+
+class TriageRow(Base):
+    """An operator's decision on a finding, by (tenant, repository, match fingerprint): it
+    applies to every scan of the repository, before and after, whatever the line."""
+
+    __tablename__ = "triage"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    repository: Mapped[str] = mapped_column(Text, primary_key=True)
+    match_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # scanward.lifecycle.TriageState
+    reason: Mapped[str] = mapped_column(Text)
+    triaged_by: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,9 +34,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from scanward.contract import Finding, ScannerStatus, ScanStatus, ScanSummary, Severity
+from scanward.contract import (
+    Finding,
+    ScanLifecycle,
+    ScannerStatus,
+    ScanStatus,
+    ScanSummary,
+    Severity,
+)
+from scanward.lifecycle import NEW_FINDINGS_CAP, TriageState
+from scanward.store import tracking
 from scanward.store.errors import StoreError
-from scanward.store.models import FindingRow, ScannerResultRow, ScanRow
+from scanward.store.models import FindingRow, ScannerResultRow, ScanRow, TriageRow
+from scanward.store.tracking import FindingRecord, HistoryEntry, TriageRecord
 from scanward.store.urls import SQLITE, mask_url, normalize_url, scrub
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -76,10 +86,12 @@ class ScanRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredFindings:
-    """How many findings of one scanner a scan holds, in all and by severity."""
+    """How many findings of one scanner a scan holds, in all and by severity (those the
+    tool reported suppressed are stored but counted apart, in ``suppressed``)."""
 
     count: int
     by_severity: dict[Severity, int]
+    suppressed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +394,8 @@ class Store:
                 "start_column": f.start_column,
                 "end_column": f.end_column,
                 "message": f.message,
+                "match_fingerprint": f.match_fingerprint,
+                "suppression": f.suppression,
             }
             for f in unique.values()
         ]
@@ -393,30 +407,36 @@ class Store:
 
     def _complete(self, conn: Connection, scan_id: str, scanner: str, attempt: int,
                   now: datetime) -> StoredFindings:
-        by_severity = {
-            Severity(severity): int(n)
-            for severity, n in conn.execute(
-                select(FindingRow.severity, func.count())
+        by_severity: dict[Severity, int] = {}
+        suppressed = 0
+        for severity, is_suppressed, n in conn.execute(
+                select(FindingRow.severity, FindingRow.suppression.is_not(None), func.count())
                 .where(FindingRow.scan_id == scan_id, FindingRow.scanner == scanner)
-                .group_by(FindingRow.severity)
-            )
-        }
+                .group_by(FindingRow.severity, FindingRow.suppression.is_not(None))):
+            if is_suppressed:
+                suppressed += int(n)
+            else:
+                by_severity[Severity(severity)] = int(n)
         count = sum(by_severity.values())
         self._upsert_scanner_result(conn, scan_id, scanner, attempt,
                                     ScannerStatus.SUCCEEDED.value, count, now,
                                     replace_count=True)
-        return StoredFindings(count=count, by_severity=by_severity)
+        return StoredFindings(count=count, by_severity=by_severity, suppressed=suppressed)
 
     def finish_scan(self, summary: ScanSummary) -> None:
         """Record the scan's final state: status, finding count and the summary (as
         JSON); the scan row is created if no scanner result was recorded (e.g. the clone
         failed). Each scanner of ``summary.scanners`` gets a ``scanner_results`` row with
-        its final status; a stored finding count is kept. Idempotent."""
+        its final status; a stored finding count is kept. The first final status sets
+        ``finished_at`` (the order scans of a ref are compared in). Idempotent."""
         now = _now()
         summary = summary.model_copy(update={"repository": scrub_repository(summary.repository)})
+        final = summary.status in FINAL_STATUSES
         with self._write("finishing scan") as conn:
             scans = ScanRow.__table__
             ins = self._insert(ScanRow).values(
+                scanners=",".join(sorted(r.scanner for r in summary.scanners)),
+                finished_at=now if final else None,
                 scan_id=summary.scan_id,
                 tenant=summary.tenant,
                 repository=summary.repository,
@@ -437,6 +457,9 @@ class Store:
                         "summary": ins.excluded.summary,
                         "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
                         "updated_at": ins.excluded.updated_at,
+                        "scanners": ins.excluded.scanners,
+                        "finished_at": func.coalesce(scans.c.finished_at,
+                                                     ins.excluded.finished_at),
                     },
                 )
             )
@@ -544,13 +567,64 @@ class Store:
                     end_column=r.end_column,
                     message=r.message,
                     fingerprint=r.fingerprint,
+                    match_fingerprint=r.match_fingerprint,
+                    suppression=r.suppression,
                 )
                 for r in session.scalars(stmt)
             ]
 
+    # ------------------------------------------------------------ findings over time
+
+    def compute_lifecycle(self, scan_id: str, *, cap: int = NEW_FINDINGS_CAP,
+                          progress: Callable[[str, int], None] | None = None
+                          ) -> ScanLifecycle | None:
+        """Compare a finished scan with the previous completed scan of the same tenant,
+        repository, ref and scanners, and record each finding as new or existing (with
+        where it was first seen) and the counts, in one transaction. Idempotent: a
+        repeated call reads what the first recorded. None unless the scan is completed
+        or partial. The summary carries at most ``cap`` new findings. ``progress`` is
+        called between steps (heartbeats)."""
+        with self._write("computing the lifecycle") as conn:
+            return tracking.compute(conn, scan_id, cap=cap, progress=progress)
+
+    def lifecycle(self, scan_id: str, *, cap: int = NEW_FINDINGS_CAP) -> ScanLifecycle | None:
+        """The recorded lifecycle of a scan (None if none was computed)."""
+        with self._connect("reading the lifecycle") as conn:
+            return tracking.read_lifecycle(conn, scan_id, cap=cap)
+
+    def scan_findings(self, scan_id: str) -> list[FindingRecord]:
+        """The scan's findings with their lifecycle state, first sighting and triage."""
+        with self._connect("reading findings") as conn:
+            return tracking.scan_findings(conn, scan_id)
+
+    def fixed_findings(self, scan_id: str) -> list[FindingRecord]:
+        """The previous scan's findings that this one no longer has."""
+        with self._connect("reading fixed findings") as conn:
+            return tracking.fixed_findings(conn, scan_id)
+
+    def set_triage(self, fingerprint: str, state: TriageState, *, reason: str, by: str,
+                   tenant: str | None = None,
+                   repository: str | None = None) -> TriageRecord:
+        """Triage the finding with this match fingerprint (or unique prefix) in its
+        repository, for every scan of it, past and future. Raises
+        :class:`~scanward.store.errors.UnknownFingerprint` if no stored finding has it."""
+        repo = scrub_repository(repository) if repository is not None else None
+        with self._write("triaging") as conn:
+            return tracking.set_triage(conn, fingerprint, state, reason, by, _now(),
+                                       tenant=tenant, repository=repo,
+                                       insert=lambda model: self._insert(model))
+
+    def history(self, repository: str, *, ref: str | None = None, tenant: str | None = None,
+                limit: int = 50) -> list[HistoryEntry]:
+        """The repository's scans, latest first, with their lifecycle counts."""
+        with self._connect("reading history") as conn:
+            return tracking.history(conn, scrub_repository(repository), ref=ref,
+                                    tenant=tenant, limit=limit)
+
     # ------------------------------------------------------------------ helpers
 
-    def _insert(self, model: type[ScanRow | ScannerResultRow | FindingRow]) -> Any:
+    def _insert(self, model: type[ScanRow | ScannerResultRow | FindingRow | TriageRow]
+                ) -> Any:
         """A dialect-specific INSERT supporting ``on_conflict_*``."""
         stmt: sqlite.Insert | pg.Insert
         if self._engine.dialect.name == SQLITE:
@@ -592,6 +666,11 @@ class Store:
                 yield conn
 
     @contextmanager
+    def _connect(self, action: str) -> Iterator[Connection]:
+        with self._guard(action), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
     def _read(self, action: str) -> Iterator[Session]:
         with self._guard(action), Session(self._engine, expire_on_commit=False) as session:
             yield session
@@ -599,10 +678,13 @@ class Store:
 
 __all__ = [
     "FINAL_STATUSES",
+    "FindingRecord",
+    "HistoryEntry",
     "ScanRecord",
     "ScannerResultRecord",
     "Store",
     "StoredFindings",
+    "TriageRecord",
     "alembic_config",
     "make_engine",
     "scrub_repository",

@@ -1,0 +1,141 @@
+"""A scan's merged, deduplicated findings as one SARIF 2.1.0 log, for GitHub code
+scanning, GitLab and any other SARIF consumer.
+
+One run per scanner (``tool.driver.name``; its ``rules`` with a ``security-severity``
+GitHub ranks alerts by), each result with its rule (``ruleId`` and ``ruleIndex``),
+``level``, message, location relative to the repository root, the match fingerprint as
+``partialFingerprints["scanwardMatch/v1"]`` (so the consumer follows the alert across
+line moves as scanward does), the exact fingerprint as ``fingerprints``, a
+``baselineState`` (``new``, ``unchanged``, or ``absent`` for fixed findings) and, for a
+finding the tool suppressed or an operator triaged, ``suppressions`` with the
+justification. Pure: the caller reads the findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from scanward.contract import Finding, Severity
+from scanward.lifecycle import SEVERITY_ORDER, FindingState, Triage, TriageState
+
+__all__ = ["MATCH_KEY", "SCHEMA", "to_sarif"]
+
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+MATCH_KEY = "scanwardMatch/v1"
+EXACT_KEY = "scanward/v1"
+_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning",
+          Severity.LOW: "note", Severity.INFO: "none"}
+# CVSS-like scores GitHub maps back onto critical (>=9), high (>=7), medium (>=4), low.
+_SCORE = {Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5",
+          Severity.LOW: "2.0", Severity.INFO: "0.0"}
+_BASELINE = {FindingState.NEW: "new", FindingState.EXISTING: "unchanged",
+             FindingState.FIXED: "absent"}
+_SUPPRESSION_KINDS = frozenset({"inSource", "external"})
+
+Item = tuple[Finding, FindingState | None, Triage | None]
+
+
+def to_sarif(items: Iterable[Item], *, repository: str, commit: str | None,
+             ref: str | None) -> dict[str, Any]:
+    """The SARIF 2.1.0 log (as JSON-ready dicts) of ``items``: (finding, its lifecycle
+    state or None, its triage or None)."""
+    by_scanner: dict[str, list[Item]] = {}
+    for item in items:
+        by_scanner.setdefault(item[0].scanner, []).append(item)
+    runs = [_run(scanner, found, repository, commit, ref)
+            for scanner, found in sorted(by_scanner.items())]
+    return {"$schema": SCHEMA, "version": "2.1.0", "runs": runs}
+
+
+def _run(scanner: str, items: list[Item], repository: str, commit: str | None,
+         ref: str | None) -> dict[str, Any]:
+    worst: dict[str, Severity] = {}
+    for finding, _, _ in items:
+        seen = worst.get(finding.rule_id)
+        if seen is None or SEVERITY_ORDER.index(finding.severity) < SEVERITY_ORDER.index(seen):
+            worst[finding.rule_id] = finding.severity
+    rule_ids = sorted(worst)
+    index = {rule: i for i, rule in enumerate(rule_ids)}
+    rules = [{"id": rule, "name": rule, "shortDescription": {"text": rule},
+              "properties": {"security-severity": _SCORE[worst[rule]]}} for rule in rule_ids]
+    run: dict[str, Any] = {
+        "tool": {"driver": {"name": scanner, "rules": rules}},
+        "automationDetails": {"id": f"scanward/{scanner}/"},
+        "results": [_result(f, state, triage, index[f.rule_id]) for f, state, triage in items],
+    }
+    provenance: dict[str, Any] = {"repositoryUri": repository}
+    if commit:
+        provenance["revisionId"] = commit
+    if ref:
+        provenance["branch"] = ref
+    if "://" in repository:  # versionControlProvenance.repositoryUri must be a URI
+        run["versionControlProvenance"] = [provenance]
+    return run
+
+
+def _result(f: Finding, state: FindingState | None, triage: Triage | None,
+            rule_index: int) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "ruleId": f.rule_id,
+        "ruleIndex": rule_index,
+        "level": _LEVEL[f.severity],
+        "message": {"text": f.message or f.rule_id},
+        "fingerprints": {EXACT_KEY: f.fingerprint},
+        "properties": {"security-severity": _SCORE[f.severity],
+                       "scanward-severity": f.severity.value},
+    }
+    if f.match_fingerprint is not None:
+        result["partialFingerprints"] = {MATCH_KEY: f.match_fingerprint}
+    if f.path:  # a repository-level finding has no location
+        location: dict[str, Any] = {"artifactLocation": {"uri": _uri(f.path)}}
+        region = _region(f)
+        if region:
+            location["region"] = region
+        result["locations"] = [{"physicalLocation": location}]
+    if state is not None:
+        result["baselineState"] = _BASELINE[state]
+    suppressions = _suppressions(f.suppression, triage)
+    if suppressions:
+        result["suppressions"] = suppressions
+    return result
+
+
+def _uri(path: str) -> str:
+    """A relative URI reference for a repository path (``unresolved://`` marks are
+    already URIs)."""
+    if "://" in path:
+        return path
+    return quote(path, safe="/")
+
+
+def _region(f: Finding) -> dict[str, int]:
+    region: dict[str, int] = {}
+    if f.start_line:
+        region["startLine"] = f.start_line
+        if f.start_column:
+            region["startColumn"] = f.start_column
+        if f.end_line and f.end_line >= f.start_line:
+            region["endLine"] = f.end_line
+        if f.end_column:
+            same_line = (f.end_line or f.start_line) == f.start_line
+            if not same_line or f.start_column is None or f.end_column >= f.start_column:
+                region["endColumn"] = f.end_column
+    return region
+
+
+def _suppressions(tool: str | None, triage: Triage | None) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = []
+    for part in (tool.split("; ") if tool else []):
+        kind, _, why = part.partition(": ")
+        entry = {"kind": kind if kind in _SUPPRESSION_KINDS else "external",
+                 "status": "accepted"}
+        if why or kind not in _SUPPRESSION_KINDS:
+            entry["justification"] = why or part
+        found.append(entry)
+    if triage is not None and triage.state is not TriageState.OPEN:
+        found.append({"kind": "external", "status": "accepted",
+                      "justification": f"{triage.state.value}: {triage.reason} "
+                                       f"(by {triage.by}, {triage.at:%Y-%m-%d})"})
+    return found

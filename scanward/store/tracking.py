@@ -1,0 +1,417 @@
+"""Findings over time in the database: each finished scan's lifecycle (new / existing /
+fixed against the previous completed scan of the same tenant, repository, ref and
+scanners), operator triage, and the history of a repository's scans.
+
+Functions of a :class:`~sqlalchemy.Connection` inside the caller's transaction; the
+:class:`~scanward.store.Store` wraps them. The decisions themselves are the pure
+functions of :mod:`scanward.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, select, text, update
+
+from scanward import lifecycle as lc
+from scanward.contract import Finding, ScanLifecycle, ScannerStatus, ScanStatus, Severity
+from scanward.lifecycle import FindingState, Tracked, Triage, TriageState
+from scanward.store.errors import UnknownFingerprint
+from scanward.store.models import FindingRow, ScannerResultRow, ScanRow, TriageRow
+
+__all__ = [
+    "FindingRecord",
+    "HistoryEntry",
+    "TriageRecord",
+    "compute",
+    "fixed_findings",
+    "history",
+    "read_lifecycle",
+    "resolve_fingerprint",
+    "scan_findings",
+    "select_records",
+    "set_triage",
+    "triage_of",
+]
+
+# Scans a lifecycle is computed for; only completed ones are a later scan's baseline (a
+# partial scan lacks an abandoned scanner's findings: they would all look fixed).
+TRACKED_STATUSES = (ScanStatus.COMPLETED.value, ScanStatus.PARTIAL.value)
+_F = FindingRow.__table__
+_S = ScanRow.__table__
+_FINDING_COLUMNS = (_F.c.id, _F.c.scanner, _F.c.rule_id, _F.c.severity, _F.c.path,
+                    _F.c.start_line, _F.c.end_line, _F.c.start_column, _F.c.end_column,
+                    _F.c.message, _F.c.fingerprint, _F.c.match_fingerprint, _F.c.suppression,
+                    _F.c.state, _F.c.first_seen_scan_id, _F.c.first_seen_commit,
+                    _F.c.first_seen_at)
+
+
+@dataclass(frozen=True, slots=True)
+class FindingRecord:
+    """A stored finding with its lifecycle and triage."""
+
+    finding: Finding
+    state: FindingState | None  # None: the scan has no lifecycle (not finished, failed)
+    first_seen_scan_id: str | None
+    first_seen_commit: str | None
+    first_seen_at: datetime | None
+    triage: Triage | None
+
+    @property
+    def key(self) -> str:
+        """The match fingerprint (the exact one for findings stored before schema 0003)."""
+        return self.finding.match_fingerprint or self.finding.fingerprint
+
+    @property
+    def suppressed(self) -> bool:
+        return lc.suppressed(self.finding.suppression, self.triage)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One scan of a repository, with its lifecycle counts (None: not computed)."""
+
+    scan_id: str
+    tenant: str
+    ref: str
+    commit: str | None
+    status: ScanStatus
+    scanners: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    finding_count: int
+    previous_scan_id: str | None
+    new: int | None
+    existing: int | None
+    fixed: int | None
+    suppressed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TriageRecord:
+    tenant: str
+    repository: str
+    match_fingerprint: str
+    triage: Triage
+    findings: int  # stored findings with this match fingerprint in the repository
+
+
+# --------------------------------------------------------------------- lifecycle
+
+
+Progress = Callable[[str, int], None]
+# Ids per "id IN (...)" statement: well under SQLite's oldest limit on bound parameters.
+_IDS_PER_STATEMENT = 900
+
+
+def _no_progress(stage: str, count: int) -> None:
+    pass
+
+
+def compute(conn: Connection, scan_id: str, *, cap: int,
+            progress: Progress | None = None) -> ScanLifecycle | None:
+    """Compute and record the scan's lifecycle, once (a repeated call reads what the
+    first one recorded); None for a scan that is not completed or partial. ``progress``
+    is called between steps (for heartbeats)."""
+    scan = conn.execute(select(_S).where(_S.c.scan_id == scan_id)).one_or_none()
+    if scan is None or scan.status not in TRACKED_STATUSES:
+        return None
+    if scan.new_count is None:
+        if conn.dialect.name == "postgresql":
+            # Scans of one ref finishing at once are compared one after the other (SQLite
+            # writers are serialised anyway).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": _lock_key(scan.tenant, scan.repository, scan.ref)})
+        _record(conn, scan, progress or _no_progress)
+    return read_lifecycle(conn, scan_id, cap=cap)
+
+
+def _record(conn: Connection, scan: Any, progress: Progress) -> None:
+    ran = _succeeded(conn, scan.scan_id)
+    previous = _previous(conn, scan)
+    current = _tracked(conn, scan.scan_id, ran)
+    before = _tracked(conn, previous.scan_id, None) if previous is not None else None
+    progress("compared", len(current))
+    result = lc.compare(current, before, ran)
+    # Each row is written once: existing ones carry where they were first seen (a
+    # previous row without it was itself first seen in the previous scan), grouped by
+    # that origin into "id IN (...)" batches (set-based: one statement per batch, not
+    # per row); then the rest of the compared rows are new, first seen now.
+    origins: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    if previous is not None:
+        for cur, prev in result.existing:
+            origins[(prev.first_seen_scan_id or previous.scan_id,
+                     prev.first_seen_commit or previous.commit,
+                     prev.first_seen_at or previous.finished_at)].append(cur.id)
+    carried = 0
+    for (first_scan, first_commit, first_at), ids in origins.items():
+        for i in range(0, len(ids), _IDS_PER_STATEMENT):
+            batch = ids[i:i + _IDS_PER_STATEMENT]
+            conn.execute(update(FindingRow).where(_F.c.id.in_(batch)).values(
+                state=FindingState.EXISTING.value, first_seen_scan_id=first_scan,
+                first_seen_commit=first_commit, first_seen_at=first_at))
+            carried += len(batch)
+            progress("carried", carried)
+    if ran:
+        conn.execute(update(FindingRow).where(
+            _F.c.scan_id == scan.scan_id, _F.c.scanner.in_(ran), _F.c.state.is_(None))
+            .values(state=FindingState.NEW.value, first_seen_scan_id=scan.scan_id,
+                    first_seen_commit=scan.commit,
+                    first_seen_at=scan.finished_at or scan.updated_at))
+    triaged = _triaged_keys(conn, scan.tenant, scan.repository)
+
+    def counted(row: Any) -> bool:
+        return not row.suppressed and _key(row) not in triaged
+
+    new = sum(map(counted, result.new))
+    existing = sum(counted(cur) for cur, _ in result.existing)
+    fixed = sum(map(counted, result.fixed))
+    conn.execute(update(ScanRow).where(_S.c.scan_id == scan.scan_id).values(
+        previous_scan_id=previous.scan_id if previous is not None else None,
+        new_count=new, existing_count=existing, fixed_count=fixed,
+        suppressed_count=len(current) - new - existing))
+
+
+def read_lifecycle(conn: Connection, scan_id: str, *, cap: int) -> ScanLifecycle | None:
+    """The recorded lifecycle of a scan, its severity counts and new findings with
+    today's triage applied; None if none was computed."""
+    scan = conn.execute(select(_S).where(_S.c.scan_id == scan_id)).one_or_none()
+    if scan is None or scan.new_count is None:
+        return None
+    triaged = select(TriageRow.match_fingerprint).where(
+        TriageRow.tenant == scan.tenant, TriageRow.repository == scan.repository,
+        TriageRow.state != TriageState.OPEN.value)
+    open_ = and_(_F.c.scan_id == scan_id, _F.c.state.is_not(None),
+                 _F.c.suppression.is_(None),
+                 func.coalesce(_F.c.match_fingerprint, _F.c.fingerprint).not_in(triaged))
+    by_severity: dict[Severity, int] = {}
+    new_by_severity: dict[Severity, int] = {}
+    for severity, state, n in conn.execute(
+            select(_F.c.severity, _F.c.state, func.count()).where(open_)
+            .group_by(_F.c.severity, _F.c.state)):
+        sev = Severity(severity)
+        by_severity[sev] = by_severity.get(sev, 0) + int(n)
+        if state == FindingState.NEW.value:
+            new_by_severity[sev] = int(n)
+    rank = case({s.value: i for i, s in enumerate(lc.SEVERITY_ORDER)}, value=_F.c.severity,
+                else_=len(lc.SEVERITY_ORDER))
+    first_new = conn.execute(
+        select(*_FINDING_COLUMNS).where(open_, _F.c.state == FindingState.NEW.value)
+        .order_by(rank, _F.c.path, _F.c.start_line, _F.c.start_column, _F.c.rule_id,
+                  _F.c.fingerprint).limit(cap))
+    kept, _ = lc.cap_new([_finding_of(r) for r in first_new], cap)
+    previous_commit = None
+    if scan.previous_scan_id is not None:
+        previous_commit = conn.execute(select(_S.c.commit).where(
+            _S.c.scan_id == scan.previous_scan_id)).scalar_one_or_none()
+    return ScanLifecycle(
+        previous_scan_id=scan.previous_scan_id, previous_commit=previous_commit,
+        new=scan.new_count, existing=scan.existing_count or 0, fixed=scan.fixed_count or 0,
+        suppressed=scan.suppressed_count or 0, by_severity=by_severity,
+        new_by_severity=new_by_severity, new_findings=kept,
+        truncated=sum(new_by_severity.values()) > len(kept))
+
+
+def _succeeded(conn: Connection, scan_id: str) -> list[str]:
+    return sorted(conn.execute(select(ScannerResultRow.scanner).where(
+        ScannerResultRow.scan_id == scan_id,
+        ScannerResultRow.status == ScannerStatus.SUCCEEDED.value)).scalars())
+
+
+def _previous(conn: Connection, scan: Any) -> Any | None:
+    """The latest completed scan of the same tenant, repository, ref and scanners that
+    finished before ``scan`` and has a lifecycle."""
+    if scan.scanners is None or scan.finished_at is None:
+        return None
+    return conn.execute(
+        select(_S.c.scan_id, _S.c.commit, _S.c.finished_at).where(
+            _S.c.tenant == scan.tenant, _S.c.repository == scan.repository,
+            _S.c.ref == scan.ref, _S.c.scanners == scan.scanners,
+            _S.c.status == ScanStatus.COMPLETED.value, _S.c.new_count.is_not(None),
+            _S.c.scan_id != scan.scan_id, _S.c.finished_at < scan.finished_at)
+        .order_by(_S.c.finished_at.desc(), _S.c.scan_id.desc()).limit(1)).one_or_none()
+
+
+def _tracked(conn: Connection, scan_id: str, scanners: Sequence[str] | None
+             ) -> list[Tracked[Any]]:
+    """The scan's findings (of ``scanners``) for :func:`lifecycle.compare`, in position
+    order so that repeated keys pair stably; each ref is its row."""
+    stmt = select(_F.c.id, _F.c.match_fingerprint, _F.c.fingerprint, _F.c.scanner,
+                  _F.c.suppression.is_not(None).label("suppressed"), _F.c.first_seen_scan_id,
+                  _F.c.first_seen_commit, _F.c.first_seen_at).where(_F.c.scan_id == scan_id)
+    if scanners is not None:
+        stmt = stmt.where(_F.c.scanner.in_(scanners))
+    stmt = stmt.order_by(_F.c.path, _F.c.start_line, _F.c.start_column, _F.c.id)
+    return [Tracked(ref=r, key=_key(r), scanner=r.scanner) for r in conn.execute(stmt)]
+
+
+def _key(row: Any) -> str:
+    """The match fingerprint (the exact one for findings stored before schema 0003)."""
+    key: str = row.match_fingerprint or row.fingerprint
+    return key
+
+
+def _triaged_keys(conn: Connection, tenant: str, repository: str) -> set[str]:
+    return {k for k, t in triage_of(conn, tenant, repository).items()
+            if t.state is not TriageState.OPEN}
+
+
+def _lock_key(*parts: str) -> int:
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# ---------------------------------------------------------------------- findings
+
+
+def scan_findings(conn: Connection, scan_id: str) -> list[FindingRecord]:
+    """Every stored finding of the scan, most severe first, with lifecycle and triage."""
+    scan = conn.execute(select(_S.c.tenant, _S.c.repository).where(
+        _S.c.scan_id == scan_id)).one_or_none()
+    if scan is None:
+        return []
+    triage = triage_of(conn, scan.tenant, scan.repository)
+    rows = conn.execute(select(*_FINDING_COLUMNS).where(_F.c.scan_id == scan_id))
+    return _ordered([_record_of(r, triage) for r in rows])
+
+
+def fixed_findings(conn: Connection, scan_id: str) -> list[FindingRecord]:
+    """The previous scan's findings that this scan no longer has (the same comparison
+    :func:`compute` made), with today's triage; empty without a previous scan."""
+    scan = conn.execute(select(_S).where(_S.c.scan_id == scan_id)).one_or_none()
+    if scan is None or scan.new_count is None or scan.previous_scan_id is None:
+        return []
+    ran = _succeeded(conn, scan_id)
+    result = lc.compare(_tracked(conn, scan_id, ran),
+                        _tracked(conn, scan.previous_scan_id, None), ran)
+    if not result.fixed:
+        return []
+    triage = triage_of(conn, scan.tenant, scan.repository)
+    fixed = {row.id for row in result.fixed}
+    rows = conn.execute(select(*_FINDING_COLUMNS).where(
+        _F.c.scan_id == scan.previous_scan_id))
+    return _ordered([_record_of(r, triage, state=FindingState.FIXED) for r in rows
+                     if r.id in fixed])
+
+
+def _record_of(r: Any, triage: dict[str, Triage], *,
+               state: FindingState | None = None) -> FindingRecord:
+    return FindingRecord(
+        finding=_finding_of(r),
+        state=state or (FindingState(r.state) if r.state is not None else None),
+        first_seen_scan_id=r.first_seen_scan_id, first_seen_commit=r.first_seen_commit,
+        first_seen_at=r.first_seen_at,
+        triage=triage.get(r.match_fingerprint or r.fingerprint))
+
+
+def _finding_of(r: Any) -> Finding:
+    return Finding(
+        scanner=r.scanner, rule_id=r.rule_id, severity=Severity(r.severity), path=r.path,
+        start_line=r.start_line, end_line=r.end_line, start_column=r.start_column,
+        end_column=r.end_column, message=r.message, fingerprint=r.fingerprint,
+        match_fingerprint=r.match_fingerprint, suppression=r.suppression)
+
+
+def _ordered(records: Iterable[FindingRecord]) -> list[FindingRecord]:
+    by_id = {id(r.finding): r for r in records}
+    return [by_id[id(f)] for f in lc.most_severe_first(r.finding for r in by_id.values())]
+
+
+# ------------------------------------------------------------------------ triage
+
+
+def triage_of(conn: Connection, tenant: str, repository: str) -> dict[str, Triage]:
+    """Every triage decision of (tenant, repository), by match fingerprint."""
+    rows = conn.execute(select(TriageRow.__table__).where(
+        TriageRow.tenant == tenant, TriageRow.repository == repository))
+    return {r.match_fingerprint: Triage(state=TriageState(r.state), reason=r.reason,
+                                        by=r.triaged_by, at=r.updated_at)
+            for r in rows}
+
+
+def resolve_fingerprint(conn: Connection, fingerprint: str, *, tenant: str | None,
+                        repository: str | None) -> tuple[str, str, str, int]:
+    """(tenant, repository, full match fingerprint, stored findings with it) for a match
+    fingerprint or a unique prefix of one (at least 8 hex digits, like a short commit)."""
+    fp = fingerprint.strip().lower()
+    if not (8 <= len(fp) <= 64) or any(c not in "0123456789abcdef" for c in fp):
+        raise UnknownFingerprint(f"{fingerprint!r} is not a fingerprint (8 to 64 hex "
+                                 "digits, as `scanward findings` shows them)")
+    match = (_F.c.match_fingerprint == fp if len(fp) == 64
+             else _F.c.match_fingerprint.like(fp + "%"))
+    stmt = (select(_S.c.tenant, _S.c.repository, _F.c.match_fingerprint, func.count())
+            .join(_S, _S.c.scan_id == _F.c.scan_id).where(match)
+            .group_by(_S.c.tenant, _S.c.repository, _F.c.match_fingerprint))
+    if tenant is not None:
+        stmt = stmt.where(_S.c.tenant == tenant)
+    if repository is not None:
+        stmt = stmt.where(_S.c.repository == repository)
+    found = [tuple(r) for r in conn.execute(stmt)]
+    if not found:
+        where = "".join([f" in tenant {tenant}" if tenant else "",
+                         f" of {repository}" if repository else ""])
+        raise UnknownFingerprint(f"no stored finding has the fingerprint {fingerprint}{where}")
+    if len(found) > 1:
+        listed = "; ".join(f"{t} {r} {k[:12]}" for t, r, k, _ in found[:5])
+        raise UnknownFingerprint(f"fingerprint {fingerprint} is ambiguous ({len(found)} "
+                                 f"matches: {listed}): give more digits, --tenant or "
+                                 "--repository")
+    tenant_, repo_, key, count = found[0]
+    return str(tenant_), str(repo_), str(key), int(count)
+
+
+def set_triage(conn: Connection, fingerprint: str, state: TriageState, reason: str, by: str,
+               now: datetime, *, tenant: str | None, repository: str | None,
+               insert: Any) -> TriageRecord:
+    """Record an operator's decision for the finding(s) with this match fingerprint."""
+    tenant_, repo_, key, count = resolve_fingerprint(conn, fingerprint, tenant=tenant,
+                                                     repository=repository)
+    values = {"tenant": tenant_, "repository": repo_, "match_fingerprint": key,
+              "state": state.value, "reason": reason, "triaged_by": by, "updated_at": now}
+    ins = insert(TriageRow).values(**values)
+    conn.execute(ins.on_conflict_do_update(
+        index_elements=["tenant", "repository", "match_fingerprint"],
+        set_={k: ins.excluded[k] for k in ("state", "reason", "triaged_by", "updated_at")}))
+    return TriageRecord(tenant=tenant_, repository=repo_, match_fingerprint=key,
+                        triage=Triage(state=state, reason=reason, by=by, at=now),
+                        findings=count)
+
+
+# ----------------------------------------------------------------------- history
+
+
+def history(conn: Connection, repository: str, *, ref: str | None, tenant: str | None,
+            limit: int) -> list[HistoryEntry]:
+    """The repository's scans, latest first."""
+    stmt = select(_S).where(_S.c.repository == repository)
+    if ref is not None:
+        stmt = stmt.where(_S.c.ref == ref)
+    if tenant is not None:
+        stmt = stmt.where(_S.c.tenant == tenant)
+    when = func.coalesce(_S.c.finished_at, _S.c.created_at)
+    stmt = stmt.order_by(when.desc(), _S.c.scan_id.desc()).limit(limit)
+    return [HistoryEntry(
+        scan_id=r.scan_id, tenant=r.tenant, ref=r.ref, commit=r.commit,
+        status=ScanStatus(r.status), scanners=r.scanners,
+        created_at=r.created_at, finished_at=r.finished_at,
+        finding_count=r.finding_count, previous_scan_id=r.previous_scan_id, new=r.new_count,
+        existing=r.existing_count, fixed=r.fixed_count, suppressed=r.suppressed_count)
+        for r in conn.execute(stmt)]
+
+
+def select_records(records: Sequence[FindingRecord], *, new_only: bool = False,
+                   include_suppressed: bool = False,
+                   severities: Iterable[Severity] = ()) -> list[FindingRecord]:
+    """The records a ``findings`` view shows: open ones (and suppressed ones with
+    ``include_suppressed``), only new ones with ``new_only``, of ``severities`` if given."""
+    wanted = set(severities)
+    return [r for r in records
+            if (include_suppressed or not r.suppressed)
+            and (not new_only or r.state is FindingState.NEW)
+            and (not wanted or r.finding.severity in wanted)]
+

@@ -1,0 +1,342 @@
+"""Findings over time in the store, on a real SQLite file and the real PostgreSQL: the
+lifecycle of finished scans, triage, history, and migration 0003 of a database filled by
+the previous schema."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+from scanward.contract import (
+    Finding,
+    ScannerRun,
+    ScannerStatus,
+    ScanStatus,
+    ScanSummary,
+    Severity,
+)
+from scanward.lifecycle import NEW_FINDINGS_CAP, FindingState, TriageState
+from scanward.store import Store, UnknownFingerprint, normalize_url, sqlite_url
+from scanward.store.store import alembic_config
+
+REPO = "https://github.com/acme/app"
+COMMITS = [f"{i:040x}" for i in range(1, 10)]
+
+
+def h(*parts: object) -> str:
+    return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def finding(rule: str, line: int, *, key: str | None = None, scanner: str = "bandit",
+            severity: Severity = Severity.HIGH, suppression: str | None = None,
+            path: str = "app.py") -> Finding:
+    """A finding at ``line`` whose match fingerprint is ``key`` (default: the rule), so
+    that moving it keeps its identity across scans, as the SARIF reader makes it."""
+    return Finding(scanner=scanner, rule_id=rule, severity=severity, path=path,
+                   start_line=line, end_line=line, message=f"{rule} found",
+                   fingerprint=h(scanner, rule, path, line),
+                   match_fingerprint=h("match", scanner, key or rule, path),
+                   suppression=suppression)
+
+
+class Scans:
+    """Records finished scans of one (tenant, repository, ref) as the activities do."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.n = 0
+
+    def run(self, findings: dict[str, list[Finding]], *, status: ScanStatus = ScanStatus.COMPLETED,
+            abandoned: tuple[str, ...] = (), ref: str = "main", repository: str = REPO,
+            commit: str | None = None) -> str:
+        self.n += 1
+        scan_id = f"scan-acme-{self.n:020x}"
+        commit = commit or COMMITS[self.n - 1]
+        runs = []
+        for scanner, found in sorted(findings.items()):
+            if scanner in abandoned:
+                runs.append(ScannerRun(scanner=scanner, status=ScannerStatus.ABANDONED,
+                                       attempts=3, reason="oom"))
+                continue
+            count = self.store.record_scanner_result(
+                scan_id=scan_id, tenant="acme", repository=repository, ref=ref,
+                commit=commit, scanner=scanner, attempt=1, findings=found)
+            runs.append(ScannerRun(scanner=scanner, status=ScannerStatus.SUCCEEDED,
+                                   attempts=1, finding_count=count))
+        self.store.finish_scan(ScanSummary(
+            scan_id=scan_id, tenant="acme", repository=repository, ref=ref, commit=commit,
+            status=status, scanners=tuple(runs)))
+        return scan_id
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "scanward.db")
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store.open(db_url) as s:
+        yield s
+
+
+@pytest.fixture
+def scans(store: Store) -> Scans:
+    return Scans(store)
+
+
+def states(store: Store, scan_id: str) -> dict[str, tuple[str | None, int | None, str | None]]:
+    """rule -> (state, line, first seen commit)."""
+    return {r.finding.rule_id: (r.state.value if r.state else None, r.finding.start_line,
+                                r.first_seen_commit)
+            for r in store.scan_findings(scan_id)}
+
+
+def test_new_existing_fixed_and_first_seen(store: Store, scans: Scans) -> None:
+    # Commit 1: flaws A and B. Commit 2 fixes A, moves B down 5 lines, adds C.
+    s1 = scans.run({"bandit": [finding("A", 3), finding("B", 10)]})
+    first = store.compute_lifecycle(s1)
+    assert first is not None
+    assert (first.previous_scan_id, first.new, first.existing, first.fixed) == (None, 2, 0, 0)
+    assert states(store, s1) == {"A": ("new", 3, COMMITS[0]), "B": ("new", 10, COMMITS[0])}
+
+    s2 = scans.run({"bandit": [finding("B", 15), finding("C", 20, severity=Severity.LOW)]})
+    second = store.compute_lifecycle(s2)
+    assert second is not None
+    assert (second.previous_scan_id, second.previous_commit) == (s1, COMMITS[0])
+    assert (second.new, second.existing, second.fixed, second.suppressed) == (1, 1, 1, 0)
+    assert [f.rule_id for f in second.new_findings] == ["C"]
+    assert second.new_by_severity == {Severity.LOW: 1}
+    assert second.by_severity == {Severity.HIGH: 1, Severity.LOW: 1}
+    assert not second.truncated
+    # B moved and is the same finding, first seen at commit 1 (and when).
+    assert states(store, s2) == {"B": ("existing", 15, COMMITS[0]),
+                                 "C": ("new", 20, COMMITS[1])}
+    b1, b2 = (next(r for r in store.scan_findings(s) if r.finding.rule_id == "B")
+              for s in (s1, s2))
+    assert b2.first_seen_scan_id == s1 and b2.first_seen_at == b1.first_seen_at
+    assert [(r.finding.rule_id, r.state) for r in store.fixed_findings(s2)] == [
+        ("A", FindingState.FIXED)]
+
+    # Third: B still there, first seen still commit 1.
+    s3 = scans.run({"bandit": [finding("B", 40), finding("C", 20, severity=Severity.LOW)]})
+    third = store.compute_lifecycle(s3)
+    assert third is not None and (third.new, third.existing, third.fixed) == (0, 2, 0)
+    assert states(store, s3)["B"] == ("existing", 40, COMMITS[0])
+    assert store.fixed_findings(s3) == []
+
+
+def test_compute_is_idempotent(store: Store, scans: Scans) -> None:
+    s1 = scans.run({"bandit": [finding("A", 3)]})
+    store.compute_lifecycle(s1)
+    s2 = scans.run({"bandit": [finding("B", 3)]})
+    once = store.compute_lifecycle(s2)
+    # A retried finalize_scan (finish again, compute again) changes nothing.
+    scans.store.finish_scan(ScanSummary(
+        scan_id=s2, tenant="acme", repository=REPO, ref="main", commit=COMMITS[1],
+        status=ScanStatus.COMPLETED,
+        scanners=(ScannerRun(scanner="bandit", status=ScannerStatus.SUCCEEDED, attempts=1),)))
+    assert store.compute_lifecycle(s2) == once
+    assert once is not None and (once.new, once.fixed) == (1, 1)
+    assert states(store, s2) == {"B": ("new", 3, COMMITS[1])}
+
+
+def test_only_completed_scans_of_the_same_ref_and_scanners_are_compared(
+        store: Store, scans: Scans) -> None:
+    base = scans.run({"bandit": [finding("A", 1)], "semgrep": [finding("S", 1,
+                                                                        scanner="semgrep")]})
+    assert store.compute_lifecycle(base) is not None
+    # Another ref, another scanner set: each is its own first scan.
+    other_ref = scans.run({"bandit": [finding("A", 1)], "semgrep": []}, ref="feature")
+    other_set = scans.run({"bandit": [finding("A", 1)]})
+    for scan_id in (other_ref, other_set):
+        lifecycle = store.compute_lifecycle(scan_id)
+        assert lifecycle is not None and lifecycle.previous_scan_id is None, scan_id
+    # A failed scan has no lifecycle and is never a baseline.
+    failed = scans.run({}, status=ScanStatus.FAILED)
+    assert store.compute_lifecycle(failed) is None
+    # A partial scan (semgrep abandoned): compared, but semgrep's findings are not fixed.
+    partial = scans.run({"bandit": [finding("A", 1)], "semgrep": []},
+                        status=ScanStatus.PARTIAL, abandoned=("semgrep",))
+    lifecycle = store.compute_lifecycle(partial)
+    assert lifecycle is not None
+    assert (lifecycle.previous_scan_id, lifecycle.existing, lifecycle.fixed) == (base, 1, 0)
+    # ... and is not the baseline of the next complete scan: that compares with base.
+    nxt = scans.run({"bandit": [], "semgrep": [finding("S", 1, scanner="semgrep")]})
+    lifecycle = store.compute_lifecycle(nxt)
+    assert lifecycle is not None
+    assert (lifecycle.previous_scan_id, lifecycle.existing, lifecycle.fixed) == (base, 1, 1)
+
+
+def test_triage_sticks_and_suppressed_findings_are_not_counted(store: Store,
+                                                                 scans: Scans) -> None:
+    s1 = scans.run({"bandit": [finding("A", 3), finding("B", 10),
+                               finding("N", 12, severity=Severity.LOW, suppression="inSource")]})
+    first = store.compute_lifecycle(s1)
+    assert first is not None
+    # The tool's suppression: stored and visible, but neither new nor counted.
+    assert (first.new, first.suppressed) == (2, 1)
+    assert first.by_severity == {Severity.HIGH: 2}
+    n = next(r for r in store.scan_findings(s1) if r.finding.rule_id == "N")
+    assert n.suppressed and n.finding.suppression == "inSource"
+
+    a = next(r for r in store.scan_findings(s1) if r.finding.rule_id == "A")
+    done = store.set_triage(a.key[:10], TriageState.FALSE_POSITIVE, reason="test fixture",
+                            by="ana")
+    assert (done.tenant, done.repository, done.match_fingerprint, done.findings) == (
+        "acme", REPO, a.key, 1)
+    # Scan 2: A moved; its triage follows it, and a new flaw D appears.
+    s2 = scans.run({"bandit": [finding("A", 30), finding("B", 10), finding("D", 5),
+                               finding("N", 12, severity=Severity.LOW, suppression="inSource")]})
+    second = store.compute_lifecycle(s2)
+    assert second is not None
+    assert (second.new, second.existing, second.suppressed, second.fixed) == (1, 1, 2, 0)
+    assert second.by_severity == {Severity.HIGH: 2}  # B and D
+    a2 = next(r for r in store.scan_findings(s2) if r.finding.rule_id == "A")
+    assert a2.suppressed and a2.triage is not None
+    assert (a2.triage.state, a2.triage.reason, a2.triage.by) == (
+        TriageState.FALSE_POSITIVE, "test fixture", "ana")
+    assert a2.state is FindingState.EXISTING
+
+    # A triaged finding that disappears is not counted as fixed either (still listed).
+    s3 = scans.run({"bandit": [finding("B", 10), finding("D", 5)]})
+    third = store.compute_lifecycle(s3)
+    assert third is not None and (third.fixed, third.existing) == (0, 2)
+    assert {r.finding.rule_id for r in store.fixed_findings(s3)} == {"A", "N"}
+    # Reopening counts it again, in every scan.
+    store.set_triage(a.key, TriageState.OPEN, reason="was real", by="bo")
+    assert not next(r for r in store.scan_findings(s2) if r.finding.rule_id == "A").suppressed
+    lifecycle = store.lifecycle(s2)
+    assert lifecycle is not None and lifecycle.by_severity == {Severity.HIGH: 3}
+
+
+def test_triage_of_an_unknown_or_ambiguous_fingerprint_is_refused(store: Store,
+                                                                  scans: Scans) -> None:
+    with pytest.raises(UnknownFingerprint, match="no stored finding has the fingerprint"):
+        store.set_triage("deadbeefdeadbeef", TriageState.ACCEPTED_RISK, reason="x", by="y")
+    with pytest.raises(UnknownFingerprint, match="is not a fingerprint"):
+        store.set_triage("B602", TriageState.ACCEPTED_RISK, reason="x", by="y")
+    # The same code in two repositories (a fork): the repository says which one.
+    scans.run({"bandit": [finding("A", 3)]})
+    scans.run({"bandit": [finding("A", 3)]}, repository="https://github.com/fork/app")
+    key = h("match", "bandit", "A", "app.py")
+    with pytest.raises(UnknownFingerprint, match="ambiguous"):
+        store.set_triage(key, TriageState.ACCEPTED_RISK, reason="x", by="y")
+    done = store.set_triage(key, TriageState.ACCEPTED_RISK, reason="x", by="y",
+                            repository="https://github.com/fork/app")
+    assert done.repository == "https://github.com/fork/app"
+
+
+def test_new_findings_in_the_summary_are_capped(store: Store, scans: Scans) -> None:
+    many = [finding(f"R{i:03d}", i + 1, severity=Severity.CRITICAL if i == 70 else
+                    Severity.MEDIUM) for i in range(NEW_FINDINGS_CAP + 30)]
+    scan_id = scans.run({"bandit": many})
+    lifecycle = store.compute_lifecycle(scan_id)
+    assert lifecycle is not None
+    assert lifecycle.new == NEW_FINDINGS_CAP + 30
+    assert lifecycle.truncated and len(lifecycle.new_findings) == NEW_FINDINGS_CAP
+    assert lifecycle.new_findings[0].rule_id == "R070"  # most severe first
+
+
+def test_history_lists_scans_with_counts(store: Store, scans: Scans) -> None:
+    s1 = scans.run({"bandit": [finding("A", 3), finding("B", 4)]})
+    store.compute_lifecycle(s1)
+    s2 = scans.run({"bandit": [finding("B", 9), finding("C", 1)]})
+    store.compute_lifecycle(s2)
+    scans.run({"bandit": []}, ref="feature")
+    entries = store.history(REPO, ref="main")
+    assert [(e.scan_id, e.new, e.existing, e.fixed, e.previous_scan_id) for e in entries] == [
+        (s2, 1, 1, 1, s1), (s1, 2, 0, 0, None)]
+    assert entries[0].commit == COMMITS[1] and entries[0].scanners == "bandit"
+    assert len(store.history(REPO)) == 3
+    assert store.history(REPO, tenant="other") == []
+    # Credentials in the URL asked for are dropped, as when storing.
+    assert len(store.history("https://token@github.com/acme/app", ref="main")) == 2
+
+
+def test_migration_0003_keeps_rows_stored_at_0002(db_url: str) -> None:
+    """A database created and filled by the previous schema (0002) is upgraded in place:
+    its scans and findings stay (no lifecycle: never a baseline), and the next scan of
+    the ref is its own first one."""
+    url = normalize_url(db_url)
+    old_scan = "scan-acme-00000000000000000old"
+    with Store.open(db_url, migrate=False):
+        command.upgrade(alembic_config(url), "0002")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO scans (scan_id, tenant, repository, ref, \"commit\", status, "
+                "finding_count, summary, created_at, updated_at) VALUES (:s, 'acme', :r, "
+                "'main', :c, 'completed', 2, NULL, '2026-01-01 00:00:00', "
+                "'2026-01-01 00:00:00')"), {"s": old_scan, "r": REPO, "c": COMMITS[0]})
+            conn.execute(text(
+                "INSERT INTO scanner_results (scan_id, scanner, attempt, status, "
+                "finding_count, updated_at) VALUES (:s, 'bandit', 1, 'succeeded', 2, "
+                "'2026-01-01 00:00:00')"), {"s": old_scan})
+            for rule, line in (("A", 3), ("B", 4)):
+                old = finding(rule, line)
+                conn.execute(text(
+                    "INSERT INTO findings (scan_id, fingerprint, scanner, rule_id, severity, "
+                    "path, start_line, end_line, start_column, end_column, message) VALUES "
+                    "(:s, :fp, 'bandit', :rule, 'high', 'app.py', :line, :line, 5, 9, :msg)"),
+                    {"s": old_scan, "fp": old.fingerprint, "rule": rule, "line": line,
+                     "msg": old.message})
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+    finally:
+        engine.dispose()
+
+    with Store.open(db_url) as store:  # upgrades to 0003
+        assert store.schema_revision() == "0003"
+        kept = store.findings(old_scan)
+        assert [(f.rule_id, f.start_line, f.start_column, f.match_fingerprint,
+                 f.suppression) for f in kept] == [("A", 3, 5, None, None),
+                                                   ("B", 4, 5, None, None)]
+        record = store.get_scan(old_scan)
+        assert record is not None and record.status is ScanStatus.COMPLETED
+        assert [r.state for r in store.scan_findings(old_scan)] == [None, None]
+        assert store.lifecycle(old_scan) is None
+        (entry,) = store.history(REPO)
+        assert (entry.scan_id, entry.finding_count, entry.new) == (old_scan, 2, None)
+        # The first scan after the upgrade is a first scan: the old one has no lifecycle.
+        s1 = Scans(store).run({"bandit": [finding("A", 3)]}, commit=COMMITS[1])
+        lifecycle = store.compute_lifecycle(s1)
+        assert lifecycle is not None
+        assert (lifecycle.previous_scan_id, lifecycle.new) == (None, 1)
+
+    # And back to 0002 (ALTER TABLE DROP COLUMN, no table copy): every row is kept.
+    command.downgrade(alembic_config(url), "0002")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            insp = inspect(conn)
+            assert "match_fingerprint" not in {c["name"] for c in insp.get_columns("findings")}
+            assert "triage" not in insp.get_table_names()
+            assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 3
+            assert conn.execute(text("SELECT count(*) FROM scans")).scalar_one() == 2
+    finally:
+        engine.dispose()
+    with Store.open(db_url) as store:  # and up again
+        assert len(store.findings(old_scan)) == 2
+
+
+def test_finished_at_is_the_first_final_status(store: Store, scans: Scans) -> None:
+    s1 = scans.run({"bandit": [finding("A", 3)]})
+    before = store.history(REPO)[0].finished_at
+    assert before is not None and before <= datetime.now(UTC)
+    scans.store.finish_scan(ScanSummary(
+        scan_id=s1, tenant="acme", repository=REPO, ref="main", commit=COMMITS[0],
+        status=ScanStatus.COMPLETED, scanners=()))
+    assert store.history(REPO)[0].finished_at == before
