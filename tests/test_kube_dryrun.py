@@ -223,9 +223,10 @@ def test_server_accepts_job(control_plane: testenv.ControlPlane, kube_namespace:
         for a in spec.command])
 
 
-def test_catalog_is_the_builtin_four() -> None:
-    """The matrix above covers every built-in scanner (extend it when one is added)."""
-    assert BUILTIN == ["bandit", "gitleaks", "semgrep", "trivy"]
+def test_catalog_is_the_builtin_five() -> None:
+    """The matrix above covers every built-in scanner (extend it when one is added):
+    the four real ones and the load tests' synthetic scanner."""
+    assert BUILTIN == ["bandit", "gitleaks", "semgrep", "synthetic", "trivy"]
 
 
 def test_dry_run_stores_nothing(control_plane: testenv.ControlPlane,
