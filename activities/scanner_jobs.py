@@ -107,7 +107,8 @@ class ScannerActivities:
             raise
         finally:
             metrics.record(job.scanner, self._backend.name, outcome,
-                           time.monotonic() - started)
+                           time.monotonic() - started, memory_mib=job.resources.memory_mib,
+                           checkout_bytes=job.checkout.size_bytes)
             if self._pusher is not None:
                 await asyncio.shield(asyncio.to_thread(self._pusher.push))
 

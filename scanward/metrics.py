@@ -59,6 +59,16 @@ DURATION = Histogram(
     "scanward_scanner_attempt_seconds", "Wall time of a scanner attempt, start to end",
     ["scanner", "backend"], registry=PUSHED,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200))
+# What each attempt was given and scanned, by how it ended: with the OOM rate, the data
+# to tune the sizing rule (memory per GiB of checkout; deploy/README.md "Tuning").
+MEMORY = Histogram(
+    "scanward_scanner_memory_mib", "Memory (MiB) a scanner attempt was given, its Job's "
+    "limit, by outcome", ["scanner", "backend", "outcome"], registry=PUSHED,
+    buckets=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768))
+CHECKOUT = Histogram(
+    "scanward_scanner_checkout_mib", "Size (MiB) of the checkout a scanner attempt "
+    "scanned, by outcome", ["scanner", "backend", "outcome"], registry=PUSHED,
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
 DELIVERIES = Counter(
     "scanward_webhook_deliveries", "Webhook delivery attempts by outcome: delivered, "
     "failed (retried), gave_up (the last retry failed), rejected (not retryable)",
@@ -94,9 +104,14 @@ def initialize(scanners: Iterable[str], backend: str) -> None:
             ATTEMPTS.labels(scanner, backend, outcome)
 
 
-def record(scanner: str, backend: str, outcome: str, seconds: float) -> None:
+def record(scanner: str, backend: str, outcome: str, seconds: float, *,
+           memory_mib: int | None = None, checkout_bytes: int | None = None) -> None:
     ATTEMPTS.labels(scanner, backend, outcome).inc()
     DURATION.labels(scanner, backend).observe(seconds)
+    if memory_mib is not None:
+        MEMORY.labels(scanner, backend, outcome).observe(memory_mib)
+    if checkout_bytes is not None:
+        CHECKOUT.labels(scanner, backend, outcome).observe(checkout_bytes / 2**20)
 
 
 def webhook_host(url: str) -> str:

@@ -78,6 +78,12 @@ async def test_attempts_pushed_not_served_twice_and_group_deleted_on_clean_stop(
         assert g is not None
         assert (pushed_value(g, "scanward_scanner_attempt_seconds", "count", scanner="fake",
                              backend="local") or 0) >= 1
+        # What the attempt was given and scanned, by outcome: the data to tune sizing.
+        for name in ("scanward_scanner_memory_mib", "scanward_scanner_checkout_mib"):
+            assert (pushed_value(g, name, "count", scanner="fake", backend="local",
+                                 outcome="succeeded") or 0) >= 1, name
+            assert (pushed_value(g, name, "sum", scanner="fake", backend="local",
+                                 outcome="succeeded") or 0) > 0, name
         # Every (scanner, outcome) exists from the start, at zero until it happens.
         assert pushed_value(g, "scanward_scanner_attempts_total", scanner="fake",
                             outcome="oom_killed") == 0
