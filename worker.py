@@ -133,6 +133,9 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
             task.cancel()
         if pusher is not None:  # a clean stop: its group leaves the Pushgateway
             await pusher.close()
+        # A stopped worker is not ready; and the global gauge must not keep this health
+        # (and through its checks the client and its Temporal runtime) alive after us.
+        metrics.WORKER_READY.set_function(lambda: 0.0)
         health.close()
         store.close()
         backend.close()
