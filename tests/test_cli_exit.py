@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from scanward import client as api
 from scanward.settings import Settings
 from tests.conftest import scan_request, start
 from tests.test_cli import cli_env, scanward
@@ -27,44 +27,56 @@ RUNS = 100
 CONCURRENCY = 4  # 2 cores: keeps the 100 runs well under a minute
 
 
-def temporal_threads() -> set[int]:
-    """This process's threads of Temporal's Rust runtimes (Tokio's threads), by id."""
+# Run in a fresh interpreter: this test process has other Temporal runtimes (the
+# session's client, in-process workers) whose Tokio pools grow threads on demand, which
+# would be counted as the session runtime's under load.
+_CHECK = """
+import os, sys
+from pathlib import Path
+from scanward import client as api
+
+def tokio():
     found = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("tokio-"):
-                found.add(int(tid))
-        except FileNotFoundError:  # the thread just ended
+                found.add(tid)
+        except FileNotFoundError:
             pass
     return found
 
+async def listing():
+    client = await api.connect()
+    _ = [s async for s in api.list_scans(client, limit=5)]
+    return tokio()
 
-def test_run_joins_the_runtimes_threads(temporal_env: WorkflowEnvironment,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def failing():
+    client = await api.connect()
+    await api.describe(client, "scan-default-00000000000000000000")
+
+during = api.run(listing())
+print("during", len(during), "after", len(tokio()))
+try:
+    api.run(failing())
+except api.ScanNotFound:
+    print("raised", "after", len(tokio()))
+"""
+
+
+def test_run_joins_the_runtimes_threads(temporal_env: WorkflowEnvironment) -> None:
     """The root cause, checked directly: after ``api.run`` the runtime it created has no
     thread left, whether the command returned or raised."""
-    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
-    before = temporal_threads()  # the session's own client has a runtime too
-
-    async def listing() -> set[int]:
-        client = await api.connect()
-        _ = [s async for s in api.list_scans(client, limit=5)]
-        return temporal_threads() - before
-
-    async def failing() -> None:
-        client = await api.connect()
-        await api.describe(client, "scan-default-00000000000000000000")  # ScanNotFound
-
-    def in_thread() -> None:
-        assert api.run(listing()), "the session's runtime started no thread?"
-        assert not temporal_threads() - before
-        with pytest.raises(api.ScanNotFound):
-            api.run(failing())
-        assert not temporal_threads() - before
-
-    # api.run calls asyncio.run: off the test's thread (as run_async does).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(in_thread).result()
+    env = {**os.environ,
+           "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", _CHECK], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    during, after = int(lines[0].split()[1]), int(lines[0].split()[3])
+    assert during > 0, "the session's runtime started no thread?"
+    assert after == 0, done.stdout
+    assert lines[1] == "raised after 0", done.stdout
 
 
 @pytest.mark.usefixtures("scan_worker_task")
