@@ -35,7 +35,18 @@ GitRef = Annotated[str, Field(max_length=255), AfterValidator(check_ref)]
 
 
 class Frozen(BaseModel):
+    """What people and other programs send (the start request, operator signals and
+    updates): an unknown field is a mistake, refused with its name."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Message(BaseModel):
+    """What workers send each other through history (activity inputs and results, the
+    summary): during a rolling deploy old and new workers read each other's messages, so
+    a field added later (always with a default) is ignored by code that predates it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 def explain(e: ValidationError) -> str:
@@ -183,7 +194,7 @@ SCAN_ID_RE = re.compile(r"^scan-[a-z0-9-]{1,63}-[0-9a-f]{20}$")
 # ---------------------------------------------------------------- activity contract
 
 
-class ResolveInput(Frozen):
+class ResolveInput(Message):
     """Which commit does ``ref`` name now? Asked of a worker, where the credentials are."""
 
     repository: RepositoryUrl
@@ -191,12 +202,12 @@ class ResolveInput(Frozen):
     credentials_ref: SecretRef | None = None
 
 
-class ResolvedRef(Frozen):
+class ResolvedRef(Message):
     ref: str  # the full name it resolved through, e.g. refs/heads/main
     commit: str = Field(pattern=r"^[0-9a-f]{40,64}$")
 
 
-class CloneInput(Frozen):
+class CloneInput(Message):
     scan_id: str
     repository: str
     ref: str
@@ -206,7 +217,7 @@ class CloneInput(Frozen):
     resources: ResourceOverrides | None = None
 
 
-class Checkout(Frozen):
+class Checkout(Message):
     """Where the shared checkout lives, relative to the workspace root."""
 
     scan_id: str
@@ -216,7 +227,7 @@ class Checkout(Frozen):
     file_count: int = Field(ge=0)
 
 
-class ScannerPlan(Frozen):
+class ScannerPlan(Message):
     """Sizing for one scanner, decided by the worker from its catalog and the checkout."""
 
     scanner: str
@@ -224,12 +235,12 @@ class ScannerPlan(Frozen):
     max_memory_mib: int
 
 
-class CloneResult(Frozen):
+class CloneResult(Message):
     checkout: Checkout
     plan: tuple[ScannerPlan, ...]
 
 
-class ScannerJobInput(Frozen):
+class ScannerJobInput(Message):
     """One attempt of one scanner against a checkout."""
 
     scan_id: str
@@ -241,7 +252,7 @@ class ScannerJobInput(Frozen):
     deadline_seconds: int | None = Field(default=None, ge=1)  # the Job's activeDeadlineSeconds
 
 
-class ScannerJobResult(Frozen):
+class ScannerJobResult(Message):
     """A finished scanner attempt: where its SARIF was written, not the SARIF itself."""
 
     scanner: str
@@ -252,7 +263,7 @@ class ScannerJobResult(Frozen):
     source_root: str | None = None  # the checkout's path as the scanner saw it
 
 
-class PersistInput(Frozen):
+class PersistInput(Message):
     scan_id: str
     tenant: str
     repository: str
@@ -264,14 +275,14 @@ class PersistInput(Frozen):
     source_root: str | None = None  # the checkout's path as the scanner saw it
 
 
-class PersistResult(Frozen):
+class PersistResult(Message):
     scanner: str
     finding_count: int  # distinct findings after dedupe (not those the tool suppressed)
     by_severity: dict[Severity, int]
     suppressed_count: int = 0  # stored too, but reported suppressed by the tool
 
 
-class Finding(Frozen):
+class Finding(Message):
     """One normalised finding; ``fingerprint`` is stable across runs of the same code."""
 
     scanner: str
@@ -292,7 +303,7 @@ class Finding(Frozen):
     suppression: str | None = Field(default=None, max_length=600)
 
 
-class ScannerRun(Frozen):
+class ScannerRun(Message):
     """Live and final per-scanner status, as the progress query reports it."""
 
     scanner: str
@@ -304,7 +315,7 @@ class ScannerRun(Frozen):
     finding_count: int | None = None
 
 
-class ScanLifecycle(Frozen):
+class ScanLifecycle(Message):
     """What changed since the previous completed scan of the same (tenant, repository,
     ref) and scanners (``previous_scan_id``; None for the first). Findings suppressed by
     the tool or triaged (false positive, accepted risk) count only in ``suppressed``."""
@@ -321,7 +332,7 @@ class ScanLifecycle(Frozen):
     truncated: bool = False  # more new findings than new_findings holds
 
 
-class ScanSummary(Frozen):
+class ScanSummary(Message):
     """The workflow's result and the webhook's body."""
 
     scan_id: str
@@ -341,13 +352,13 @@ class ScanSummary(Frozen):
     lifecycle: ScanLifecycle | None = None
 
 
-class NotifyInput(Frozen):
+class NotifyInput(Message):
     scan_id: str
     target: NotifyTarget
     summary: ScanSummary
 
 
-class FinalizeInput(Frozen):
+class FinalizeInput(Message):
     summary: ScanSummary
 
 
