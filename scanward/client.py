@@ -180,7 +180,7 @@ async def start_scan(
     """
     if priority is None:
         priority = priority_for(request.tenant, weights_from_env())
-    request = await with_commit(client, request, task_queue=task_queue)
+    request = await with_commit(client, request, task_queue=task_queue, priority=priority)
     queue = task_queue_for(request.cluster, task_queue)
     scan_id = request.scan_id()
     try:
@@ -205,18 +205,23 @@ async def start_scan(
 
 
 async def with_commit(client: Client, request: ScanRequest, *,
-                      task_queue: str = DEFAULT_TASK_QUEUE) -> ScanRequest:
+                      task_queue: str = DEFAULT_TASK_QUEUE,
+                      priority: Priority | None = None) -> ScanRequest:
     """``request`` with the commit its ref names now (unchanged if it names a commit)."""
     if request.commit is not None:
         return request
     queue = task_queue_for(request.cluster, task_queue)
-    resolved = await resolve_ref(client, request, queue)
+    resolved = await resolve_ref(client, request, queue, priority=priority)
     return request.model_copy(update={"commit": resolved.commit})
 
 
 async def resolve_ref(client: Client, request: ScanRequest, task_queue: str, *,
-                      within: timedelta = RESOLVE_TIMEOUT) -> ResolvedRef:
-    """The commit ``request.ref`` names now, asked of a worker on ``task_queue``."""
+                      within: timedelta = RESOLVE_TIMEOUT,
+                      priority: Priority | None = None) -> ResolvedRef:
+    """The commit ``request.ref`` names now, asked of a worker on ``task_queue``, with
+    the tenant's fairness priority: a tenant's resolves queue like its scans."""
+    if priority is None:
+        priority = priority_for(request.tenant, weights_from_env())
     try:
         resolved: ResolvedRef = await client.execute_workflow(
             RESOLVE_WORKFLOW,
@@ -224,6 +229,7 @@ async def resolve_ref(client: Client, request: ScanRequest, task_queue: str, *,
                          credentials_ref=request.credentials_ref),
             id=f"resolve-{request.tenant}-{uuid.uuid4().hex[:12]}",
             task_queue=task_queue, result_type=ResolvedRef, execution_timeout=within,
+            priority=priority,
         )
     except WorkflowFailureError as e:
         if isinstance(e.cause, TemporalTimeoutError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.settings import Settings
 from scanward.synthetic_scanner import STAMPS_FILE
 from scanward.tenants import JobCaps, parse_job_caps, parse_weights
-from tests.conftest import FAST
+from tests.conftest import FAST, eventually
 from tests.test_worker_process import spawn_worker, worker_env
 
 # ------------------------------------------------------------------ parsing
@@ -90,6 +91,27 @@ async def test_start_scan_carries_the_tenants_fairness_key_and_weight(
         await api.start_scan(client, ScanRequest(repository=repo.url, commit=commit,
                                                  scanners=("synthetic",), tenant="acme"),
                              task_queue=settings.task_queue)
+
+
+async def test_resolving_a_ref_queues_with_the_tenants_priority(
+        client: Client, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResolveRef runs before every scan started without a commit: it must not queue
+    behind another tenant's backlog either."""
+    repo = LoadRepo(tmp_path / "repo")
+    repo.add("ok", Behaviour())
+    monkeypatch.setenv("SCANWARD_TENANT_WEIGHTS", "small=0.5")
+    request = ScanRequest(repository=repo.url, ref="ok", tenant="small",
+                          scanners=("synthetic",))
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker: the resolve times out at once
+    with pytest.raises(api.RefNotResolved, match="no worker answered"):
+        await api.resolve_ref(client, request, queue, within=timedelta(seconds=1))
+    async def resolves() -> list[str]:
+        return [w.id async for w in client.list_workflows(
+            f'WorkflowType = "ResolveRef" AND TaskQueue = "{queue}"')]
+
+    (resolve_id,) = await eventually(resolves, what="the ResolveRef in visibility")
+    assert await _started_priority(client, resolve_id) == ("small", 0.5)
 
 
 # ------------------------------------------------------------------ per-tenant cap
