@@ -34,7 +34,7 @@ from scanward.load.scenarios import (
     run_scan,
     start,
 )
-from scanward.load.stack import Cpu, LocalStack, Meter, wait_for_poller
+from scanward.load.stack import Cpu, LocalStack, Meter
 from scanward.load.synthetic import LoadRepo
 from scanward.settings import Settings, task_queue_for
 
@@ -220,12 +220,8 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
             worker_env["SCANWARD_MAX_CONCURRENT_ACTIVITIES"] = str(opts.worker_activities)
         log = home / "worker.log"
         say(f"starting a scanward-worker process on task queue {task_queue} (log {log})")
-        proc = stack.spawn(["-m", "worker"], worker_env, log)
-        await wait_for_poller(client, task_queue, proc, log)
-        pids = {"worker": proc.pid}
-        if stack.server is not None and stack.server.proc is not None:
-            pids["server"] = stack.server.proc.pid
-        meter = Meter(pids)
+        _, meter = await stack.start_worker(client, ["-m", "worker"], worker_env,
+                                            task_queue, log)
     repo = LoadRepo(home / "repo")
     stamps = str(opts.stamps) if opts.stamps else None
     for kind, behaviour in behaviours(opts.scan_seconds, opts.findings, stamps).items():
@@ -368,12 +364,8 @@ async def _baseline(opts: LoadOptions, say: Say, stack: LocalStack, client: Clie
     log = stack.home / "baseline-worker.log"
     env = stack.base_env(queue)
     say(f"baseline: MinimalWorkflow with {activities} no-op activities on {queue}")
-    proc = stack.spawn(["-m", "scanward.load.baseline"], env, log)
-    await wait_for_poller(client, queue, proc, log)
-    pids = {"worker": proc.pid}
-    if stack.server is not None and stack.server.proc is not None:
-        pids["server"] = stack.server.proc.pid
-    meter = Meter(pids)
+    proc, meter = await stack.start_worker(client, ["-m", "scanward.load.baseline"], env,
+                                           queue, log)
     pace = opts.pace()
     if opts.scenario == "tenants":
         pace = Pace(len(report.records), None, len(report.records), None)

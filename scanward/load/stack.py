@@ -131,6 +131,18 @@ class LocalStack:
         self.workers.append(proc)
         return proc
 
+    async def start_worker(self, client: Client, argv: list[str], env: Mapping[str, str],
+                           task_queue: str, log: Path
+                           ) -> tuple[subprocess.Popen[bytes], Meter]:
+        """Spawn a worker, wait until it polls ``task_queue``, and a meter of its CPU (and
+        the server's, when this stack runs the server)."""
+        proc = self.spawn(argv, env, log)
+        await wait_for_poller(client, task_queue, proc, log)
+        pids = {"worker": proc.pid}
+        if self.server is not None and self.server.proc is not None:
+            pids["server"] = self.server.proc.pid
+        return proc, Meter(pids)
+
     def stop_worker(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         """SIGTERM (the worker drains), then SIGKILL if it does not exit in time."""
         if proc.poll() is None:
