@@ -14,7 +14,7 @@ from temporalio import activity
 
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
-from scanward.job_spec import SARIF_FILE, results_subpath
+from scanward.job_spec import LOG_FILE, SARIF_FILE, results_subpath
 
 Heartbeat = Callable[[], Awaitable[None] | None]
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def job_paths(workspace_root: Path, results_root: Path, job: ScannerJobInput) ->
         source=workspace_root / job.checkout.source_subpath,
         out_dir=out,
         sarif=out / SARIF_FILE,
-        log=out / "scanner.log",
+        log=out / LOG_FILE,
         sarif_subpath=f"{sub}/{SARIF_FILE}",
     )
 
@@ -107,16 +107,3 @@ def classify_exit(spec: ScannerSpec, exit_code: int) -> FailureClass | None:
     if exit_code in spec.bad_input_exit_codes:
         return FailureClass.BAD_INPUT
     return FailureClass.CRASHED
-
-
-def tail(path: Path, lines: int = 20, max_bytes: int = 8192) -> str:
-    """The last lines of a log file, for a dead scanner's reason."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])

@@ -22,9 +22,9 @@ from activities.backends import (
     ScannerFailed,
     classify_exit,
     job_paths,
-    tail,
     wait_heartbeating,
 )
+from scanward.attempt_logs import with_log_tail
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.tracing import traceparent_env
@@ -92,8 +92,9 @@ class LocalBackend:
                 await self._kill(proc)
                 raise ScannerFailed(
                     FailureClass.DEADLINE_EXCEEDED,
-                    f"{spec.name} ran past its deadline of {job.deadline_seconds}s and was "
-                    f"killed; last log lines:\n{tail(paths.log)}") from None
+                    with_log_tail(f"{spec.name} ran past its deadline of "
+                                  f"{job.deadline_seconds}s and was killed", paths.out_dir)
+                ) from None
             except BaseException:
                 await self._kill(proc)
                 raise
@@ -104,11 +105,10 @@ class LocalBackend:
         if failure is not None:
             # The reaper reports a scanner killed by a signal as 128 + signal, as shells do.
             how = f"exited {code}" + (f" (signal {code - 128})" if 128 < code < 160 else "")
-            raise ScannerFailed(failure, f"{spec.name} {how}; last log lines:\n{tail(paths.log)}")
+            raise ScannerFailed(failure, with_log_tail(f"{spec.name} {how}", paths.out_dir))
         if not paths.sarif.is_file():
-            raise ScannerFailed(FailureClass.BROKEN_SARIF,
-                                f"{spec.name} exited {code} but wrote no SARIF file; last log "
-                                f"lines:\n{tail(paths.log)}")
+            raise ScannerFailed(FailureClass.BROKEN_SARIF, with_log_tail(
+                f"{spec.name} exited {code} but wrote no SARIF file", paths.out_dir))
         return ScannerJobResult(scanner=spec.name, attempt=job.attempt,
                                 sarif_subpath=paths.sarif_subpath, exit_code=code,
                                 duration_seconds=round(time.monotonic() - started, 3),
