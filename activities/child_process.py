@@ -50,8 +50,35 @@ async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None
                 stderr: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
     """Start ``argv`` under the reaper. The returned process is the reaper: its exit
     status is the command's (``128 + signal`` when the command was killed)."""
+    return await _reaper(["--", *argv], env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+
+
+async def spawn_steps(steps: Sequence[Sequence[str]], *, env: Mapping[str, str],
+                      cwd: Path | None = None) -> asyncio.subprocess.Process:
+    """Start ``steps`` one after the other under one reaper, up to the first that fails;
+    read which with :func:`last_step` from its stdout. The commands' own output is on
+    its stderr."""
+    words = ["--steps"]
+    for argv in steps:
+        words += [str(len(argv)), *argv]
+    return await _reaper(words, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,
+                         stderr=asyncio.subprocess.PIPE)
+
+
+def last_step(stdout: bytes) -> int | None:
+    """The index of the last step a :func:`spawn_steps` reaper ran (None if it ran
+    none: it was stopped or could not start)."""
+    line = stdout.decode(errors="replace").strip().rpartition("\n")[2]
+    if line.startswith("step=") and " code=" in line:
+        step = line[len("step="):line.index(" code=")]
+        return int(step) if step.isdigit() else None
+    return None
+
+
+async def _reaper(words: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
+                  stdout: int, stderr: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), "--", *argv,
+        sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), *words,
         cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=stdout,
         stderr=stderr,
         # Its own session: no terminal to prompt on, and a Ctrl-C or SIGTERM sent to the

@@ -5,7 +5,8 @@ findings and store them idempotently; record the scan's outcome.
 :func:`scanward.sarif.read_findings`) and the findings are written in batches of
 :data:`BATCH`, one short transaction each, with a heartbeat after every batch (and every
 few hundred results while the file is checked), so that a killed worker is noticed within
-the heartbeat timeout and memory does not grow with the file.
+the heartbeat timeout and memory does not grow with the file. Findings that fit in one
+batch are stored with the scan and the scanner's completion in a single transaction.
 
 Why batches are safe to retry: each batch inserts findings keyed by (scan, fingerprint)
 and ignores those already there, and fingerprints are a pure function of the SARIF
@@ -19,8 +20,8 @@ file, stalling every other scanner's persist, and their heartbeats, meanwhile.)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 
 from temporalio import activity
@@ -63,21 +64,30 @@ class ResultActivities:
             findings = read_findings(path, scanner=req.scanner, checkout=checkout,
                                      source_root=Path(req.source_root or checkout),
                                      progress=_heartbeat)
-            self._store.begin_scanner_result(scan_id=req.scan_id, tenant=req.tenant,
-                                             repository=req.repository, ref=req.ref,
-                                             commit=req.commit)
-            added = 0
-            for batch in _batches(findings, BATCH):
-                self._store.add_findings(req.scan_id, batch)
-                added += len(batch)
-                activity.heartbeat("stored", added)
+            batches = _batches(findings, BATCH)
+            first = next(batches, [])
+            second = next(batches, None)
+            if second is None:  # all in one batch: one transaction
+                stored = self._store.record_findings(
+                    scan_id=req.scan_id, tenant=req.tenant, repository=req.repository,
+                    ref=req.ref, commit=req.commit, scanner=req.scanner,
+                    attempt=req.attempt, findings=first)
+            else:
+                self._store.begin_scanner_result(scan_id=req.scan_id, tenant=req.tenant,
+                                                 repository=req.repository, ref=req.ref,
+                                                 commit=req.commit)
+                added = 0
+                for batch in itertools.chain((first, second), batches):
+                    self._store.add_findings(req.scan_id, batch)
+                    added += len(batch)
+                    activity.heartbeat("stored", added)
+                stored = self._store.complete_scanner_result(
+                    scan_id=req.scan_id, scanner=req.scanner, attempt=req.attempt)
         except SarifError as e:
             # The scanner's log, beside its SARIF, usually says why the file is broken.
             raise ApplicationError(with_log_tail(str(e), path.parent),
                                    type=FailureClass.BROKEN_SARIF.value,
                                    non_retryable=True) from e
-        stored = self._store.complete_scanner_result(scan_id=req.scan_id,
-                                                     scanner=req.scanner, attempt=req.attempt)
         stats = findings.stats
         if stats.unresolved:
             reasons = ", ".join(f"{n} {why}" for why, n in sorted(stats.unresolved.items()))
@@ -99,9 +109,7 @@ class ResultActivities:
 
         Histories recorded before the "lifecycle-in-summary" patch hold ``null`` here
         (the activity returned nothing): the workflow reads the result only under it."""
-        self._store.finish_scan(req.summary)
-        activity.heartbeat("finished")
-        return self._store.compute_lifecycle(req.summary.scan_id, progress=_heartbeat)
+        return self._store.finish_and_track(req.summary, progress=_heartbeat)
 
 
 def _heartbeat(stage: str, count: int) -> None:
@@ -111,5 +119,5 @@ def _heartbeat(stage: str, count: int) -> None:
 def _batches(findings: Iterable[Finding], size: int) -> Iterator[list[Finding]]:
     """Lists of up to ``size`` findings (itertools.batched is Python 3.12+)."""
     it = iter(findings)
-    while batch := list(islice(it, size)):
+    while batch := list(itertools.islice(it, size)):
         yield batch

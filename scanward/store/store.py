@@ -316,12 +316,21 @@ class Store:
         :meth:`complete_scanner_result` do one after the other. Calling it again with the
         same arguments changes nothing. Returns the number of distinct findings stored
         for ``(scan_id, scanner)``."""
+        return self.record_findings(scan_id=scan_id, tenant=tenant, repository=repository,
+                                    ref=ref, commit=commit, scanner=scanner, attempt=attempt,
+                                    findings=findings).count
+
+    def record_findings(self, *, scan_id: str, tenant: str, repository: str, ref: str,
+                        commit: str, scanner: str, attempt: int,
+                        findings: Sequence[Finding]) -> StoredFindings:
+        """:meth:`record_scanner_result`, returning the stored counts by severity too:
+        one transaction for a scanner whose findings fit in one batch."""
         now = _now()
         with self._write("recording scanner result") as conn:
             self._upsert_scan(conn, scan_id=scan_id, tenant=tenant, repository=repository,
                               ref=ref, commit=commit, now=now)
             self._insert_findings(conn, scan_id, findings)
-            return self._complete(conn, scan_id, scanner, attempt, now).count
+            return self._complete(conn, scan_id, scanner, attempt, now)
 
     def begin_scanner_result(self, *, scan_id: str, tenant: str, repository: str, ref: str,
                              commit: str) -> None:
@@ -429,45 +438,58 @@ class Store:
         failed). Each scanner of ``summary.scanners`` gets a ``scanner_results`` row with
         its final status; a stored finding count is kept. The first final status sets
         ``finished_at`` (the order scans of a ref are compared in). Idempotent."""
+        with self._write("finishing scan") as conn:
+            self._finish(conn, summary)
+
+    def finish_and_track(self, summary: ScanSummary, *, cap: int = NEW_FINDINGS_CAP,
+                         progress: Callable[[str, int], None] | None = None
+                         ) -> ScanLifecycle | None:
+        """:meth:`finish_scan` then :meth:`compute_lifecycle`, in one transaction (the
+        lifecycle of a completed scan is recorded with its final status, never
+        without). Idempotent like both."""
+        with self._write("finishing scan") as conn:
+            self._finish(conn, summary)
+            return tracking.compute(conn, summary.scan_id, cap=cap, progress=progress)
+
+    def _finish(self, conn: Connection, summary: ScanSummary) -> None:
         now = _now()
         summary = summary.model_copy(update={"repository": scrub_repository(summary.repository)})
         final = summary.status in FINAL_STATUSES
-        with self._write("finishing scan") as conn:
-            scans = ScanRow.__table__
-            ins = self._insert(ScanRow).values(
-                scanners=",".join(sorted(r.scanner for r in summary.scanners)),
-                finished_at=now if final else None,
-                scan_id=summary.scan_id,
-                tenant=summary.tenant,
-                repository=summary.repository,
-                ref=summary.ref,
-                commit=summary.commit,
-                status=summary.status.value,
-                finding_count=summary.finding_count,
-                summary=summary.model_dump_json(),
-                created_at=now,
-                updated_at=now,
+        scans = ScanRow.__table__
+        ins = self._insert(ScanRow).values(
+            scanners=",".join(sorted(r.scanner for r in summary.scanners)),
+            finished_at=now if final else None,
+            scan_id=summary.scan_id,
+            tenant=summary.tenant,
+            repository=summary.repository,
+            ref=summary.ref,
+            commit=summary.commit,
+            status=summary.status.value,
+            finding_count=summary.finding_count,
+            summary=summary.model_dump_json(),
+            created_at=now,
+            updated_at=now,
+        )
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[scans.c.scan_id],
+                set_={
+                    "status": ins.excluded.status,
+                    "finding_count": ins.excluded.finding_count,
+                    "summary": ins.excluded.summary,
+                    "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
+                    "updated_at": ins.excluded.updated_at,
+                    "scanners": ins.excluded.scanners,
+                    "finished_at": func.coalesce(scans.c.finished_at,
+                                                 ins.excluded.finished_at),
+                },
             )
-            conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=[scans.c.scan_id],
-                    set_={
-                        "status": ins.excluded.status,
-                        "finding_count": ins.excluded.finding_count,
-                        "summary": ins.excluded.summary,
-                        "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
-                        "updated_at": ins.excluded.updated_at,
-                        "scanners": ins.excluded.scanners,
-                        "finished_at": func.coalesce(scans.c.finished_at,
-                                                     ins.excluded.finished_at),
-                    },
-                )
-            )
-            for run in summary.scanners:
-                # The stored finding count is kept: persist_results counted the rows.
-                self._upsert_scanner_result(conn, summary.scan_id, run.scanner, run.attempts,
-                                            run.status.value, run.finding_count or 0, now,
-                                            replace_count=False)
+        )
+        for run in summary.scanners:
+            # The stored finding count is kept: persist_results counted the rows.
+            self._upsert_scanner_result(conn, summary.scan_id, run.scanner, run.attempts,
+                                        run.status.value, run.finding_count or 0, now,
+                                        replace_count=False)
 
     def _upsert_scanner_result(self, conn: Connection, scan_id: str, scanner: str,
                                attempt: int, status: str, finding_count: int, now: datetime,
