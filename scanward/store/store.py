@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from alembic.util import CommandError
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     case,
     create_engine,
     event,
@@ -210,6 +212,58 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Statements:
+    """The upserts every scan runs, built once per store: SQLAlchemy then finds their
+    compiled form by a memoized key instead of building and hashing the expression on
+    each call (measured: about a third of ``persist_results``' CPU)."""
+
+    def __init__(self, insert: Callable[[Any], Any]) -> None:
+        scans = ScanRow.__table__
+        ins = insert(ScanRow)
+        # A scan that is already final keeps its status; the first commit stays.
+        self.upsert_scan = ins.on_conflict_do_update(
+            index_elements=[scans.c.scan_id],
+            set_={
+                "status": case(
+                    (scans.c.status.in_([s.value for s in FINAL_STATUSES]), scans.c.status),
+                    else_=ScanStatus.RUNNING.value),
+                "commit": func.coalesce(scans.c.commit, ins.excluded.commit),
+                "updated_at": ins.excluded.updated_at,
+            })
+        ins = insert(ScanRow)
+        self.finish_scan = ins.on_conflict_do_update(
+            index_elements=[scans.c.scan_id],
+            set_={
+                "status": ins.excluded.status,
+                "finding_count": ins.excluded.finding_count,
+                "summary": ins.excluded.summary,
+                "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
+                "updated_at": ins.excluded.updated_at,
+                "scanners": ins.excluded.scanners,
+                "finished_at": func.coalesce(scans.c.finished_at, ins.excluded.finished_at),
+            })
+        results = ScannerResultRow.__table__
+        ins = insert(ScannerResultRow)
+        update: dict[str, Any] = {
+            "attempt": case((ins.excluded.attempt > results.c.attempt, ins.excluded.attempt),
+                            else_=results.c.attempt),
+            "status": ins.excluded.status,
+            "updated_at": ins.excluded.updated_at,
+        }
+        key = [results.c.scan_id, results.c.scanner]
+        self.upsert_result = ins.on_conflict_do_update(index_elements=key, set_=update)
+        self.upsert_result_count = ins.on_conflict_do_update(
+            index_elements=key, set_=update | {"finding_count": ins.excluded.finding_count})
+        self.insert_findings = insert(FindingRow).on_conflict_do_nothing(
+            index_elements=["scan_id", "fingerprint"])
+        suppressed = FindingRow.suppression.is_not(None)
+        self.count_findings = (
+            select(FindingRow.severity, suppressed, func.count())
+            .where(FindingRow.scan_id == bindparam("scan_id"),
+                   FindingRow.scanner == bindparam("scanner"))
+            .group_by(FindingRow.severity, suppressed))
+
+
 class Store:
     """Durable storage of scans, scanner results and findings.
 
@@ -357,33 +411,10 @@ class Store:
 
     def _upsert_scan(self, conn: Connection, *, scan_id: str, tenant: str, repository: str,
                      ref: str, commit: str, now: datetime) -> None:
-        scans = ScanRow.__table__
-        ins = self._insert(ScanRow).values(
-            scan_id=scan_id,
-            tenant=tenant,
-            repository=scrub_repository(repository),
-            ref=ref,
-            commit=commit,
-            status=ScanStatus.RUNNING.value,
-            finding_count=0,
-            summary=None,
-            created_at=now,
-            updated_at=now,
-        )
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=[scans.c.scan_id],
-                set_={
-                    "status": case(
-                        (scans.c.status.in_([s.value for s in FINAL_STATUSES]),
-                         scans.c.status),
-                        else_=ScanStatus.RUNNING.value,
-                    ),
-                    "commit": func.coalesce(scans.c.commit, ins.excluded.commit),
-                    "updated_at": ins.excluded.updated_at,
-                },
-            )
-        )
+        conn.execute(self._statements.upsert_scan, {
+            "scan_id": scan_id, "tenant": tenant, "repository": scrub_repository(repository),
+            "ref": ref, "commit": commit, "status": ScanStatus.RUNNING.value,
+            "finding_count": 0, "summary": None, "created_at": now, "updated_at": now})
 
     def _insert_findings(self, conn: Connection, scan_id: str,
                          findings: Sequence[Finding]) -> None:
@@ -411,17 +442,14 @@ class Store:
         if rows:
             # executemany of one cached statement: a multi-row VALUES built per batch
             # costs more to compile than to run.
-            conn.execute(self._insert(FindingRow).on_conflict_do_nothing(
-                index_elements=["scan_id", "fingerprint"]), rows)
+            conn.execute(self._statements.insert_findings, rows)
 
     def _complete(self, conn: Connection, scan_id: str, scanner: str, attempt: int,
                   now: datetime) -> StoredFindings:
         by_severity: dict[Severity, int] = {}
         suppressed = 0
         for severity, is_suppressed, n in conn.execute(
-                select(FindingRow.severity, FindingRow.suppression.is_not(None), func.count())
-                .where(FindingRow.scan_id == scan_id, FindingRow.scanner == scanner)
-                .group_by(FindingRow.severity, FindingRow.suppression.is_not(None))):
+                self._statements.count_findings, {"scan_id": scan_id, "scanner": scanner}):
             if is_suppressed:
                 suppressed += int(n)
             else:
@@ -455,36 +483,13 @@ class Store:
         now = _now()
         summary = summary.model_copy(update={"repository": scrub_repository(summary.repository)})
         final = summary.status in FINAL_STATUSES
-        scans = ScanRow.__table__
-        ins = self._insert(ScanRow).values(
-            scanners=",".join(sorted(r.scanner for r in summary.scanners)),
-            finished_at=now if final else None,
-            scan_id=summary.scan_id,
-            tenant=summary.tenant,
-            repository=summary.repository,
-            ref=summary.ref,
-            commit=summary.commit,
-            status=summary.status.value,
-            finding_count=summary.finding_count,
-            summary=summary.model_dump_json(),
-            created_at=now,
-            updated_at=now,
-        )
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=[scans.c.scan_id],
-                set_={
-                    "status": ins.excluded.status,
-                    "finding_count": ins.excluded.finding_count,
-                    "summary": ins.excluded.summary,
-                    "commit": func.coalesce(ins.excluded.commit, scans.c.commit),
-                    "updated_at": ins.excluded.updated_at,
-                    "scanners": ins.excluded.scanners,
-                    "finished_at": func.coalesce(scans.c.finished_at,
-                                                 ins.excluded.finished_at),
-                },
-            )
-        )
+        conn.execute(self._statements.finish_scan, {
+            "scanners": ",".join(sorted(r.scanner for r in summary.scanners)),
+            "finished_at": now if final else None, "scan_id": summary.scan_id,
+            "tenant": summary.tenant, "repository": summary.repository, "ref": summary.ref,
+            "commit": summary.commit, "status": summary.status.value,
+            "finding_count": summary.finding_count, "summary": summary.model_dump_json(),
+            "created_at": now, "updated_at": now})
         for run in summary.scanners:
             # The stored finding count is kept: persist_results counted the rows.
             self._upsert_scanner_result(conn, summary.scan_id, run.scanner, run.attempts,
@@ -496,20 +501,15 @@ class Store:
                                *, replace_count: bool) -> None:
         """One ``scanner_results`` row per (scan, scanner), keeping the highest attempt
         seen (a stale retry of an earlier attempt does not overwrite a later one)."""
-        results = ScannerResultRow.__table__
-        ins = self._insert(ScannerResultRow).values(
-            scan_id=scan_id, scanner=scanner, attempt=attempt, status=status,
-            finding_count=finding_count, updated_at=now)
-        update: dict[str, Any] = {
-            "attempt": case((ins.excluded.attempt > results.c.attempt, ins.excluded.attempt),
-                            else_=results.c.attempt),
-            "status": ins.excluded.status,
-            "updated_at": ins.excluded.updated_at,
-        }
-        if replace_count:
-            update["finding_count"] = ins.excluded.finding_count
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=[results.c.scan_id, results.c.scanner], set_=update))
+        stmt = (self._statements.upsert_result_count if replace_count
+                else self._statements.upsert_result)
+        conn.execute(stmt, {"scan_id": scan_id, "scanner": scanner, "attempt": attempt,
+                            "status": status, "finding_count": finding_count,
+                            "updated_at": now})
+
+    @functools.cached_property
+    def _statements(self) -> _Statements:
+        return _Statements(self._insert)
 
     # ------------------------------------------------------------------ reads
 
