@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.backends import JobBackend
 from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
@@ -78,6 +79,8 @@ def build_worker(client: Client, settings: Settings, store: Store,
         ],
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
+        workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
+                         else UnsandboxedWorkflowRunner()),
         # Each cached (waiting) scan holds its sandboxed workflow: ~130 KB measured.
         max_cached_workflows=settings.max_cached_workflows,
         # Without this, shutdown cancels running scanners at once.

@@ -103,6 +103,9 @@ def settings(tmp_path: Path, state_dir: Path) -> Settings:
         allow_local_repositories=True,
         catalog_file=fake_catalog(tmp_path / "catalog.json", state_dir),
         graceful_shutdown_seconds=10,
+        # Test workers run ScanWorkflow in the sandbox: its determinism checks catch
+        # mistakes here, before a deploy (production workers skip its cost).
+        workflow_sandbox=True,
         env={"SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin"},
     )
 

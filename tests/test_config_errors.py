@@ -49,6 +49,7 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_CLUSTER", "EU_West", {}, "a cluster name"),
     ("SCANWARD_BACKEND", "docker", {}, "one of local, kubernetes"),
     ("SCANWARD_ALLOW_LOCAL_REPOS", "maybe", {}, "1/true/yes/on or 0/false/no/off"),
+    ("SCANWARD_WORKFLOW_SANDBOX", "sometimes", {}, "1/true/yes/on or 0/false/no/off"),
     ("SCANWARD_CATALOG", "/nonexistent/catalog.json", {}, "file not found"),
     ("SCANWARD_CATALOG", BROKEN_CATALOG, {}, 'expected a JSON file {"scanners": [...]}'),
     ("SCANWARD_METRICS_PORT", "nine thousand", {}, "a TCP port from 1 to 65535"),

@@ -42,6 +42,7 @@ def worker_env(env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
         "SCANWARD_CATALOG": str(settings.catalog_file),
         "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET,
         "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "20",
+        "SCANWARD_WORKFLOW_SANDBOX": "1",  # tests run workflows sandboxed (conftest)
     }
 
 
