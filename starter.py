@@ -867,6 +867,9 @@ def load(
                           ] = 0.2,
     cancel_share: Annotated[float, typer.Option(help="mixed: cancelled while running.")
                             ] = 0.2,
+    oom_share: Annotated[float | None, typer.Option(
+        help="mixed: OOM-killed, then succeed with doubled memory (needs a memory limit: "
+             "--kube; default 0.1 there).")] = None,
     webhook_down: Annotated[str, typer.Option(help="webhook: receiver down this long.")
                             ] = "3s",
     webhook_delay: Annotated[float, typer.Option(help="webhook: seconds per answer.")] = 0.2,
@@ -879,6 +882,24 @@ def load(
     baseline: Annotated[bool, typer.Option(
         help="Also run a minimal workflow with as many no-op activities; print ratios.")
                         ] = False,
+    kube: Annotated[Path | None, typer.Option(
+        "--kube", metavar="KUBECONFIG",
+        help="The local worker runs its scanners as Jobs on this cluster (kubernetes "
+             "backend; with --start-local-server).")] = None,
+    kube_namespace: Annotated[str | None, typer.Option(
+        help="--kube: namespace of the Jobs, with the workspace/results claims and the "
+             "worker's Role (deploy/). Default scanward.")] = None,
+    kube_context: Annotated[str | None, typer.Option(help="--kube: kubeconfig context.")
+                            ] = None,
+    kube_workspace: Annotated[Path | None, typer.Option(
+        help="--kube: where this machine mounts the workspace claim's volume (default: "
+             "the run's work dir; enough for --kube-stand-in).")] = None,
+    kube_results: Annotated[Path | None, typer.Option(
+        help="--kube: where this machine mounts the results claim's volume.")] = None,
+    kube_stand_in: Annotated[Path | None, typer.Option(
+        metavar="KUBECONFIG",
+        help="--kube is the test control plane (kwok, tools/k8s-testenv): play each "
+             "scanner pod as this identity (watch Jobs and pods, patch pods).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the work dir (logs, repository).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON on stdout.")
                        ] = False,
@@ -886,11 +907,15 @@ def load(
     """Load test: run a scenario's scans end to end with the synthetic scanner, report
     throughput, latency, history sizes and CPU per scan, then replay every history it
     produced. Exits 1 if a scan failed or a history does not replay."""
+    from scanward.load import kube as load_kube
     from scanward.load import report as load_report
     from scanward.load import runner
 
     async def go() -> None:
         try:
+            target = load_kube.target(kube, namespace=kube_namespace, context=kube_context,
+                                      workspace=kube_workspace, results=kube_results,
+                                      stand_in=kube_stand_in)
             opts = runner.LoadOptions(
                 scenario=scenario, iterations=iterations,
                 duration=runner.parse_duration(duration) if duration else None,
@@ -902,12 +927,12 @@ def load(
                 cancel_share=cancel_share, webhook_down=runner.parse_duration(webhook_down),
                 webhook_delay=webhook_delay, small_scans=small_scans,
                 tenant_max_jobs=tenant_max_jobs, worker_activities=worker_activities,
-                baseline=baseline, keep=keep)
+                baseline=baseline, keep=keep, kube=target, oom_share=oom_share)
             if run_id:
                 opts.run_id = run_id
             result = await runner.run_load(opts, lambda line: err.print(
                 f"scanward load: {line}", markup=False, highlight=False, soft_wrap=True))
-        except runner.LoadError as e:
+        except (runner.LoadError, load_kube.KubeOptionError) as e:
             raise CliError(str(e)) from e
         if as_json:
             print(json.dumps(result.as_json(), indent=2))

@@ -7,17 +7,24 @@ outcome the scanned repository chooses, so that a load test drives the whole rea
 What to do is read from ``SOURCE/.scanward-synthetic.json`` (the load tool commits it
 into the repositories it scans; absent, the scanner succeeds at once with one finding)::
 
-    {"outcome": "ok",            # ok | crash_then_ok | crash
+    {"outcome": "ok",            # ok | crash_then_ok | crash | oom_then_ok
      "crash_attempts": 1,        # crash_then_ok: attempts that crash before one succeeds
+     "memory_mib": 0,            # MiB the scan holds (on top of the interpreter) while it runs
      "seconds": 0.0,             # how long the scan takes
      "findings": 1,              # results in the SARIF (each distinct)
      "stamps": "/dir"}           # optional: append start/stop lines to /dir/stamps.log
 
-The attempt number comes from the SARIF path (``.../attempt-N/results.sarif``), so
-"crash then succeed" needs no state of its own. OOM is not simulated: only a real
-memory limit (a Kubernetes Job's) can OOM-kill a process, and faking the exit code on
-the local backend would only test the fake. Exit codes: 0 success, 3 a crash, 2 a
-configuration this scanner does not understand (bad input: retrying cannot fix it).
+The attempt number comes from the SARIF path (``.../attempt-N/results.sarif``) or, in a
+Kubernetes pod (whose results volume is mounted at the attempt's directory), from the
+pod's name (its Job's ``...-a<N>`` plus a suffix), so "crash then succeed" needs no
+state of its own. ``oom_then_ok`` is an ``ok`` scan that needs ``memory_mib``: the
+memory is really allocated, so only a real memory limit (a Kubernetes Job's) OOM-kills
+it, until the workflow's retries have doubled the limit past what it needs; without a
+limit (the local backend) it simply succeeds. On a test control plane, where no
+container runs, :func:`plan` tells the pod stand-in (``scanward.load.stand_in``) how the
+kernel would have ended it. Exit codes: 0 success, 3 a crash, 2 a configuration this
+scanner does not understand (bad input: retrying cannot fix it), 137 (SIGKILL) the
+OOM killer's.
 """
 
 from __future__ import annotations
@@ -27,20 +34,31 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = ".scanward-synthetic.json"
-OUTCOMES = ("ok", "crash_then_ok", "crash")
+OUTCOMES = ("ok", "crash_then_ok", "crash", "oom_then_ok")
 EXIT_CRASH = 3
 EXIT_BAD_INPUT = 2
+EXIT_OOM_KILLED = 137  # 128 + SIGKILL, as the kubelet reports an OOM-killed container
 STAMPS_FILE = "stamps.log"
+MIB = 1024 * 1024
+# A Job pod's name: its Job's (``sw-<hash>-<scanner>-a<N>``, job_spec.job_name) and the
+# 5-character suffix the Job controller adds.
+_POD_NAME = re.compile(r"-a(\d+)-[a-z0-9]{5}")
 
 
-def attempt_of(sarif: Path) -> int:
-    """The attempt number in ``.../attempt-N/results.sarif`` (1 if the path has none)."""
+def attempt_of(sarif: Path, hostname: str | None = None) -> int:
+    """The attempt number in ``.../attempt-N/results.sarif``; else in the pod's name
+    (``hostname``, default ``$HOSTNAME``); else 1."""
     match = re.fullmatch(r"attempt-(\d+)", sarif.parent.name)
-    return int(match.group(1)) if match else 1
+    if match:
+        return int(match.group(1))
+    pod = re.fullmatch(r"sw-[0-9a-f]+-.+" + _POD_NAME.pattern,
+                       os.environ.get("HOSTNAME", "") if hostname is None else hostname)
+    return int(pod.group(1)) if pod else 1
 
 
 def read_config(source: Path) -> dict[str, Any]:
@@ -52,9 +70,49 @@ def read_config(source: Path) -> dict[str, Any]:
         raise ValueError(f"{CONFIG_FILE}: expected a JSON object")
     outcome = config.get("outcome", "ok")
     if outcome not in OUTCOMES:
-        raise ValueError(f"{CONFIG_FILE}: outcome {outcome!r} is not one of {OUTCOMES} "
-                         "(oom_killed needs a real memory limit: kubernetes backend)")
+        raise ValueError(f"{CONFIG_FILE}: outcome {outcome!r} is not one of {OUTCOMES}")
+    memory = config.get("memory_mib", 0)
+    if not isinstance(memory, int) or memory < 0:
+        raise ValueError(f"{CONFIG_FILE}: memory_mib {memory!r}: expected a whole number "
+                         "of MiB, 0 or more")
+    if outcome == "oom_then_ok" and memory == 0:
+        raise ValueError(f"{CONFIG_FILE}: oom_then_ok needs memory_mib (what the scan "
+                         "needs; a memory limit at or below it OOM-kills the attempt)")
     return config
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one attempt ends: the exit code (``reason`` as the kubelet would name it),
+    after ``seconds``, with ``findings`` results in ``path`` when it succeeds, and the
+    lines it prints."""
+
+    exit_code: int
+    reason: str
+    seconds: float
+    findings: int
+    path: str
+    log: tuple[str, ...]
+
+
+def plan(config: dict[str, Any], attempt: int, memory_limit_mib: int | None = None) -> Plan:
+    """What the scanner does on ``attempt`` under a memory limit (None: none). The OOM
+    kill is the kernel's, at once (the memory is allocated first): a limit at or below
+    ``memory_mib`` (which comes on top of the interpreter's own) cannot hold it."""
+    outcome = config.get("outcome", "ok")
+    seconds = float(config.get("seconds", 0))
+    findings = int(config.get("findings", 1))
+    path = str(config.get("path", CONFIG_FILE))
+    said = f"synthetic scanner: attempt {attempt}, outcome {outcome}"
+    memory = int(config.get("memory_mib", 0))
+    if memory and memory_limit_mib is not None and memory_limit_mib <= memory:
+        return Plan(EXIT_OOM_KILLED, "OOMKilled", 0.0, 0, path,
+                    (said, f"holding {memory} MiB under a {memory_limit_mib} MiB limit"))
+    if outcome == "crash" or (outcome == "crash_then_ok"
+                              and attempt <= int(config.get("crash_attempts", 1))):
+        return Plan(EXIT_CRASH, "Error", seconds, 0, path,
+                    (said, f"synthetic crash on attempt {attempt}"))
+    return Plan(0, "Completed", seconds, findings, path, (said,))
 
 
 def sarif_document(findings: int, path: str) -> dict[str, Any]:
@@ -89,6 +147,11 @@ def _stamp(stamps: str | None, what: str, sarif: Path) -> None:
         os.close(fd)
 
 
+def hold(mib: int) -> bytes:
+    """``mib`` MiB, every page written (resident, so a memory limit below it is met)."""
+    return b"\x01" * (mib * MIB)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m scanward.synthetic_scanner SOURCE SARIF", file=sys.stderr)
@@ -100,18 +163,19 @@ def main(argv: list[str]) -> int:
         print(f"synthetic scanner: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     attempt = attempt_of(sarif)
-    outcome = config.get("outcome", "ok")
     stamps = config.get("stamps")
-    print(f"synthetic scanner: attempt {attempt}, outcome {outcome}", flush=True)
+    # No limit given: a real one, if any, is the kernel's to enforce on what we hold.
+    what = plan(config, attempt)
+    print(what.log[0], flush=True)
     _stamp(stamps, "start", sarif)
     try:
-        time.sleep(float(config.get("seconds", 0)))
-        if outcome == "crash" or (outcome == "crash_then_ok"
-                                  and attempt <= int(config.get("crash_attempts", 1))):
-            print(f"synthetic crash on attempt {attempt}", file=sys.stderr)
-            return EXIT_CRASH
-        target = str(config.get("path", CONFIG_FILE))
-        sarif.write_text(json.dumps(sarif_document(int(config.get("findings", 1)), target)))
+        held = hold(int(config.get("memory_mib", 0)))
+        time.sleep(what.seconds)
+        del held
+        if what.exit_code:
+            print(what.log[-1], file=sys.stderr)
+            return what.exit_code
+        sarif.write_text(json.dumps(sarif_document(what.findings, what.path)))
         return 0
     finally:
         _stamp(stamps, "stop", sarif)

@@ -9,6 +9,7 @@ they are missing the fixture fails and says so, it never skips.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 TESTENV_DIR = Path(__file__).resolve().parent.parent / "tools" / "k8s-testenv"
 sys.path.insert(0, str(TESTENV_DIR))
@@ -25,6 +27,13 @@ sys.path.insert(0, str(TESTENV_DIR))
 import testenv  # noqa: E402
 
 CLAIMS = ("scanward-workspace", "scanward-results")
+RBAC_FILE = TESTENV_DIR.parent.parent / "deploy" / "rbac.yaml"
+WORKER_ACCOUNT = "scanward-worker"
+_RBAC_COLLECTIONS = {
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+}
 
 
 def start_plane() -> testenv.ControlPlane:
@@ -85,20 +94,11 @@ def bound_claims(plane: testenv.ControlPlane, namespace: str) -> None:
 @pytest.fixture
 def kube_namespace(control_plane: testenv.ControlPlane) -> Iterator[str]:
     """A fresh namespace with bound workspace/results claims, deleted afterwards."""
-    name = f"sw-{uuid.uuid4().hex[:10]}"
-    control_plane.request("POST", "/api/v1/namespaces", {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    bound_claims(control_plane, name)
+    name = scanward_namespace(control_plane)
     try:
         yield name
     finally:
-        control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
-        for claim in CLAIMS:
-            # Released first, or the (fake-bound) volume never finishes terminating.
-            control_plane.request("PATCH", f"/api/v1/persistentvolumes/{name}-{claim}/status",
-                                  {"status": {"phase": "Released"}},
-                                  content_type="application/merge-patch+json")
-            control_plane.request("DELETE", f"/api/v1/persistentvolumes/{name}-{claim}")
+        delete_namespace(control_plane, name)
 
 
 def kwok_complete(delay: str = "1s") -> dict[str, Any]:
@@ -173,3 +173,45 @@ def wait_for_grants(plane: testenv.ControlPlane, token: str, namespace: str,
             raise AssertionError(f"not granted after {timeout}s: {missing}")
         if missing:
             time.sleep(poll)
+
+
+def worker_kubeconfig(plane: testenv.ControlPlane, namespace: str, path: Path) -> Path:
+    """deploy/rbac.yaml applied in ``namespace``, and a kubeconfig at ``path`` holding
+    its ServiceAccount's token (verified TLS): a worker with the identity and the Role
+    production gives it, once the authorizer grants what the backend uses."""
+    from activities.backends.kubernetes import REQUIRED_PERMISSIONS
+
+    for obj in yaml.safe_load_all(RBAC_FILE.read_text()):
+        if not obj:
+            continue
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["namespace"] = namespace
+        for subject in obj.get("subjects") or []:
+            subject["namespace"] = namespace
+        plane.request("POST", _RBAC_COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
+    token = service_account_token(plane, namespace, WORKER_ACCOUNT)
+    grants = [(group, f"{resource}/{sub}" if sub else resource, verb)
+              for group, resource, sub, verb in REQUIRED_PERMISSIONS]
+    wait_for_grants(plane, token, namespace, grants, timeout=30, poll=0.2)
+    return token_kubeconfig(path, plane.server, token, plane.ca_file)
+
+
+def scanward_namespace(plane: testenv.ControlPlane, name: str | None = None) -> str:
+    """A new namespace with bound workspace/results claims (delete with
+    :func:`delete_namespace`)."""
+    name = name or f"sw-{uuid.uuid4().hex[:10]}"
+    plane.request("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    bound_claims(plane, name)
+    return name
+
+
+def delete_namespace(plane: testenv.ControlPlane, name: str) -> None:
+    """The namespace and its claims' (fake-bound) volumes."""
+    plane.request("DELETE", f"/api/v1/namespaces/{name}")
+    for claim in CLAIMS:
+        # Released first, or the (fake-bound) volume never finishes terminating.
+        plane.request("PATCH", f"/api/v1/persistentvolumes/{name}-{claim}/status",
+                      {"status": {"phase": "Released"}},
+                      content_type="application/merge-patch+json")
+        plane.request("DELETE", f"/api/v1/persistentvolumes/{name}-{claim}")

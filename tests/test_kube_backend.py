@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,14 +40,9 @@ from scanward.contract import (
     ScannerStatus,
     ScanStatus,
 )
-from scanward.job_spec import (
-    ANNOTATION_RESULTS,
-    LABEL_SCANNER,
-    LOG_FILE,
-    SARIF_FILE,
-    job_name,
-    tee_log_command,
-)
+from scanward.job_spec import LOG_FILE, job_name, tee_log_command
+from scanward.load import stand_in as shared
+from scanward.load.stand_in import JobView, PodPlay
 from scanward.settings import Settings
 from tests.conftest import FAST, eventually, scan_request
 from tests.k8s_fixture import kwok_complete, kwok_fail
@@ -85,51 +79,27 @@ def pod_log(job_name: str) -> str:
     return f"log of {job_name}: scanning /src"
 
 
-class PodStandIn:
-    """Writes each new scanner Job's SARIF and log where its pod would (the results
-    volume); a ``k-empty`` pod writes an empty SARIF."""
+def fixed_play(view: JobView) -> PodPlay:
+    """The test catalog's pods: each writes one finding (an empty SARIF for ``k-empty``)
+    and its log; they end as their catalog entry's kwok annotations say."""
+    # Absolute paths, as scanners in the pod write them (/src is the mount).
+    doc = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "kube-fake"}},
+           "results": [{"ruleId": "K8S001", "level": "error",
+                        "message": {"text": f"finding from {view.name}"},
+                        "locations": [{"physicalLocation": {
+                            "artifactLocation": {"uri": "/src/app.py"},
+                            "region": {"startLine": 3}}}]}]}]}
+    return PodPlay(sarif="" if view.scanner == "k-empty" else json.dumps(doc),
+                   log=f"{pod_log(view.name)}\n")
+
+
+class PodStandIn(shared.PodStandIn):
+    """The shared pod stand-in (scanward/load/stand_in.py) playing the test catalog:
+    writes each new scanner Job's SARIF and log where its pod would (the results
+    volume); :attr:`jobs` holds each Job as the API server first returned it."""
 
     def __init__(self, plane: Any, namespace: str, results_root: Path) -> None:
-        self._plane = plane
-        self._ns = namespace
-        self._root = results_root
-        self._stop = threading.Event()
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for kind, job in self._plane.watch(
-                        f"/apis/batch/v1/namespaces/{self._ns}/jobs", timeout=2):
-                    if kind == "ADDED":
-                        self._write(job)
-            except Exception:  # noqa: S112 - the apiserver may be restarting: watch again
-                continue
-
-    def _write(self, job: dict[str, Any]) -> None:
-        name = job["metadata"]["name"]
-        self.jobs.setdefault(name, job)
-        subpath = job["metadata"]["annotations"][ANNOTATION_RESULTS]
-        out = self._root / subpath
-        out.mkdir(parents=True, exist_ok=True)
-        # Absolute paths, as scanners in the pod write them (/src is the mount).
-        doc = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "kube-fake"}},
-               "results": [{"ruleId": "K8S001", "level": "error",
-                            "message": {"text": f"finding from {name}"},
-                            "locations": [{"physicalLocation": {
-                                "artifactLocation": {"uri": "/src/app.py"},
-                                "region": {"startLine": 3}}}]}]}]}
-        empty = job["metadata"]["labels"][LABEL_SCANNER] == "k-empty"
-        (out / SARIF_FILE).write_text("" if empty else json.dumps(doc))
-        (out / LOG_FILE).write_text(f"{pod_log(name)}\n")
+        super().__init__(plane, namespace, results_root, fixed_play, keep_jobs=True)
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ from temporalio.common import Priority
 
 from scanward import client as api
 from scanward.contract import NotifyTarget
+from scanward.load import kube
 from scanward.load import report as rpt
+from scanward.load.kube import KubeTarget
 from scanward.load.receiver import FlakyReceiver
 from scanward.load.report import LoadReport, ScanRecord
 from scanward.load.scenarios import (
@@ -136,6 +138,14 @@ class LoadOptions:
     home: Path | None = None
     keep: bool = False
     stamps: Path | None = None  # the synthetic scanner's start/stop stamps go here
+    kube: KubeTarget | None = None  # the local worker's Jobs run on this cluster
+    oom_share: float | None = None  # mixed: OOM-killed then succeed (None: some with kube)
+
+    def oom(self) -> float:
+        """mixed's share of oom_then_ok scans: only a cluster's memory limit OOM-kills."""
+        if self.oom_share is not None:
+            return self.oom_share
+        return kube.OOM_SHARE if self.kube is not None else 0.0
 
     def pace(self) -> Pace:
         scenario = SCENARIOS[self.scenario]
@@ -192,6 +202,12 @@ async def run_load(opts: LoadOptions, say: Say, client: Client | None = None) ->
 async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None,
                client: Client | None) -> LoadReport:
     notes: list[str] = []
+    if opts.kube is not None and stack is None:
+        raise LoadError("--kube runs this machine's worker against the cluster: it needs "
+                        "--start-local-server")
+    if opts.oom() and stack is not None and opts.kube is None:
+        raise LoadError("--oom-share: the local backend cannot OOM-kill (no memory limit); "
+                        "run the worker's Jobs on a cluster with --kube")
     hook_secret = os.environ.get(HOOK_SECRET_ENV, "")
     if stack is not None:
         if stack.server is None and opts.server_address is None:
@@ -218,13 +234,21 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
             worker_env["SCANWARD_TENANT_MAX_JOBS"] = opts.tenant_max_jobs
         if opts.worker_activities:
             worker_env["SCANWARD_MAX_CONCURRENT_ACTIVITIES"] = str(opts.worker_activities)
+        if opts.kube is not None:
+            worker_env |= kube.worker_env(opts.kube, home, scanner_names(opts.scanners))
+            say(f"the worker runs its scanners as Jobs in namespace {opts.kube.namespace} "
+                f"(kubeconfig {opts.kube.kubeconfig})")
+            if opts.kube.stand_in is not None:
+                say("playing their pods (--kube-stand-in: kwok runs no container)")
+                stack.defer(kube.start_stand_in(opts.kube, worker_env))
         log = home / "worker.log"
         say(f"starting a scanward-worker process on task queue {task_queue} (log {log})")
         _, meter = await stack.start_worker(client, ["-m", "worker"], worker_env,
                                             task_queue, log)
     repo = LoadRepo(home / "repo")
     stamps = str(opts.stamps) if opts.stamps else None
-    for kind, behaviour in behaviours(opts.scan_seconds, opts.findings, stamps).items():
+    for kind, behaviour in behaviours(opts.scan_seconds, opts.findings, stamps,
+                                      kube.oom_memory_mib()).items():
         repo.add(kind, behaviour)
     receiver: FlakyReceiver | None = None
     notify: tuple[NotifyTarget, ...] = ()
@@ -263,10 +287,12 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                                           report)
     say(f"replaying {len(histories)} histories against today's ScanWorkflow")
     report.replay = rpt.replay_json(await rpt.replay_all(histories, f"load run {opts.run_id}"))
-    if opts.scenario == "mixed":
+    if opts.scenario == "mixed" and opts.oom():
+        report.extra["oom"], note = kube.oom_report(records, histories)
+        report.notes.append(note)
+    elif opts.scenario == "mixed":
         report.notes.append("oom_killed then succeed is not exercised: the local backend "
-                            "cannot OOM-kill (only a Job's memory limit can; see the "
-                            "kubernetes backend tests)")
+                            "cannot OOM-kill (only a Job's memory limit can: --kube)")
     return report
 
 
@@ -275,7 +301,8 @@ async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
     pace = opts.pace()
     if opts.scenario == "mixed":
         try:
-            order = mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share)
+            order = mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share,
+                                oom=opts.oom())
         except ValueError as e:
             raise LoadError(str(e)) from e
     else:

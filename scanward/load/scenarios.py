@@ -37,7 +37,8 @@ from scanward.load.synthetic import Behaviour, LoadRepo
 # Kinds of iteration, each a behaviour of the synthetic scanner plus what the load tool
 # does meanwhile.
 OK, CRASH_THEN_OK, DEAD, CANCEL = "ok", "crash_then_ok", "dead", "cancel"
-KINDS = (OK, CRASH_THEN_OK, DEAD, CANCEL)
+OOM_THEN_OK = "oom_then_ok"  # needs a memory limit: the kubernetes backend (load/kube.py)
+KINDS = (OK, CRASH_THEN_OK, DEAD, CANCEL, OOM_THEN_OK)
 
 # Production's shape with shorter waits: a crash is retried after 200 ms, not 10 s, so a
 # run measures orchestration rather than backoff timers.
@@ -71,10 +72,11 @@ SCENARIOS = {s.name: s for s in (
 )}
 
 
-def behaviours(scan_seconds: float, findings: int, stamps: str | None = None
-               ) -> dict[str, Behaviour]:
-    """The synthetic scanner's behaviour for each kind of iteration."""
-    return {
+def behaviours(scan_seconds: float, findings: int, stamps: str | None = None,
+               oom_memory_mib: int = 0) -> dict[str, Behaviour]:
+    """The synthetic scanner's behaviour for each kind of iteration (``oom_memory_mib``:
+    what an oom_then_ok scan holds, above its first memory limit; 0: no such kind)."""
+    kinds = {
         OK: Behaviour("ok", scan_seconds, findings, stamps=stamps),
         CRASH_THEN_OK: Behaviour("crash_then_ok", scan_seconds, findings, crash_attempts=1,
                                  stamps=stamps),
@@ -82,14 +84,21 @@ def behaviours(scan_seconds: float, findings: int, stamps: str | None = None
         # Long enough to be running when the load tool cancels it.
         CANCEL: Behaviour("ok", max(scan_seconds, 300.0), findings, stamps=stamps),
     }
+    if oom_memory_mib:
+        kinds[OOM_THEN_OK] = Behaviour("oom_then_ok", scan_seconds, findings, stamps=stamps,
+                                       memory_mib=oom_memory_mib)
+    return kinds
 
 
-def mixed_kinds(crash: float, dead: float, cancel: float, slots: int = 20) -> list[str]:
+def mixed_kinds(crash: float, dead: float, cancel: float, slots: int = 20,
+                oom: float = 0.0) -> list[str]:
     """A repeating sequence of kinds with these shares, spread evenly (smooth weighted
     round robin), so that even a short run gets every kind early."""
     weights = {CRASH_THEN_OK: round(crash * slots), DEAD: round(dead * slots),
                CANCEL: round(cancel * slots)}
-    if sum(weights.values()) > slots or min(crash, dead, cancel) < 0:
+    if oom:
+        weights[OOM_THEN_OK] = round(oom * slots)
+    if sum(weights.values()) > slots or min(crash, dead, cancel, oom) < 0:
         raise ValueError("shares must be non-negative and add up to at most 1")
     weights = {OK: slots - sum(weights.values()), **weights}
     current = dict.fromkeys(weights, 0)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,7 @@ async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Pope
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {proc.returncode} before polling "
-                               f"{task_queue}; see {log}")
+                               f"{task_queue}: {last_line(log)}; see {log}")
         described = await client.workflow_service.describe_task_queue(request)
         if described.pollers:
             return
@@ -82,15 +82,31 @@ async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Pope
         await asyncio.sleep(0.2)
 
 
+def last_line(log: Path) -> str:
+    """The log's last non-empty line (a worker that stops at start says why there)."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1].strip() if lines else "(empty log)"
+
+
 class LocalStack:
-    """A dev server (optional: ``address`` points at one already running) and the
-    worker processes started against it; :meth:`close` stops them all."""
+    """A dev server (optional: ``address`` points at one already running), the worker
+    processes started against it and what they need meanwhile (:meth:`defer`);
+    :meth:`close` stops them all."""
 
     def __init__(self, home: Path, address: str | None = None) -> None:
         self.home = home
         self.server: DevServer | None = None
         self._address = address
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._deferred: list[Callable[[], None]] = []
+
+    def defer(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` on :meth:`close`, once the workers have stopped (the pod
+        stand-in: a draining worker still waits for its Jobs)."""
+        self._deferred.append(stop)
 
     @property
     def address(self) -> str:
@@ -158,6 +174,8 @@ class LocalStack:
     def close(self) -> None:
         for proc in list(self.workers):
             self.stop_worker(proc)
+        while self._deferred:
+            self._deferred.pop()()
         if self.server is not None:
             self.server.stop()
             self.server = None

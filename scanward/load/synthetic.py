@@ -22,11 +22,12 @@ _APP_LINES = 200  # findings point at lines of this file (the store checks paths
 class Behaviour:
     """What the synthetic scanner does on a scan of one commit."""
 
-    outcome: str = "ok"  # ok | crash_then_ok | crash (see scanward.synthetic_scanner)
+    outcome: str = "ok"  # ok | crash_then_ok | crash | oom_then_ok (scanward.synthetic_scanner)
     seconds: float = 0.0
     findings: int = 3
     crash_attempts: int = 1
     stamps: str | None = None  # a directory for start/stop stamps
+    memory_mib: int = 0  # what the scan holds: a memory limit at or below it OOM-kills it
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"outcome": self.outcome, "seconds": self.seconds,
@@ -34,6 +35,8 @@ class Behaviour:
                                   "crash_attempts": self.crash_attempts, "path": APP_FILE}
         if self.stamps:
             config["stamps"] = self.stamps
+        if self.memory_mib:
+            config["memory_mib"] = self.memory_mib
         return config
 
 
