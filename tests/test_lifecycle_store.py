@@ -10,10 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import inspect, text
 
 from scanward.contract import (
     Finding,
@@ -24,8 +21,8 @@ from scanward.contract import (
     Severity,
 )
 from scanward.lifecycle import NEW_FINDINGS_CAP, FindingState, TriageState
-from scanward.store import Store, UnknownFingerprint, normalize_url, sqlite_url
-from scanward.store.store import alembic_config
+from scanward.store import Store, UnknownFingerprint, sqlite_url
+from tests.helpers import schema
 
 REPO = "https://github.com/acme/app"
 COMMITS = [f"{i:040x}" for i in range(1, 10)]
@@ -269,22 +266,12 @@ def test_migration_0003_keeps_rows_stored_at_0002(db_url: str) -> None:
     """A database created and filled by the previous schema (0002) is upgraded in place:
     its scans and findings stay (no lifecycle: never a baseline), and the next scan of
     the ref is its own first one."""
-    url = normalize_url(db_url)
     old_scan = "scan-acme-00000000000000000old"
-    with Store.open(db_url, migrate=False):
-        command.upgrade(alembic_config(url), "0002")
-    engine = create_engine(url, poolclass=NullPool)
-    try:
+    with schema.database_at(db_url, "0002") as engine:
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO scans (scan_id, tenant, repository, ref, \"commit\", status, "
-                "finding_count, summary, created_at, updated_at) VALUES (:s, 'acme', :r, "
-                "'main', :c, 'completed', 2, NULL, '2026-01-01 00:00:00', "
-                "'2026-01-01 00:00:00')"), {"s": old_scan, "r": REPO, "c": COMMITS[0]})
-            conn.execute(text(
-                "INSERT INTO scanner_results (scan_id, scanner, attempt, status, "
-                "finding_count, updated_at) VALUES (:s, 'bandit', 1, 'succeeded', 2, "
-                "'2026-01-01 00:00:00')"), {"s": old_scan})
+            schema.insert_scan(conn, old_scan, repository=REPO, commit=COMMITS[0],
+                        status="completed", finding_count=2)
+            schema.insert_scanner_result(conn, old_scan, finding_count=2)
             for rule, line in (("A", 3), ("B", 4)):
                 old = finding(rule, line)
                 conn.execute(text(
@@ -294,9 +281,7 @@ def test_migration_0003_keeps_rows_stored_at_0002(db_url: str) -> None:
                     {"s": old_scan, "fp": old.fingerprint, "rule": rule, "line": line,
                      "msg": old.message})
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0002"
-    finally:
-        engine.dispose()
+            assert schema.revision_of(conn) == "0002"
 
     with Store.open(db_url) as store:  # upgrades to 0003
         assert store.schema_revision() == "0003"
@@ -317,17 +302,13 @@ def test_migration_0003_keeps_rows_stored_at_0002(db_url: str) -> None:
         assert (lifecycle.previous_scan_id, lifecycle.new) == (None, 1)
 
     # And back to 0002 (ALTER TABLE DROP COLUMN, no table copy): every row is kept.
-    command.downgrade(alembic_config(url), "0002")
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            insp = inspect(conn)
-            assert "match_fingerprint" not in {c["name"] for c in insp.get_columns("findings")}
-            assert "triage" not in insp.get_table_names()
-            assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 3
-            assert conn.execute(text("SELECT count(*) FROM scans")).scalar_one() == 2
-    finally:
-        engine.dispose()
+    schema.downgrade(db_url, "0002")
+    with schema.raw_engine(db_url) as engine, engine.connect() as conn:
+        insp = inspect(conn)
+        assert "match_fingerprint" not in {c["name"] for c in insp.get_columns("findings")}
+        assert "triage" not in insp.get_table_names()
+        assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 3
+        assert conn.execute(text("SELECT count(*) FROM scans")).scalar_one() == 2
     with Store.open(db_url) as store:  # and up again
         assert len(store.findings(old_scan)) == 2
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -26,7 +25,7 @@ from scanward.contract import (
 )
 from scanward.store import Store, StoreError, normalize_url, sqlite_url
 from scanward.store.models import Base
-from scanward.store.store import alembic_config
+from tests.helpers import schema
 
 # Fixtures postgres_url (session) and postgres_database (fresh database per test).
 
@@ -155,8 +154,7 @@ def test_open_without_migrate_then_migrate(db_url: str) -> None:
 
 
 def test_downgrade_and_upgrade_again(store: Store, db_url: str) -> None:
-    url = normalize_url(db_url)
-    command.downgrade(alembic_config(url), "base")
+    schema.downgrade(db_url, "base")
     assert store.schema_revision() is None
     store.migrate()
     assert store.schema_revision() == Store.head_revision()
@@ -166,21 +164,11 @@ def test_downgrade_and_upgrade_again(store: Store, db_url: str) -> None:
 def test_migration_0002_keeps_rows_stored_at_0001(db_url: str) -> None:
     """A database created and filled by the previous schema (0001, no columns) is upgraded
     in place: its rows stay, with unknown (NULL) columns, and new rows get columns."""
-    url = normalize_url(db_url)
-    with Store.open(db_url, migrate=False):
-        command.upgrade(alembic_config(url), "0001")
-    engine = create_engine(url, poolclass=NullPool)
-    try:
+    with schema.database_at(db_url, "0001") as engine:
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO scans (scan_id, tenant, repository, ref, \"commit\", status, "
-                "finding_count, summary, created_at, updated_at) VALUES (:s, 'acme', "
-                "'https://github.com/acme/app', 'main', NULL, 'running', 0, NULL, "
-                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"), {"s": SCAN})
-            conn.execute(text(
-                "INSERT INTO scanner_results (scan_id, scanner, attempt, status, "
-                "finding_count, updated_at) VALUES (:s, 'bandit', 1, 'succeeded', 2, "
-                "'2026-01-01 00:00:00')"), {"s": SCAN})
+            schema.insert_scan(conn, SCAN, repository="https://github.com/acme/app", commit=None,
+                        status="running", finding_count=0)
+            schema.insert_scanner_result(conn, SCAN, finding_count=2)
             for old in (finding("B101", line=3), finding("B102", line=4)):
                 conn.execute(text(
                     "INSERT INTO findings (scan_id, fingerprint, scanner, rule_id, severity, "
@@ -189,11 +177,9 @@ def test_migration_0002_keeps_rows_stored_at_0001(db_url: str) -> None:
                     {"s": SCAN, "fp": old.fingerprint, "rule": old.rule_id, "path": old.path,
                      "line": old.start_line, "end": old.end_line, "msg": old.message})
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            assert schema.revision_of(conn) == "0001"
             assert "start_column" not in {c["name"] for c in inspect(conn).get_columns(
                 "findings")}
-    finally:
-        engine.dispose()
 
     with Store.open(db_url) as store:  # upgrades to the newest schema
         assert store.schema_revision() == Store.head_revision()
@@ -212,17 +198,13 @@ def test_migration_0002_keeps_rows_stored_at_0001(db_url: str) -> None:
             ("B311", 9, 5, 20), ("B311", 9, 23, 38)]
 
     # And back: the rows survive a downgrade (SQLite copies the table) with its constraints.
-    command.downgrade(alembic_config(url), "0001")
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            insp = inspect(conn)
-            assert "start_column" not in {c["name"] for c in insp.get_columns("findings")}
-            uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("findings")}
-            assert ("scan_id", "fingerprint") in uniques
-            assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 4
-    finally:
-        engine.dispose()
+    schema.downgrade(db_url, "0001")
+    with schema.raw_engine(db_url) as engine, engine.connect() as conn:
+        insp = inspect(conn)
+        assert "start_column" not in {c["name"] for c in insp.get_columns("findings")}
+        uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("findings")}
+        assert ("scan_id", "fingerprint") in uniques
+        assert conn.execute(text("SELECT count(*) FROM findings")).scalar_one() == 4
 
 
 def test_database_newer_than_the_code_is_refused(store: Store, db_url: str) -> None:
