@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -65,7 +66,7 @@ class LocalBackend:
             shutil.rmtree(paths.out_dir)
         paths.out_dir.mkdir(parents=True)
         values = {"source": paths.source, "sarif": paths.sarif, "python": sys.executable,
-                  "bindir": sysconfig.get_path("scripts"), "rules": RULES_DIR}
+                  "bindir": _bindir(), "rules": RULES_DIR}
         argv = [a.format(**values) for a in spec.local_command]
         cwd = spec.local_cwd.format(**values)
         # A minimal environment: the worker's secrets must not reach scanners.
@@ -165,13 +166,24 @@ async def _exited(pid: int) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _bindir() -> str:
+    """The interpreter's scripts directory (sysconfig works it out anew on every call)."""
+    return sysconfig.get_path("scripts")
+
+
+@functools.cache
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
 def _identity(pid: int) -> dict[str, object]:
     """What tells this process apart from a later one with the same pid, on this host:
     its start time in clock ticks since boot, and the boot and host it runs on. A zombie
     (exited, not reaped) is not running."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = _boot_id()
     except OSError:
         return {}
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
