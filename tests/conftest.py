@@ -26,7 +26,7 @@ from scanward.contract import RetryTuning, ScanRequest
 from scanward.devserver import FAIRNESS_ARGS, temporal_binary
 from scanward.example import create_example_repo
 from scanward.settings import Settings
-from tests.webhook_receiver import WebhookReceiver
+from scanward.webhook_receiver import WebhookReceiver
 
 pytest_plugins = ["tests.postgres_fixture", "tests.k8s_fixture", "tests.prometheus_fixture"]
 

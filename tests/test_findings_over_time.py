@@ -1,6 +1,6 @@
 """Findings over time, for real: a git repository that gets new commits between scans,
 real bandit and semgrep run by the real worker on a real Temporal dev server, the store,
-the signed webhook (tests/webhook_receiver.py) and the `scanward` CLI as a process
+the signed webhook (scanward/webhook_receiver.py) and the `scanward` CLI as a process
 (triage, findings --new/--fixed/--format sarif, history, the scan gate's exit codes)."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from scanward.contract import NotifyTarget, ScanStatus, ScanSummary, Severity
 from scanward.example import git
 from scanward.settings import Settings
 from scanward.store import Store
+from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import scan_request, start
 from tests.test_cli import cli_env, scanward
 from tests.test_lifecycle import check_sarif
-from tests.webhook_receiver import WebhookReceiver
 from workflows.scan import ScanWorkflow
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")

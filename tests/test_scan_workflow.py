@@ -24,8 +24,8 @@ from scanward.contract import (
 )
 from scanward.settings import Settings
 from scanward.store import Store
+from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import eventually, process_alive, scan_request, start
-from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 

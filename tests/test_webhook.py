@@ -1,5 +1,5 @@
 """Tests of signed webhook delivery (``scanward.webhook``) against a real local HTTP
-server (``tests/webhook_receiver.py``) that verifies signatures and dedupes by key."""
+server (``scanward/webhook_receiver.py``) that verifies signatures and dedupes by key."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from scanward.webhook import (
     sign,
     verify,
 )
-from tests.webhook_receiver import WebhookReceiver
+from scanward.webhook_receiver import WebhookReceiver
 
 SECRET = b"webhook-test-secret-7f3a"
 

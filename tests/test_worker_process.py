@@ -20,8 +20,8 @@ from scanward.contract import NotifyTarget, ScannerStatus, ScanStatus
 from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
+from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import WEBHOOK_SECRET, eventually, process_alive, scan_request, start
-from tests.webhook_receiver import WebhookReceiver
 
 REPO_ROOT = Path(__file__).parent.parent
 

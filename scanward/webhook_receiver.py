@@ -1,4 +1,5 @@
-"""A real webhook receiver for tests: a stdlib HTTP server on 127.0.0.1 in a thread.
+"""A real webhook receiver (tests, ``scanward load``): a stdlib HTTP server on 127.0.0.1
+in a thread.
 
 It does what a well-behaved receiver does: checks the signature with
 :func:`scanward.webhook.verify` (401 if it does not verify) and deduplicates by
@@ -140,8 +141,14 @@ class WebhookReceiver:
 
     # -- request handling (called from server threads)
 
+    def refusal(self) -> int | None:
+        """A status to answer every request with for now (a receiver that is down),
+        before anything is checked; None to handle it."""
+        return None
+
     def _handle(self, headers: dict[str, str], body: bytes) -> _Forced:
         verified = verify(self.secret, headers, body, tolerance_s=self.tolerance_s)
+        refused = self.refusal()
         key = next((v for k, v in headers.items() if k.lower() == IDEMPOTENCY_HEADER.lower()),
                    None)
         try:
@@ -151,6 +158,8 @@ class WebhookReceiver:
         with self._lock:
             if self._forced:
                 answer = self._forced.popleft()
+            elif refused is not None:
+                answer = _Forced(refused, None)
             elif not verified:
                 answer = _Forced(401, None)
             elif key is None:
