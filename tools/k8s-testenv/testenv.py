@@ -417,6 +417,13 @@ class ControlPlane:
             raise ControlPlaneError("control plane not started")
         return self.workdir / "kubeconfig"
 
+    def _cert_complete(self) -> bool:
+        try:
+            ssl.create_default_context(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError):
+            return False
+        return True
+
     @property
     def ca_file(self) -> Path:
         if self.workdir is None:
@@ -799,7 +806,9 @@ class ControlPlane:
                 *self.extra_apiserver_args,
             ],
         )
-        self._wait("kube-apiserver serving cert", lambda: self.ca_file.exists(), [apiserver])
+        # The apiserver writes its self-signed cert while we poll: wait for a whole one
+        # (a file that exists may still be empty or half-written on a loaded machine).
+        self._wait("kube-apiserver serving cert", self._cert_complete, [apiserver])
         self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
         self._wait(
             "kube-apiserver /readyz",
