@@ -106,9 +106,9 @@ def publish_checkout(work: Path, src: Path) -> tuple[int, int]:
     history to leak), size the tree and make it ``src``; returns (bytes, files). One
     thread hop for the three."""
     shutil.rmtree(work / ".git")
-    size = tree_size(work)
+    sized = tree_size(work)
     replace_dir(work, src)
-    return size
+    return sized
 
 
 def remove_leftovers(base: Path) -> None:

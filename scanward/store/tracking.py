@@ -189,8 +189,8 @@ def compute(conn: Connection, scan_id: str, *, cap: int,
     scan = conn.execute(_SCAN, {"scan_id": scan_id}).one_or_none()
     if scan is None or scan.status not in TRACKED_STATUSES:
         return None
-    if scan.new_count is not None:
-        return read_lifecycle(conn, scan_id, cap=cap)
+    if scan.new_count is not None:  # recorded by an earlier call
+        return _recorded(conn, scan, cap)
     if conn.dialect.name == "postgresql":
         # Scans of one ref finishing at once are compared one after the other (SQLite
         # writers are serialised anyway).
@@ -250,7 +250,11 @@ def _record(conn: Connection, scan: Any, progress: Progress) -> _Counts:
 def read_lifecycle(conn: Connection, scan_id: str, *, cap: int) -> ScanLifecycle | None:
     """The recorded lifecycle of a scan, its severity counts and new findings with
     today's triage applied; None if none was computed."""
-    scan = conn.execute(_SCAN, {"scan_id": scan_id}).one_or_none()
+    return _recorded(conn, conn.execute(_SCAN, {"scan_id": scan_id}).one_or_none(), cap)
+
+
+def _recorded(conn: Connection, scan: Any, cap: int) -> ScanLifecycle | None:
+    """The lifecycle recorded on the scan's row (None if none was computed)."""
     if scan is None or scan.new_count is None:
         return None
     previous_commit = None
