@@ -11,10 +11,16 @@ import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import (
+    FixedSizeSlotSupplier,
+    UnsandboxedWorkflowRunner,
+    Worker,
+    WorkerTuner,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.backends import JobBackend
@@ -35,10 +41,12 @@ from scanward.scan_survey import ScanSurveyor
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
+from scanward.worker_slots import ActivitySlots
 from workflows.resolve import ResolveRefWorkflow
 from workflows.scan import ScanWorkflow
 
 log = logging.getLogger("scanward.worker")
+SDK_DEFAULT_SLOTS = 100  # local activities (none used) and Nexus tasks (none): the SDK's
 
 
 def make_backend(settings: Settings) -> JobBackend:
@@ -65,7 +73,10 @@ def build_worker(client: Client, settings: Settings, store: Store,
         caps = tenants.parse_job_caps(settings.env.get(tenants.MAX_JOBS_ENV))
     except InputError as e:
         raise ConfigError(str(e)) from e
-    scanners = ScannerActivities(backend, catalog, pusher, caps)
+    # With caps, a job waiting for its tenant's slot lends its worker slot back.
+    lending = ActivitySlots(settings.max_concurrent_activities) if caps.enabled else None
+    scanners = ScannerActivities(backend, catalog, pusher, caps,
+                                 lending.lent if lending is not None else None)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets, pusher)
     return Worker(
@@ -78,14 +89,30 @@ def build_worker(client: Client, settings: Settings, store: Store,
             results.finalize_scan, notify.notify_webhook,
         ],
         activity_executor=executor,
-        max_concurrent_activities=settings.max_concurrent_activities,
         workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
                          else UnsandboxedWorkflowRunner()),
+        **_slots(settings, lending),
+        # Eager dispatch hands a scan's next activity straight back to this worker when
+        # a slot is free, past the task queue and so past its fairness.
+        disable_eager_activity_execution=True,
         # Each cached (waiting) scan holds its sandboxed workflow: ~130 KB measured.
         max_cached_workflows=settings.max_cached_workflows,
         # Without this, shutdown cancels running scanners at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )
+
+
+def _slots(settings: Settings, lending: ActivitySlots | None) -> dict[str, Any]:
+    """The worker's slots (scanward/settings.py, "Worker sizing"): the SDK's fixed ones,
+    or a tuner whose activity slots an activity can lend back."""
+    if lending is None:
+        return {"max_concurrent_activities": settings.max_concurrent_activities,
+                "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks}
+    return {"tuner": WorkerTuner.create_composite(
+        workflow_supplier=FixedSizeSlotSupplier(settings.max_concurrent_workflow_tasks),
+        activity_supplier=lending,
+        local_activity_supplier=FixedSizeSlotSupplier(SDK_DEFAULT_SLOTS),
+        nexus_supplier=FixedSizeSlotSupplier(SDK_DEFAULT_SLOTS))}
 
 
 async def run(settings: Settings, stop: asyncio.Event, client: Client | None = None) -> None:

@@ -30,6 +30,30 @@ BACKENDS = ("local", "kubernetes")
 _CLUSTER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
+# Worker sizing. Task-queue fairness orders only what waits in the task queue: a worker
+# must not take more work than it can run at once, or it holds (and runs side by side,
+# on the same CPUs) work the queue would have ordered. Workflow tasks run under one GIL:
+# a few in flight cover the round trips, more only wait inside the worker.
+DEFAULT_WORKFLOW_TASKS = 4
+# Kubernetes backend: a running scanner job is a coroutine waiting on the cluster.
+KUBERNETES_ACTIVITY_SLOTS = 500
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, which a container's cpuset limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_activity_slots(backend: str, cpus: int) -> int:
+    """Activity slots a worker takes by default. With the local backend the worker's own
+    machine runs every clone, scanner and store write: two per CPU (one computing while
+    one waits on I/O). With Kubernetes, jobs run on the cluster and wait as coroutines."""
+    return 2 * cpus if backend == "local" else KUBERNETES_ACTIVITY_SLOTS
+
+
 def task_queue_for(cluster: str | None, base: str = DEFAULT_TASK_QUEUE) -> str:
     """Each cluster's workers serve their own task queue; scans are routed by request."""
     return f"{base}-{cluster}" if cluster else base
@@ -54,6 +78,7 @@ class Settings:
     graceful_shutdown_seconds: float = 60.0
     max_concurrent_activities: int = 500
     max_cached_workflows: int = 1000
+    max_concurrent_workflow_tasks: int = DEFAULT_WORKFLOW_TASKS
     # Off in production: the sandbox re-imports the workflow module for every scan and
     # runs each payload's conversion through it (measured: ~13 ms CPU per scan, a fifth
     # of the worker's). Its determinism checks run where they catch mistakes before a
@@ -82,6 +107,7 @@ class Settings:
             _directory(e, "SCANWARD_SECRETS_DIR", Path(secrets_dir))
         _check_retention(e)
         _check_others(e)
+        backend = env_choice(e, "SCANWARD_BACKEND", "local", BACKENDS)
         return cls(
             home=home,
             workspace_root=_directory(e, "SCANWARD_WORKSPACE", home / "workspace"),
@@ -90,7 +116,7 @@ class Settings:
             task_queue=(e.get("SCANWARD_TASK_QUEUE") or "").strip()
             or task_queue_for(cluster),
             cluster=cluster,
-            backend=env_choice(e, "SCANWARD_BACKEND", "local", BACKENDS),
+            backend=backend,
             allow_local_repositories=env_flag(e, "SCANWARD_ALLOW_LOCAL_REPOS"),
             catalog_file=Path(catalog) if catalog else None,
             secrets_dir=Path(secrets_dir) if secrets_dir else None,
@@ -98,9 +124,13 @@ class Settings:
             pushgateway=_pushgateway(e),
             health_port=env_port(e, "SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=env_float(e, "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", 60),
-            max_concurrent_activities=env_int(e, "SCANWARD_MAX_CONCURRENT_ACTIVITIES", 500,
-                                              min=1),
+            max_concurrent_activities=env_int(
+                e, "SCANWARD_MAX_CONCURRENT_ACTIVITIES",
+                default_activity_slots(backend, available_cpus()), min=1),
             max_cached_workflows=env_int(e, "SCANWARD_MAX_CACHED_WORKFLOWS", 1000, min=0),
+            # The SDK needs two with a workflow cache (a sticky and a normal poll).
+            max_concurrent_workflow_tasks=env_int(
+                e, "SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS", DEFAULT_WORKFLOW_TASKS, min=2),
             workflow_sandbox=env_flag(e, "SCANWARD_WORKFLOW_SANDBOX"),
             env=e,
         )

@@ -5,7 +5,9 @@
   a scan with ``Priority(fairness_key=tenant, fairness_weight=w)`` and its activities
   inherit it). Unlisted tenants weigh 1.
 * ``SCANWARD_TENANT_MAX_JOBS="4"`` or ``"acme=8,*=2"``: at most N scanner jobs of a tenant
-  run at once per worker (``*`` for every tenant not listed); unset means no cap.
+  run at once per worker (``*`` for every tenant not listed); unset means no cap. A job
+  that finds its tenant's cap reached goes back to the task queue for a while
+  (:func:`requeue_delay`) rather than wait in a worker slot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from temporalio.common import Priority
 
@@ -24,6 +27,11 @@ MAX_JOBS_ENV = "SCANWARD_TENANT_MAX_JOBS"
 ANY_TENANT = "*"
 # Temporal clamps weights to [0.001, 1000]: refuse what it would silently change.
 MIN_WEIGHT, MAX_WEIGHT = 0.001, 1000.0
+# A capped job's time back in the task queue: doubling from the first, up to the most.
+REQUEUE_FIRST, REQUEUE_MOST = timedelta(milliseconds=500), timedelta(seconds=10)
+# Attempts a requeued job leaves unspent: one to wait on the worker, one to retry a real
+# failure.
+SPARE_ATTEMPTS = 2
 
 
 def _pairs(text: str, variable: str) -> list[tuple[str, str]]:
@@ -112,3 +120,14 @@ def _count(variable: str, tenant: str, value: str) -> int:
     if n < 1:
         raise InputError(f"{variable}: cap of {tenant!r} must be at least 1, not {n}")
     return n
+
+
+def requeue_delay(attempt: int, maximum_attempts: int) -> timedelta | None:
+    """How long a scanner job that finds its tenant's cap reached on a worker goes back
+    to the task queue (failing this activity attempt: a retry, no history event) before
+    its next attempt; ``None`` when its retry policy (``maximum_attempts``, 0: no limit)
+    has no attempt to spare: then it waits on the worker, its worker slot lent back."""
+    if maximum_attempts and maximum_attempts - attempt < SPARE_ATTEMPTS:
+        return None
+    doublings = min(max(attempt - 1, 0), 16)  # bounded: timedelta overflows otherwise
+    return min(REQUEUE_FIRST * (1 << doublings), REQUEUE_MOST)

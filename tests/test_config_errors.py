@@ -63,6 +63,8 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "0", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "1.5", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CACHED_WORKFLOWS", "-1", {}, "an integer >= 0"),
+    ("SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS", "1", {}, "an integer >= 2"),
+    ("SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS", "four", {}, "an integer >= 2"),
     ("SCANWARD_LOG_RETENTION_DAYS", "two weeks", {}, "a positive number of days"),
     ("SCANWARD_LOG_RETENTION_DAYS", "0", {}, "a positive number of days"),
     # Parsed by their own modules (scanward/tenants.py, scanward/metrics.py), checked

@@ -149,8 +149,9 @@ async def test_webhook_scenario_delivers_once_despite_an_outage(
 
 async def test_tenants_scenario_reports_idle_fifo_and_fair(
         temporal_env: WorkflowEnvironment, client: Client, tmp_path: Path) -> None:
+    said: list[str] = []
     report = await run_load(_opts(temporal_env, tmp_path, scenario="tenants", iterations=6,
-                                  small_scans=2, worker_activities=4), print, client)
+                                  small_scans=2, worker_activities=4), said.append, client)
     scans = _consistent(report)
     fairness = report.extra["fairness"]
     assert scans["completed"] == 2 + 2 * (6 + 2)
@@ -158,6 +159,11 @@ async def test_tenants_scenario_reports_idle_fifo_and_fair(
         assert fairness[phase]["n"] == 2
         assert fairness[f"{phase}_queued_ms"]["activity_tasks"]["n"] == 2
     assert fairness["fifo_bulk"]["n"] == fairness["fair_bulk"]["n"] == 6
+    # The summary the README quotes, from the same figures.
+    ratio = fairness["fair_p95_over_idle"]
+    assert f"fair {fairness['fair']['p95']:,.0f} ms ({ratio:g}x idle)" in "\n".join(said)
+    assert any(line.startswith("tenants: small in task queues, p95 workflow / activity "
+                               "tasks: idle ") for line in said), said
 
 
 def test_cli_load_with_its_own_server_and_baseline(tmp_path: Path) -> None:
