@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from temporalio.common import Priority
+
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ResourceOverrides, Resources, RetryTuning
+from scanward.tenants import MIN_WEIGHT
 
 GIB = 1024**3
 
@@ -100,3 +103,22 @@ def backoff(tuning: RetryTuning, counted_attempts: int) -> timedelta:
     exponent = max(counted_attempts - 1, 0)
     delay = tuning.initial_interval * (tuning.backoff_coefficient**exponent)
     return min(delay, tuning.maximum_interval)
+
+
+# Task-queue fairness counts tasks, not work: each task moves its tenant's place in the
+# queue by 1/weight. A clone or a scanner run costs the worker's machine about four times
+# what a store write, a finalize or a cleanup does (bench/README.md, "Fairness by cost"),
+# so with equal counts a tenant whose backlog was all clones took most of the machine.
+# Their tasks weigh less in proportion: tenants get equal work, not equal task counts.
+ACTIVITY_COST: dict[str, float] = {"clone_repository": 4.0, "run_scanner": 4.0}
+
+
+def activity_priority(scan: Priority, activity: str) -> Priority:
+    """The priority of one of a scan's activities: its tenant's fairness key, with the
+    scan's weight divided by the activity's cost. ``Priority.default`` (inherit the
+    scan's) when the scan has no fairness key."""
+    if not scan.fairness_key:
+        return Priority.default
+    weight = (scan.fairness_weight or 1.0) / ACTIVITY_COST.get(activity, 1.0)
+    return Priority(priority_key=scan.priority_key, fairness_key=scan.fairness_key,
+                    fairness_weight=max(weight, MIN_WEIGHT))

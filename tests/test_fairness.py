@@ -17,8 +17,14 @@ from typing import Any, cast
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import SlotPermit, SlotReleaseContext, SlotReserveContext
+from temporalio.worker import (
+    Replayer,
+    SlotPermit,
+    SlotReleaseContext,
+    SlotReserveContext,
+)
 
 from scanward import client as api
 from scanward.contract import ScannerStatus, ScanRequest, ScanStatus, ScanSummary
@@ -34,8 +40,9 @@ from scanward.tenants import (
     requeue_delay,
 )
 from scanward.worker_slots import ActivitySlots
-from tests.conftest import FAST, eventually
+from tests.conftest import FAST, eventually, scan_request, start
 from tests.test_worker_process import spawn_worker, worker_env
+from workflows.scan import COST_WEIGHTED, ScanWorkflow
 
 # ------------------------------------------------------------------ parsing
 
@@ -211,6 +218,33 @@ async def test_resolving_a_ref_queues_with_the_tenants_priority(
 
     (resolve_id,) = await eventually(resolves, what="the ResolveRef in visibility")
     assert await _started_priority(client, resolve_id) == ("small", 0.5)
+
+
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_a_scans_activities_weigh_by_their_cost(
+        client: Client, settings: Settings, flawed_repo: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fairness counts tasks: a clone or a scanner run carries a quarter of its tenant's
+    weight (it costs about four store writes), so a tenant whose backlog is clones does
+    not take most of the machine (scanward.policy.activity_priority)."""
+    monkeypatch.setenv("SCANWARD_TENANT_WEIGHTS", "acme=2")
+    handle = await start(client, settings, scan_request(flawed_repo, "fake", tenant="acme"))
+    assert (await handle.result()).status is ScanStatus.COMPLETED
+    history = await handle.fetch_history()
+    weights = {}
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = event.activity_task_scheduled_event_attributes
+            weights[scheduled.activity_type.name] = (scheduled.priority.fairness_key,
+                                                     scheduled.priority.fairness_weight)
+    assert weights == {"clone_repository": ("acme", 0.5), "run_scanner": ("acme", 0.5),
+                       "persist_results": ("acme", 2.0), "finalize_scan": ("acme", 2.0),
+                       "cleanup_workspace": ("acme", 2.0)}
+    markers = " ".join(str(e.marker_recorded_event_attributes.details) for e in history.events
+                       if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+    assert COST_WEIGHTED in markers
+    replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)
+    assert (await replayer.replay_workflow(history)).replay_failure is None
 
 
 # ------------------------------------------------------------------ per-tenant cap

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from temporalio.common import Priority
 
 from scanward.catalog import Catalog
 from scanward.contract import FailureClass, ResourceOverrides, Resources, RetryTuning
-from scanward.policy import GIB, after_failure, backoff, size_resources
+from scanward.policy import GIB, activity_priority, after_failure, backoff, size_resources
 
 BANDIT = Catalog.load().get("bandit")
 
@@ -71,3 +72,21 @@ def test_backoff_is_exponential_and_capped() -> None:
     t = RetryTuning(initial_interval=timedelta(seconds=10), backoff_coefficient=2.0,
                     maximum_interval=timedelta(seconds=60))
     assert [backoff(t, n).total_seconds() for n in (0, 1, 2, 3, 4, 5)] == [10, 10, 20, 40, 60, 60]
+
+
+def test_activities_weigh_their_tenants_weight_by_their_cost() -> None:
+    acme = Priority(fairness_key="acme", fairness_weight=2.0)
+    assert activity_priority(acme, "clone_repository") == Priority(
+        fairness_key="acme", fairness_weight=0.5)
+    assert activity_priority(acme, "run_scanner").fairness_weight == 0.5
+    assert activity_priority(acme, "persist_results") == acme
+    # An unweighted tenant weighs 1; Temporal's floor is kept.
+    assert activity_priority(Priority(fairness_key="small"), "run_scanner").fairness_weight \
+        == 0.25
+    assert activity_priority(Priority(fairness_key="tiny", fairness_weight=0.001),
+                             "clone_repository").fairness_weight == 0.001
+    # A scan's priority key stays; a scan without a fairness key stays first come, first
+    # served (its activities inherit).
+    urgent = Priority(priority_key=1, fairness_key="acme")
+    assert activity_priority(urgent, "clone_repository").priority_key == 1
+    assert activity_priority(Priority.default, "clone_repository") is Priority.default

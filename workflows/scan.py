@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import Priority, RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -45,8 +45,9 @@ with workflow.unsafe.imports_passed_through():
         ScanSummary,
         Severity,
     )
-    from scanward.policy import after_failure, backoff, job_deadline
+    from scanward.policy import activity_priority, after_failure, backoff, job_deadline
     from scanward.scan_details import current_details
+    from scanward.settings import control_queue_for
 
 from workflows.payloads import NO_INPUT, decode
 
@@ -56,6 +57,12 @@ from workflows.payloads import NO_INPUT, decode
 # waiting for each run_scanner to notice the cancel at its next heartbeat; a scan
 # cancelled during its clone ends cancelled, not failed.
 STOP_ON_CANCEL = "stop-scanners-on-cancel"
+# Each activity carries its tenant's fairness weight divided by its cost
+# (scanward.policy.activity_priority); before, activities inherited the scan's priority.
+COST_WEIGHTED = "cost-weighted-fairness"
+# A stop goes to the worker's control queue (scanward.settings.control_queue_for), whose
+# slots no running scanner holds; before, to the scan's own task queue.
+STOP_ON_CONTROL_QUEUE = "stop-on-control-queue"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
 
@@ -214,6 +221,7 @@ class ScanWorkflow:
                     CloneInput(scan_id=scan_id, repository=request.repository, ref=request.ref,
                                commit=request.commit, credentials_ref=request.credentials_ref,
                                scanners=request.scanners, resources=request.resources),
+                    priority=self._priority("clone_repository"),
                     start_to_close_timeout=request.tuning.clone_timeout,
                     # The clone heartbeats: a killed worker costs seconds, not the timeout.
                     heartbeat_timeout=request.tuning.heartbeat_timeout,
@@ -300,6 +308,7 @@ class ScanWorkflow:
         try:
             job = await workflow.execute_activity_method(
                 ScannerActivities.run_scanner, job_input,
+                priority=self._priority("run_scanner"),
                 start_to_close_timeout=tuning.scanner_timeout,
                 heartbeat_timeout=tuning.heartbeat_timeout,
                 retry_policy=_io_retry(tuning, SCANNER_NON_RETRYABLE),
@@ -322,6 +331,7 @@ class ScanWorkflow:
                          repository=request.repository, ref=request.ref, commit=checkout.commit,
                          scanner=name, attempt=attempt, sarif_subpath=job.sarif_subpath,
                          source_root=job.source_root),
+            priority=self._priority("persist_results"),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=tuning.heartbeat_timeout,  # persist heartbeats per batch
             retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,)),
@@ -332,12 +342,21 @@ class ScanWorkflow:
         self._update(name, status=ScannerStatus.SUCCEEDED, finding_count=stored.finding_count,
                      failure_class=None, reason=None)
 
+    def _priority(self, activity: str) -> Priority:
+        """An activity's task-queue priority: by its cost (patched; before, the scan's)."""
+        if not workflow.patched(COST_WEIGHTED):
+            return Priority.default
+        return activity_priority(workflow.info().priority, activity)
+
     async def _stop_running(self, request: ScanRequest) -> None:
         """Stop the scanner attempts in flight (delete the Job, kill the process) now."""
         jobs = list(self._running.values())
         stops = await asyncio.gather(*(
             workflow.execute_activity_method(
                 ScannerActivities.stop_scanner, job,
+                task_queue=(control_queue_for(workflow.info().task_queue)
+                            if workflow.patched(STOP_ON_CONTROL_QUEUE) else None),
+                priority=self._priority("stop_scanner"),
                 start_to_close_timeout=timedelta(minutes=1),
                 retry_policy=_io_retry(request.tuning),
                 summary=f"stop {job.scanner} attempt {job.attempt} (scan cancelled)",
@@ -409,6 +428,7 @@ class ScanWorkflow:
         summary = self._summary()
         lifecycle = await workflow.execute_activity_method(
             ResultActivities.finalize_scan, FinalizeInput(summary=summary),
+            priority=self._priority("finalize_scan"),
             start_to_close_timeout=timedelta(minutes=2), retry_policy=_io_retry(tuning),
         )
         # Patched ("lifecycle-in-summary"): finalize_scan returns the scan's lifecycle
@@ -424,6 +444,7 @@ class ScanWorkflow:
                 await workflow.execute_activity_method(
                     NotifyActivities.notify_webhook,
                     NotifyInput(scan_id=summary.scan_id, target=target, summary=summary),
+                    priority=self._priority("notify_webhook"),
                     start_to_close_timeout=tuning.notify_timeout,
                     retry_policy=_io_retry(tuning, ("SecretNotFound", "WebhookRejected")),
                 )
@@ -433,6 +454,7 @@ class ScanWorkflow:
                                         _failure_of(e)[1])
         await workflow.execute_activity_method(
             WorkspaceActivities.cleanup_workspace, summary.scan_id,
+            priority=self._priority("cleanup_workspace"),
             start_to_close_timeout=timedelta(minutes=5), retry_policy=_io_retry(tuning),
         )
 
