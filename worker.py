@@ -39,7 +39,7 @@ from scanward.health import Health
 from scanward.inputs import InputError
 from scanward.scan_survey import ScanSurveyor
 from scanward.secrets import SecretStore
-from scanward.settings import Settings
+from scanward.settings import CONTROL_SLOTS, Settings, control_queue_for
 from scanward.store import Store
 from scanward.worker_slots import ActivitySlots
 from workflows.resolve import ResolveRefWorkflow
@@ -63,8 +63,9 @@ def make_backend(settings: Settings) -> JobBackend:
 
 def build_worker(client: Client, settings: Settings, store: Store,
                  executor: ThreadPoolExecutor, backend: JobBackend,
-                 pusher: metrics.Pusher | None = None) -> Worker:
-    """A worker for the ScanWorkflow and its activities on ``settings.task_queue``."""
+                 pusher: metrics.Pusher | None = None) -> tuple[Worker, Worker]:
+    """A worker for the ScanWorkflow and its activities on ``settings.task_queue``, and
+    one for its control activities on the control queue beside it."""
     catalog = Catalog.load(settings.catalog_file)
     metrics.initialize(catalog.names(), backend.name)
     secrets = SecretStore(settings.env, settings.secrets_dir)
@@ -79,7 +80,7 @@ def build_worker(client: Client, settings: Settings, store: Store,
                                  lending.lent if lending is not None else None)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets, pusher)
-    return Worker(
+    scans = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[ScanWorkflow, ResolveRefWorkflow],
@@ -100,6 +101,18 @@ def build_worker(client: Client, settings: Settings, store: Store,
         # Without this, shutdown cancels running scanners at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )
+    # A cancelled scan's stop must not wait for a slot behind the work it stops: on a
+    # worker sized to its machine every slot can hold a running scanner. Stops have a
+    # queue and slots of their own (short calls: a kill, a Job delete).
+    control = Worker(
+        client,
+        task_queue=control_queue_for(settings.task_queue),
+        activities=[scanners.stop_scanner],
+        activity_executor=executor,
+        max_concurrent_activities=CONTROL_SLOTS,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+    )
+    return scans, control
 
 
 def _slots(settings: Settings, lending: ActivitySlots | None) -> dict[str, Any]:
@@ -147,13 +160,13 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         # Threads serve only the synchronous (database) activities and are started on
         # demand; waiting scanners are coroutines and use none.
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
-            worker = build_worker(client, settings, store, executor, backend, pusher)
+            scans, control = build_worker(client, settings, store, executor, backend, pusher)
             if pusher is not None:  # after build_worker: the first push has every series
                 background.append(asyncio.create_task(pusher.run()))
-            async with worker:
+            async with scans, control:
                 health.set_ready(True)
-                log.info("worker polling %s (backend %s)", settings.task_queue,
-                         settings.backend)
+                log.info("worker polling %s and %s (backend %s)", settings.task_queue,
+                         control_queue_for(settings.task_queue), settings.backend)
                 await stop.wait()
                 health.set_draining()
                 log.info("shutting down: finishing in-flight activities (up to %.0fs)",

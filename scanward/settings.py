@@ -54,6 +54,15 @@ def default_activity_slots(backend: str, cpus: int) -> int:
     return 2 * cpus if backend == "local" else KUBERNETES_ACTIVITY_SLOTS
 
 
+# Each worker also serves its task queue's control queue: stops of cancelled scans.
+CONTROL_SLOTS = 50
+
+
+def control_queue_for(task_queue: str) -> str:
+    """The queue a task queue's control activities go to (``<queue>-control``)."""
+    return f"{task_queue}-control"
+
+
 def task_queue_for(cluster: str | None, base: str = DEFAULT_TASK_QUEUE) -> str:
     """Each cluster's workers serve their own task queue; scans are routed by request."""
     return f"{base}-{cluster}" if cluster else base

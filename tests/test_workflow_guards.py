@@ -5,6 +5,7 @@ dev server, a real in-process worker, real git and real scanner subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import subprocess
 import time
@@ -25,13 +26,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+import worker as scan_worker
 from scanward import client as api
 from scanward import search_attributes as sa
 from scanward.contract import ScannerStatus, ScanStatus
 from scanward.devserver import temporal_binary
-from scanward.settings import Settings
+from scanward.settings import Settings, control_queue_for
 from tests.conftest import FAST, eventually, process_alive, scan_request, start
-from workflows.scan import STOP_ON_CANCEL, ScanWorkflow
+from workflows.scan import STOP_ON_CANCEL, STOP_ON_CONTROL_QUEUE, ScanWorkflow
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 
@@ -147,8 +149,10 @@ async def test_updates_reject_what_would_do_nothing(
     assert (await handle.result()).status is ScanStatus.PARTIAL
 
 
-async def test_cancel_stops_the_scanner_within_seconds(
-        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+async def _cancel_a_running_scanner(client: Client, settings: Settings, flawed_repo: Path,
+                                    state_dir: Path) -> Any:
+    """Start a scan whose scanner sleeps, cancel it once the scanner runs, and check that
+    the scanner process is gone and the scan ended cancelled within 5 s; its handle."""
     # Production's heartbeat timeout: before the stop_scanner activity, a cancel reached
     # the scanner only at its next heartbeat, 0.8 x this later.
     tuning = FAST.model_copy(update={"heartbeat_timeout": timedelta(seconds=30)})
@@ -171,19 +175,42 @@ async def test_cancel_stops_the_scanner_within_seconds(
     assert closed <= 5.0, f"the scan took {closed:.1f}s to end cancelled"
     (run,) = (await api.progress(client, handle.id)).scanners
     assert run.status is ScannerStatus.CANCELLED
+    return handle
 
-    # The new path is versioned: its history carries the patch marker and the stop...
+
+def _scheduled(events: Any) -> dict[str, Any]:
+    """Each scheduled activity's attributes, by activity type (the last of each)."""
+    return {e.activity_task_scheduled_event_attributes.activity_type.name:
+            e.activity_task_scheduled_event_attributes for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED}
+
+
+async def test_cancel_stops_the_scanner_within_seconds(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    handle = await _cancel_a_running_scanner(client, settings, flawed_repo, state_dir)
+    # The new path is versioned: its history carries the patch markers and the stop, on
+    # the control queue...
     history = await handle.fetch_history()
     events = history.events
-    markers = [e.marker_recorded_event_attributes for e in events
-               if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
-    assert any(STOP_ON_CANCEL in str(m.details) for m in markers), markers
-    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
-                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-    assert "stop_scanner" in scheduled
+    markers = " ".join(str(e.marker_recorded_event_attributes.details) for e in events
+                       if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+    assert STOP_ON_CANCEL in markers and STOP_ON_CONTROL_QUEUE in markers, markers
+    stop = _scheduled(events)["stop_scanner"]
+    assert stop.task_queue.name == control_queue_for(settings.task_queue)
     # ...and replays against today's code.
     replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)
     assert (await replayer.replay_workflow(history)).replay_failure is None
+
+
+async def test_cancel_stops_the_scanner_within_seconds_on_a_full_worker(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    """A worker sized to its machine can have every activity slot held by a running
+    scanner: the stop must not wait for one (it waited for the scanner's next heartbeat,
+    24 s here, when stops shared the scans' queue)."""
+    full = dataclasses.replace(settings, task_queue=f"full-{uuid.uuid4().hex[:8]}",
+                               max_concurrent_activities=1)
+    async with scan_worker.running(full, client, stop_timeout=30):
+        await _cancel_a_running_scanner(client, full, flawed_repo, state_dir)
 
 
 async def test_runaway_local_scanner_is_deadline_exceeded_and_dead_at_once(
