@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -38,6 +39,12 @@ def _opts(temporal_env: WorkflowEnvironment, tmp_path: Path, **fields: Any) -> L
     return LoadOptions(start_local_server=True, home=tmp_path / "load",
                        server_address=temporal_env.client.service_client.config.target_host,
                        **fields)
+
+
+def _rendered(report: rpt.LoadReport) -> str:
+    console = Console(record=True, width=200)
+    rpt.render(report, console)
+    return console.export_text()
 
 
 def _consistent(report: rpt.LoadReport) -> dict[str, int]:
@@ -145,6 +152,10 @@ async def test_webhook_scenario_delivers_once_despite_an_outage(
     assert scans["completed"] == 3
     assert hook["answers"].get("503", 0) >= 1  # the receiver was down at first
     assert hook["delivered_scans"] == 3 and hook["answers"].get("200") == 3
+    # The table's line says the same, in words.
+    (line,) = (ln for ln in _rendered(report).splitlines() if ln.startswith("webhook"))
+    assert line.startswith("webhook: receiver down 2 s, then 0.1 s per answer;"), line
+    assert line.endswith(f"{hook['answers']['200']}x 200); 3 scans delivered"), line
 
 
 async def test_tenants_scenario_reports_idle_fifo_and_fair(
@@ -164,6 +175,9 @@ async def test_tenants_scenario_reports_idle_fifo_and_fair(
     assert f"fair {fairness['fair']['p95']:,.0f} ms ({ratio:g}x idle)" in "\n".join(said)
     assert any(line.startswith("tenants: small in task queues, p95 workflow / activity "
                                "tasks: idle ") for line in said), said
+    # The table is followed by the same lines, not by the raw figures.
+    rendered = [ln for ln in _rendered(report).splitlines() if ln.startswith(("tenants", "fair"))]
+    assert rendered == [line for line in said if line.startswith("tenants: small")]
 
 
 def test_cli_load_with_its_own_server_and_baseline(tmp_path: Path) -> None:

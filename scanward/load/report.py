@@ -210,6 +210,36 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def webhook_line(hook: dict[str, Any]) -> str:
+    """The webhook scenario's receiver: its outage, its answers, the scans delivered."""
+    answers = ", ".join(f"{n}x {status}" for status, n in hook["answers"].items()) or "none"
+    return (f"webhook: receiver down {hook['down_seconds']:g} s, then "
+            f"{hook['delay_seconds']:g} s per answer; {hook['requests']} requests "
+            f"({answers}); {hook['delivered_scans']} scans delivered")
+
+
+def fairness_lines(fairness: dict[str, Any]) -> list[str]:
+    """The small tenant's p95 per phase, as a multiple of idle, and its time in task
+    queues (p95 of workflow / activity tasks): the figures the README quotes."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f} ms"
+
+    def over(phase: str) -> str:
+        ratio = fairness.get(f"{phase}_p95_over_idle")
+        return "" if ratio is None else f" ({ratio:g}x idle)"
+
+    queued = {phase: fairness.get(f"{phase}_queued_ms") for phase in ("idle", "fifo", "fair")}
+    return [
+        "tenants: small p95 " + "; ".join(
+            f"{phase} {ms(fairness[phase]['p95'])}{over(phase)}"
+            for phase in ("idle", "fifo", "fair")),
+        "tenants: small in task queues, p95 workflow / activity tasks: " + "; ".join(
+            f"{phase} {ms(q['workflow_tasks']['p95'])} / {ms(q['activity_tasks']['p95'])}"
+            for phase, q in queued.items() if q is not None),
+    ]
+
+
+
 def render(report: LoadReport, console: Console) -> None:
     """The report as tables."""
     data = report.as_json()
@@ -249,9 +279,13 @@ def render(report: LoadReport, console: Console) -> None:
         for name, ratio in base["ratios"].items():
             table.add_row(f"ratio {name}", _fmt(ratio))
     console.print(table)
-    for name in ("webhook", "fairness"):
-        if name in data:
-            console.print(f"{name}: {data[name]}", highlight=False, soft_wrap=True)
+    lines = []
+    if "webhook" in data:
+        lines.append(webhook_line(data["webhook"]))
+    if "fairness" in data:
+        lines += fairness_lines(data["fairness"])
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for problem in data["errors"]:

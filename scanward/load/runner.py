@@ -354,7 +354,7 @@ async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say
     mine = [r for r in records if r.tenant == "small"]
     _queue_waits(result, mine, await rpt.fetch_histories(ctx.client,
                                                          [r.scan_id for r in mine]))
-    for line in _fairness_lines(result):
+    for line in rpt.fairness_lines(result):
         say(line)
     return records, seconds, result
 
@@ -370,27 +370,6 @@ def _queue_waits(fairness: dict[str, Any], records: list[ScanRecord],
         fairness[f"{phase}_queued_ms"] = {
             "workflow_tasks": rpt.spread([w for w, _ in waits], 1000.0),
             "activity_tasks": rpt.spread([a for _, a in waits], 1000.0)}
-
-
-def _fairness_lines(fairness: dict[str, Any]) -> list[str]:
-    """The small tenant's p95 per phase, as a multiple of idle, and its time in task
-    queues (p95 of workflow / activity tasks): the figures the README quotes."""
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:,.0f} ms"
-
-    def over(phase: str) -> str:
-        ratio = fairness.get(f"{phase}_p95_over_idle")
-        return "" if ratio is None else f" ({ratio:g}x idle)"
-
-    queued = {phase: fairness.get(f"{phase}_queued_ms") for phase in ("idle", "fifo", "fair")}
-    return [
-        "tenants: small p95 " + "; ".join(
-            f"{phase} {ms(fairness[phase]['p95'])}{over(phase)}"
-            for phase in ("idle", "fifo", "fair")),
-        "tenants: small in task queues, p95 workflow / activity tasks: " + "; ".join(
-            f"{phase} {ms(q['workflow_tasks']['p95'])} / {ms(q['activity_tasks']['p95'])}"
-            for phase, q in queued.items() if q is not None),
-    ]
 
 
 def _per(spent: dict[str, Cpu], n: int) -> dict[str, float]:
