@@ -106,11 +106,11 @@ def backoff(tuning: RetryTuning, counted_attempts: int) -> timedelta:
 
 
 # Task-queue fairness counts tasks, not work: each task moves its tenant's place in the
-# queue by 1/weight. A clone or a scanner run costs the worker's machine about four times
-# what a store write, a finalize or a cleanup does (bench/README.md, "Fairness by cost"),
-# so with equal counts a tenant whose backlog was all clones took most of the machine.
-# Their tasks weigh less in proportion: tenants get equal work, not equal task counts.
-ACTIVITY_COST: dict[str, float] = {"clone_repository": 4.0, "run_scanner": 4.0}
+# queue by 1/weight. A clone or a scanner run holds a worker slot about eight times as
+# long as a store write, a finalize or a cleanup (bench/README.md, "Fairness by cost"),
+# so with equal counts a tenant whose backlog was all clones held most of the slots.
+# Their tasks weigh less in proportion: tenants get equal slot time, not equal counts.
+ACTIVITY_COST: dict[str, float] = {"clone_repository": 8.0, "run_scanner": 8.0}
 
 
 def activity_priority(scan: Priority, activity: str) -> Priority:

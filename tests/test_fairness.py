@@ -224,9 +224,10 @@ async def test_resolving_a_ref_queues_with_the_tenants_priority(
 async def test_a_scans_activities_weigh_by_their_cost(
         client: Client, settings: Settings, flawed_repo: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fairness counts tasks: a clone or a scanner run carries a quarter of its tenant's
-    weight (it costs about four store writes), so a tenant whose backlog is clones does
-    not take most of the machine (scanward.policy.activity_priority)."""
+    """Fairness counts tasks: a clone or a scanner run carries an eighth of its tenant's
+    weight (it holds a worker slot about as long as eight store writes), so a tenant
+    whose backlog is clones does not take most of the slots
+    (scanward.policy.activity_priority)."""
     monkeypatch.setenv("SCANWARD_TENANT_WEIGHTS", "acme=2")
     handle = await start(client, settings, scan_request(flawed_repo, "fake", tenant="acme"))
     assert (await handle.result()).status is ScanStatus.COMPLETED
@@ -237,7 +238,7 @@ async def test_a_scans_activities_weigh_by_their_cost(
             scheduled = event.activity_task_scheduled_event_attributes
             weights[scheduled.activity_type.name] = (scheduled.priority.fairness_key,
                                                      scheduled.priority.fairness_weight)
-    assert weights == {"clone_repository": ("acme", 0.5), "run_scanner": ("acme", 0.5),
+    assert weights == {"clone_repository": ("acme", 0.25), "run_scanner": ("acme", 0.25),
                        "persist_results": ("acme", 2.0), "finalize_scan": ("acme", 2.0),
                        "cleanup_workspace": ("acme", 2.0)}
     markers = " ".join(str(e.marker_recorded_event_attributes.details) for e in history.events

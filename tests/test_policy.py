@@ -77,12 +77,12 @@ def test_backoff_is_exponential_and_capped() -> None:
 def test_activities_weigh_their_tenants_weight_by_their_cost() -> None:
     acme = Priority(fairness_key="acme", fairness_weight=2.0)
     assert activity_priority(acme, "clone_repository") == Priority(
-        fairness_key="acme", fairness_weight=0.5)
-    assert activity_priority(acme, "run_scanner").fairness_weight == 0.5
+        fairness_key="acme", fairness_weight=0.25)
+    assert activity_priority(acme, "run_scanner").fairness_weight == 0.25
     assert activity_priority(acme, "persist_results") == acme
     # An unweighted tenant weighs 1; Temporal's floor is kept.
     assert activity_priority(Priority(fairness_key="small"), "run_scanner").fairness_weight \
-        == 0.25
+        == 0.125
     assert activity_priority(Priority(fairness_key="tiny", fairness_weight=0.001),
                              "clone_repository").fairness_weight == 0.001
     # A scan's priority key stays; a scan without a fairness key stays first come, first
