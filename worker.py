@@ -107,8 +107,7 @@ def build_worker(client: Client, settings: Settings, store: Store,
     control = Worker(
         client,
         task_queue=control_queue_for(settings.task_queue),
-        activities=[scanners.stop_scanner],
-        activity_executor=executor,
+        activities=[scanners.stop_scanner],  # async: no thread pool
         max_concurrent_activities=CONTROL_SLOTS,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )

@@ -155,7 +155,8 @@ async def test_webhook_scenario_delivers_once_despite_an_outage(
     # The table's line says the same, in words.
     (line,) = (ln for ln in _rendered(report).splitlines() if ln.startswith("webhook"))
     assert line.startswith("webhook: receiver down 2 s, then 0.1 s per answer;"), line
-    assert line.endswith(f"{hook['answers']['200']}x 200); 3 scans delivered"), line
+    assert f"; {hook['requests']} requests (3x 200, " in line, line
+    assert line.endswith("); 3 scans delivered"), line
 
 
 async def test_tenants_scenario_reports_idle_fifo_and_fair(
