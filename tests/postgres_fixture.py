@@ -24,7 +24,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -35,6 +34,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
+
+from scanward.devserver import free_port
 
 ENV_VAR = "SCANWARD_TEST_POSTGRES_URL"
 PG_ROOT = Path("/usr/lib/postgresql")
@@ -121,13 +122,6 @@ def _reap_stale_clusters(bin_dir: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class _Cluster:
     """A throwaway PostgreSQL cluster in a temporary directory."""
 
@@ -184,7 +178,7 @@ class _Cluster:
         if proc.returncode != 0:
             self._fail("initdb", proc)
         for _ in range(5):  # the free port may be taken between probing and binding
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "

@@ -49,7 +49,7 @@ from scanward.job_spec import (
 )
 from scanward.settings import Settings
 from tests.conftest import FAKE_SCANNER, eventually, scan_request, start
-from tests.test_cli import cli_env, scanward
+from tests.helpers.processes import cli_env, scanward
 
 DAY = 86400.0
 DIAGNOSTIC = "fatal: rule pack failed to load, no results written"

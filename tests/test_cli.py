@@ -16,42 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from scanward.devserver import free_port
 from scanward.settings import Settings
 from tests.conftest import eventually
-
-REPO_ROOT = Path(__file__).parent.parent
-
-
-async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """``scanward ARGS`` as a real process, its output piped."""
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-                "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200", **(env or {})}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starter", *args, cwd=REPO_ROOT, env=full_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 180) -> tuple[int, str, str]:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def scanward(*args: str, env: dict[str, str] | None = None,
-                   timeout: float = 180) -> tuple[int, str, str]:
-    return await finish(await spawn(*args, env=env), timeout)
-
-
-def cli_env(temporal_env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
-    return {
-        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "SCANWARD_DATABASE_URL": settings.database_url,
-        "SCANWARD_TASK_QUEUE": settings.task_queue,
-        "SCANWARD_CATALOG": str(settings.catalog_file),
-    }
+from tests.helpers.processes import REPO_ROOT, cli_env, scanward
 
 
 @pytest.mark.parametrize(

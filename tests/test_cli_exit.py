@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from scanward.settings import Settings
 from tests.conftest import scan_request, start
-from tests.test_cli import cli_env, scanward
+from tests.helpers.processes import cli_env, scanward
 
 RUNS = 100
 CONCURRENCY = 4  # 2 cores: keeps the 100 runs well under a minute

@@ -37,7 +37,7 @@ from scanward.contract import ScanStatus
 from scanward.example import create_example_repo, git
 from scanward.settings import Settings
 from tests.conftest import FAST, eventually, process_alive, scan_request, start
-from tests.test_worker_process import spawn_worker, worker_env
+from tests.helpers.processes import spawn_worker, worker_env
 
 
 @dataclass(frozen=True)

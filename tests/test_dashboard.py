@@ -32,9 +32,9 @@ from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import FAST, eventually, scan_request
+from tests.helpers.processes import spawn_worker, worker_env
 from tests.prometheus_fixture import PrometheusStack, finite
 from tests.test_kube_backend import PodStandIn, kube_catalog
-from tests.test_worker_process import spawn_worker, worker_env
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "scanward.json"
 # Grafana's built-in variables, as Grafana would expand them on a short time range.

@@ -41,7 +41,7 @@ from scanward.tenants import (
 )
 from scanward.worker_slots import ActivitySlots
 from tests.conftest import FAST, eventually, scan_request, start
-from tests.test_worker_process import spawn_worker, worker_env
+from tests.helpers.processes import spawn_worker, worker_env
 from workflows.scan import COST_WEIGHTED, ScanWorkflow
 
 # ------------------------------------------------------------------ parsing

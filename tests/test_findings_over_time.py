@@ -22,7 +22,7 @@ from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import scan_request, start
-from tests.test_cli import cli_env, scanward
+from tests.helpers.processes import cli_env, scanward
 from tests.test_lifecycle import check_sarif
 from workflows.scan import ScanWorkflow
 

@@ -30,8 +30,8 @@ from scanward.contract import ScannerStatus
 from scanward.devserver import free_port
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
+from tests.helpers.processes import spawn_worker, worker_env
 from tests.prometheus_fixture import PrometheusStack
-from tests.test_worker_process import spawn_worker, worker_env
 
 
 def group(stack: PrometheusStack, instance: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from scanward.contract import AbandonSignal, ScannerStatus, ScanStatus
 from scanward.example import git
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
-from tests.test_cli import cli_env, finish, scanward, spawn
+from tests.helpers.processes import cli_env, finish, scanward, spawn
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 

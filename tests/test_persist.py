@@ -26,8 +26,8 @@ from scanward.contract import PersistInput, ScannerStatus, ScanStatus
 from scanward.settings import Settings
 from scanward.store import Store, sqlite_url
 from tests.conftest import FAKE_SCANNER, eventually, scan_request, start
+from tests.helpers.processes import spawn_worker, worker_env
 from tests.test_sarif import run_bandit
-from tests.test_worker_process import spawn_worker, worker_env
 
 # Same-line pairs bandit reports twice with one start line and one snippet: scanward
 # used to keep one of each pair (the fingerprint ignored the column).

@@ -24,7 +24,7 @@ from scanward import replay
 from scanward.contract import RetrySignal, ScannerStatus, ScanStatus, ScanSummary
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
-from tests.test_cli import cli_env, scanward
+from tests.helpers.processes import cli_env, scanward
 from tests.test_workflow_guards import temporal_cli
 from workflows.scan import ScanWorkflow
 

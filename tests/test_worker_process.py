@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,35 +18,8 @@ from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
-from tests.conftest import WEBHOOK_SECRET, eventually, process_alive, scan_request, start
-
-REPO_ROOT = Path(__file__).parent.parent
-
-
-def worker_env(env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(settings.home),
-        "PYTHONPATH": str(REPO_ROOT),
-        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": env.client.namespace,
-        "SCANWARD_HOME": str(settings.home),
-        "SCANWARD_WORKSPACE": str(settings.workspace_root),
-        "SCANWARD_RESULTS": str(settings.results_root),
-        "SCANWARD_DATABASE_URL": settings.database_url,
-        "SCANWARD_TASK_QUEUE": settings.task_queue,
-        "SCANWARD_ALLOW_LOCAL_REPOS": "1",
-        "SCANWARD_CATALOG": str(settings.catalog_file),
-        "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET,
-        "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "20",
-        "SCANWARD_WORKFLOW_SANDBOX": "1",  # tests run workflows sandboxed (conftest)
-    }
-
-
-def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env,
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+from tests.conftest import eventually, process_alive, scan_request, start
+from tests.helpers.processes import spawn_worker, worker_env
 
 
 async def _probe(port: int, path: str, status: int, text: str = "") -> bool:
