@@ -24,7 +24,8 @@ import yaml
 TESTENV_DIR = Path(__file__).resolve().parent.parent / "tools" / "k8s-testenv"
 sys.path.insert(0, str(TESTENV_DIR))
 
-import testenv  # noqa: E402
+# Re-exported: test modules take testenv from here, after sys.path is set above.
+import testenv as testenv  # noqa: E402
 
 CLAIMS = ("scanward-workspace", "scanward-results")
 RBAC_FILE = TESTENV_DIR.parent.parent / "deploy" / "rbac.yaml"

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -106,7 +106,7 @@ class PrometheusStack:
         while time.monotonic() < deadline:
             for proc, log in self._procs:
                 if proc.poll() is not None:
-                    pytest.fail(f"{proc.args[0]!s} exited {proc.returncode}:\n"
+                    pytest.fail(f"{cast(list[str], proc.args)[0]!s} exited {proc.returncode}:\n"
                                 f"{log.read_text()[-3000:]}")
             try:
                 if httpx.get(url, timeout=1).status_code == 200:

@@ -171,7 +171,7 @@ async def test_scan_end_to_end_as_a_job(client: Client, kube_settings: Settings,
     # The scanner's command, its output teed into the attempt's scanner.log.
     assert container["command"] == tee_log_command(["scan", "/src", "/results/results.sarif"])
     assert container["resources"]["limits"]["memory"] == \
-        f"{runs['k-ok'].resources.memory_mib}Mi"  # type: ignore[union-attr]
+        f"{runs['k-ok'].resources.memory_mib}Mi"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["automountServiceAccountToken"] is False

@@ -13,6 +13,7 @@ import pytest
 
 import worker
 from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
+from scanward.env_values import ConfigError
 from scanward.job_spec import KubeJobConfig
 from scanward.settings import Settings
 from tests.conftest import run_async
@@ -74,7 +75,7 @@ def test_missing_kubeconfig(tmp_path: Path) -> None:
 
 def test_worker_make_backend_missing_kubeconfig(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-kubeconfig"
-    with pytest.raises(worker.ConfigError, match=f"^kubeconfig {missing}: "):
+    with pytest.raises(ConfigError, match=f"^kubeconfig {missing}: "):
         worker.make_backend(worker_settings(tmp_path, missing, "scanward"))
 
 
@@ -89,7 +90,7 @@ def test_worker_unreachable_cluster_is_a_config_error(
     # client=None: run() would connect to Temporal (nothing listens here) only after the
     # backend started, and open the database only after that: neither may happen.
     started = time.monotonic()
-    with pytest.raises(worker.ConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         run_async(worker.run(settings, asyncio.Event(), client=None))
     assert str(error.value) == f"cannot reach the Kubernetes API at {server}: Connection refused"
     assert time.monotonic() - started < FAST_ENOUGH

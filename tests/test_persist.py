@@ -132,6 +132,7 @@ def test_persist_streams_in_batches_with_a_heartbeat_each(persist: Persist,
 
 def test_broken_sarif_is_non_retryable_and_stores_nothing(persist: Persist) -> None:
     (persist.checkout / "a.py").write_text("x = 1\n")
+    results: list[dict[str, Any]]
     results = [{"ruleId": "R", "message": {"text": f"m{i}"},
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": "a.py"},
                                                     "region": {"startLine": i + 1}}}]}

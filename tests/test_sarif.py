@@ -452,7 +452,7 @@ def test_only_truly_identical_results_share_a_fingerprint() -> None:
     variants: list[dict[str, Any]] = []
     for snippet in (None, "s = 1"):
         for extra in ({}, shared):
-            base = {"snippet": snippet, **extra}
+            base: dict[str, Any] = {"snippet": snippet, **extra}
             variants += [
                 at(col=1, end_col=5, **base), at(col=2, end_col=5, **base),
                 at(col=1, end_col=6, **base), at(col=1, end_line=5, end_col=5, **base),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -171,8 +172,10 @@ async def test_retry_all_dead_is_one_batch(client: Client, settings: Settings,
     handles = [await start(client, settings, scan_request(flawed_repo, "flaky", tenant=tenant))
                for _ in range(2)]
     for h in handles:
-        await eventually(lambda h=h: _equals(dead_scanners(client, h.id), ["flaky"]),
-                         what="flaky dead")
+        async def flaky_dead(scan_id: str = h.id) -> bool:
+            return await _equals(dead_scanners(client, scan_id), ["flaky"])
+
+        await eventually(flaky_dead, what="flaky dead")
 
     async def both_visible() -> bool:
         found = [s async for s in api.list_scans(client, ScanStatus.DEAD, tenant)]
@@ -201,8 +204,8 @@ async def test_clone_of_missing_ref_fails_with_reason(client: Client, settings: 
     assert not (settings.workspace_root / handle.id / "src").exists()
 
 
-async def _equals(value: object, expected: object) -> bool:
-    return await value == expected  # type: ignore[misc]
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def _true(value: bool) -> bool:

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("scan_worker_task")
 
 
 async def details(handle: WorkflowHandle[object, object]) -> str:
-    meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    meta: WorkflowMetadata = await handle.query("__temporal_workflow_metadata",
+                                                result_type=WorkflowMetadata)
     return meta.current_details
 
 
