@@ -17,10 +17,8 @@ from typing import Any, cast
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
-    Replayer,
     SlotPermit,
     SlotReleaseContext,
     SlotReserveContext,
@@ -41,8 +39,9 @@ from scanward.tenants import (
 )
 from scanward.worker_slots import ActivitySlots
 from tests.conftest import FAST, eventually, scan_request, start
+from tests.helpers.history import patch_markers, replays_today, scheduled_by_type
 from tests.helpers.processes import spawn_worker, worker_env
-from workflows.scan import COST_WEIGHTED, ScanWorkflow
+from workflows.scan import COST_WEIGHTED
 
 # ------------------------------------------------------------------ parsing
 
@@ -232,20 +231,13 @@ async def test_a_scans_activities_weigh_by_their_cost(
     handle = await start(client, settings, scan_request(flawed_repo, "fake", tenant="acme"))
     assert (await handle.result()).status is ScanStatus.COMPLETED
     history = await handle.fetch_history()
-    weights = {}
-    for event in history.events:
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled = event.activity_task_scheduled_event_attributes
-            weights[scheduled.activity_type.name] = (scheduled.priority.fairness_key,
-                                                     scheduled.priority.fairness_weight)
+    weights = {name: (scheduled.priority.fairness_key, scheduled.priority.fairness_weight)
+               for name, scheduled in scheduled_by_type(history).items()}
     assert weights == {"clone_repository": ("acme", 0.25), "run_scanner": ("acme", 0.25),
                        "persist_results": ("acme", 2.0), "finalize_scan": ("acme", 2.0),
                        "cleanup_workspace": ("acme", 2.0)}
-    markers = " ".join(str(e.marker_recorded_event_attributes.details) for e in history.events
-                       if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
-    assert COST_WEIGHTED in markers
-    replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)
-    assert (await replayer.replay_workflow(history)).replay_failure is None
+    assert COST_WEIGHTED in patch_markers(history)
+    assert await replays_today(history)
 
 
 # ------------------------------------------------------------------ per-tenant cap

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowUpdateFailedError,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
 
 import worker as scan_worker
 from scanward import client as api
@@ -33,7 +30,8 @@ from scanward.contract import ScannerStatus, ScanStatus
 from scanward.devserver import temporal_binary
 from scanward.settings import Settings, control_queue_for
 from tests.conftest import FAST, eventually, process_alive, scan_request, start
-from workflows.scan import STOP_ON_CANCEL, STOP_ON_CONTROL_QUEUE, ScanWorkflow
+from tests.helpers.history import patch_markers, replays_today, scheduled_by_type
+from workflows.scan import STOP_ON_CANCEL, STOP_ON_CONTROL_QUEUE
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 
@@ -178,28 +176,18 @@ async def _cancel_a_running_scanner(client: Client, settings: Settings, flawed_r
     return handle
 
 
-def _scheduled(events: Any) -> dict[str, Any]:
-    """Each scheduled activity's attributes, by activity type (the last of each)."""
-    return {e.activity_task_scheduled_event_attributes.activity_type.name:
-            e.activity_task_scheduled_event_attributes for e in events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED}
-
-
 async def test_cancel_stops_the_scanner_within_seconds(
         client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
     handle = await _cancel_a_running_scanner(client, settings, flawed_repo, state_dir)
     # The new path is versioned: its history carries the patch markers and the stop, on
     # the control queue...
     history = await handle.fetch_history()
-    events = history.events
-    markers = " ".join(str(e.marker_recorded_event_attributes.details) for e in events
-                       if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+    markers = patch_markers(history)
     assert STOP_ON_CANCEL in markers and STOP_ON_CONTROL_QUEUE in markers, markers
-    stop = _scheduled(events)["stop_scanner"]
+    stop = scheduled_by_type(history)["stop_scanner"]
     assert stop.task_queue.name == control_queue_for(settings.task_queue)
     # ...and replays against today's code.
-    replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)
-    assert (await replayer.replay_workflow(history)).replay_failure is None
+    assert await replays_today(history)
 
 
 async def test_cancel_stops_the_scanner_within_seconds_on_a_full_worker(
