@@ -158,16 +158,6 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        # Gone before the open, or between the open and the read (the kernel answers
-        # ESRCH then: a CI run failed on it).
-        return False
-
-
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run in a thread of its own, for sync tests: the test's thread keeps its
     event loop state untouched for pytest-asyncio's session loop."""

@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from scanward.devserver import free_port
+from tests.helpers.pids import process_alive
 
 ENV_VAR = "SCANWARD_TEST_POSTGRES_URL"
 PG_ROOT = Path("/usr/lib/postgresql")
@@ -93,16 +94,6 @@ def _bin_dir() -> Path | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _reap_stale_clusters(bin_dir: Path) -> None:
     """Stop and remove clusters left behind by test sessions that died (killed, crashed)
     before their teardown ran: their ``owner.pid`` names a process that is gone."""
@@ -111,7 +102,7 @@ def _reap_stale_clusters(bin_dir: Path) -> None:
             owner = int((base / "owner.pid").read_text().strip())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner):
+        if process_alive(owner):
             continue
         data = base / "data"
         if (data / "postmaster.pid").exists():

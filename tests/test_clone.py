@@ -36,7 +36,8 @@ from scanward import client as api
 from scanward.contract import ScanStatus
 from scanward.example import create_example_repo, git
 from scanward.settings import Settings
-from tests.conftest import FAST, eventually, process_alive, scan_request, start
+from tests.conftest import FAST, eventually, scan_request, start
+from tests.helpers.pids import process_alive
 from tests.helpers.processes import spawn_worker, worker_env
 
 

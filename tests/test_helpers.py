@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_alive
+from tests.helpers.pids import process_alive
 
 
 def test_process_alive_survives_a_process_that_exits_while_it_reads(

@@ -26,7 +26,8 @@ from scanward.contract import (
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
-from tests.conftest import eventually, process_alive, scan_request, start
+from tests.conftest import eventually, scan_request, start
+from tests.helpers.pids import process_alive
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 

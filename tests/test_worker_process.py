@@ -18,7 +18,8 @@ from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
-from tests.conftest import eventually, process_alive, scan_request, start
+from tests.conftest import eventually, scan_request, start
+from tests.helpers.pids import process_alive
 from tests.helpers.processes import spawn_worker, worker_env
 
 

@@ -29,8 +29,9 @@ from scanward import search_attributes as sa
 from scanward.contract import ScannerStatus, ScanStatus
 from scanward.devserver import temporal_binary
 from scanward.settings import Settings, control_queue_for
-from tests.conftest import FAST, eventually, process_alive, scan_request, start
+from tests.conftest import FAST, eventually, scan_request, start
 from tests.helpers.history import patch_markers, replays_today, scheduled_by_type
+from tests.helpers.pids import process_alive
 from workflows.scan import STOP_ON_CANCEL, STOP_ON_CONTROL_QUEUE
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
