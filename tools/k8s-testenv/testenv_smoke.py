@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from typing import Any
 
 from testenv_errors import ApiError, ControlPlaneError
 from testenv_kwok import has_condition, job_complete_metadata, job_fail_metadata, job_manifest
@@ -21,15 +22,8 @@ def smoke(cp: ControlPlane) -> None:
         + ", ".join(f"{k} {v:.2f}s" for k, v in cp.timings.items() if k != "start")
     )
 
-    t = time.monotonic()
-    cp.request("POST", ns, job_manifest("smoke-complete", job_complete_metadata(delay="1s")))
-    job = cp.wait_for(
-        ns,
-        "smoke-complete",
-        lambda j: has_condition(j, "Complete") or has_condition(j, "Failed"),
-        timeout=60,
-    )
-    dt = time.monotonic() - t
+    job, dt = _run_job(cp, ns, job_manifest("smoke-complete",
+                                           job_complete_metadata(delay="1s")))
     if not has_condition(job, "Complete"):
         raise ControlPlaneError(f"smoke-complete did not complete: {job.get('status')}")
     print(
@@ -37,30 +31,18 @@ def smoke(cp: ControlPlane) -> None:
         f"succeeded={job['status'].get('succeeded')}"
     )
 
-    t = time.monotonic()
-    cp.request(
-        "POST",
-        ns,
-        job_manifest(
-            "smoke-fail",
-            job_fail_metadata(exit_code=3, delay="1s"),
-            podFailurePolicy={
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {"containerName": "main", "operator": "In", "values": [3]},
-                    }
-                ]
-            },
-        ),
-    )
-    job = cp.wait_for(
-        ns,
+    job, dt = _run_job(cp, ns, job_manifest(
         "smoke-fail",
-        lambda j: has_condition(j, "Complete") or has_condition(j, "Failed"),
-        timeout=60,
-    )
-    dt = time.monotonic() - t
+        job_fail_metadata(exit_code=3, delay="1s"),
+        podFailurePolicy={
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": "main", "operator": "In", "values": [3]},
+                }
+            ]
+        },
+    ))
     failed = next(
         c
         for c in job["status"].get("conditions", [])
@@ -140,3 +122,16 @@ def smoke(cp: ControlPlane) -> None:
         f"service account token: 403 before RoleBinding, list pods ({n}) after; "
         f"{time.monotonic() - t:.2f}s"
     )
+
+
+def _run_job(cp: ControlPlane, ns: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Create a Job, wait until it completes or fails: (the Job, seconds it took)."""
+    t = time.monotonic()
+    cp.request("POST", ns, manifest)
+    job = cp.wait_for(
+        ns,
+        manifest["metadata"]["name"],
+        lambda j: has_condition(j, "Complete") or has_condition(j, "Failed"),
+        timeout=60,
+    )
+    return job, time.monotonic() - t
