@@ -75,17 +75,18 @@ def _diagnostic_worker_options() -> None:
 
         options["workflow_runner"] = UnsandboxedWorkflowRunner()
     if options:
-        original = worker.Worker
+        from temporalio.worker import Worker as original
 
         def with_options(*args: Any, **kwargs: Any) -> Any:
             return original(*args, **{**kwargs, **options})
 
-        worker.Worker = with_options  # type: ignore[assignment,misc]
+        # worker.py calls the name it imported: replace that one.
+        setattr(worker, "Worker", with_options)  # noqa: B010
 
 
 if __name__ == "__main__":
     _diagnostic_worker_options()
-    worker.make_backend = _make_backend  # type: ignore[assignment]
+    worker.make_backend = _make_backend
     signal.signal(signal.SIGUSR1, _dump)
     atexit.register(_dump)
     worker.main()
