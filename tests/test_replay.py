@@ -25,7 +25,7 @@ from scanward.contract import RetrySignal, ScannerStatus, ScanStatus, ScanSummar
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
 from tests.helpers.processes import cli_env, scanward
-from tests.test_workflow_guards import temporal_cli
+from tests.helpers.workflows import temporal_cli
 from workflows.scan import ScanWorkflow
 
 CORPUS = Path(__file__).parent / "histories"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowUpdateFailedError,
 )
@@ -25,45 +23,18 @@ from temporalio.testing import WorkflowEnvironment
 
 import worker as scan_worker
 from scanward import client as api
-from scanward import search_attributes as sa
 from scanward.contract import ScannerStatus, ScanStatus
-from scanward.devserver import temporal_binary
 from scanward.settings import Settings, control_queue_for
 from tests.conftest import FAST, eventually, scan_request, start
 from tests.helpers.history import patch_markers, replays_today, scheduled_by_type
 from tests.helpers.pids import process_alive
+from tests.helpers.workflows import ends_failed, scan_status_attribute, temporal_cli
 from workflows.scan import STOP_ON_CANCEL, STOP_ON_CONTROL_QUEUE
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 
 HOSTILE = {"repository": "ext::sh -c touch% /tmp/pwned", "ref": "main",
            "scanners": ["bandit"]}
-
-
-def temporal_cli(env: WorkflowEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
-    """Temporal's own CLI against the test server, as an operator would use it."""
-    return subprocess.run(
-        [temporal_binary(), *args, "--address", env.client.service_client.config.target_host,
-         "--namespace", env.client.namespace],
-        capture_output=True, text=True, timeout=60, check=False)
-
-
-async def scan_status_attribute(client: Client, scan_id: str) -> str | None:
-    desc = await client.get_workflow_handle(scan_id).describe()
-    return desc.typed_search_attributes.get(sa.SCAN_STATUS)
-
-
-async def ends_failed(client: Client, scan_id: str) -> str:
-    """The workflow's failure message, once it has failed."""
-    handle = client.get_workflow_handle(scan_id)
-
-    async def failed() -> bool:
-        return (await handle.describe()).status is WorkflowExecutionStatus.FAILED
-
-    await eventually(failed, timeout=15, what=f"{scan_id} to fail")
-    with pytest.raises(WorkflowFailureError) as failure:
-        await handle.result()
-    return str(failure.value.cause)
 
 
 @pytest.mark.parametrize("payload, problem", [

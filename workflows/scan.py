@@ -208,11 +208,12 @@ class ScanWorkflow:
     async def run(self, raw: RawValue) -> ScanSummary:
         request = self._request
         if request is None:
-            self._reason = f"invalid scan request: {self._invalid}"
+            # decode's message already says "invalid scan request: ...".
+            reason = self._reason = self._invalid or "invalid scan request"
             self._status = ScanStatus.FAILED
             workflow.upsert_search_attributes([sa.SCAN_STATUS.value_set(self._status.value)])
             self._show()
-            raise ApplicationError(self._reason, type="InvalidRequest", non_retryable=True)
+            raise ApplicationError(reason, type="InvalidRequest", non_retryable=True)
         scan_id = workflow.info().workflow_id
         try:
             try:
