@@ -3,33 +3,23 @@ namespace with deploy/rbac.yaml's grants and a kubeconfig as its ServiceAccount.
 
 from __future__ import annotations
 
-import copy
 import ssl
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from k8s_bench_repo import REPO
+import k8s_bench_repo  # noqa: F401 - puts the repository on sys.path
 
 from tests.k8s_fixture import (
+    WORKER_ACCOUNT,
+    apply_rbac,
     bound_claims,
+    rbac_objects,
     service_account_token,
     testenv,
     token_kubeconfig,
     wait_for_grants,
 )
-
-ACCOUNT = "scanward-worker"
-RBAC_FILE = REPO / "deploy" / "rbac.yaml"
-
-# What deploy/rbac.yaml grants, used only if that file does not exist.
-FALLBACK_RULES = [
-    {"apiGroups": ["batch"], "resources": ["jobs"],
-     "verbs": ["create", "get", "list", "watch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-]
 
 
 class BenchPlane(testenv.ControlPlane):
@@ -66,49 +56,14 @@ def create_bench_node(plane: testenv.ControlPlane, name: str) -> None:
     raise RuntimeError(f"node {name} not Ready and untainted after 90 s")
 
 
-def rbac_objects(namespace: str) -> list[dict[str, Any]]:
-    """deploy/rbac.yaml's ServiceAccount, Role, RoleBinding moved to ``namespace``."""
-    if RBAC_FILE.exists():
-        objects = [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d]
-    else:
-        meta = {"name": ACCOUNT, "namespace": "scanward"}
-        objects = [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-             "metadata": dict(meta), "rules": FALLBACK_RULES},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": dict(meta),
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                         "name": ACCOUNT},
-             "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT,
-                           "namespace": "scanward"}]},
-        ]
-    moved = []
-    for obj in objects:
-        obj = copy.deepcopy(obj)
-        obj["metadata"]["namespace"] = namespace
-        for subject in obj.get("subjects") or []:
-            subject["namespace"] = namespace
-        moved.append(obj)
-    return moved
-
-
-COLLECTIONS = {
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-}
-
-
 def worker_namespace(plane: testenv.ControlPlane, name: str, workdir: Path) -> Path:
     """A namespace with bound claims and the worker's RBAC; returns a kubeconfig that
     authenticates as the namespace's scanward-worker ServiceAccount."""
     plane.request("POST", "/api/v1/namespaces", {
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     bound_claims(plane, name)
-    for obj in rbac_objects(name):
-        plane.request("POST", COLLECTIONS[obj["kind"]].format(ns=name), obj)
-    token = service_account_token(plane, name, ACCOUNT, seconds=6 * 3600)
+    apply_rbac(plane, name, rbac_objects(name))
+    token = service_account_token(plane, name, WORKER_ACCOUNT, seconds=6 * 3600)
     # The RBAC authorizer learns of the new Role through informers: wait for it.
     wait_for_grants(plane, token, name, [("batch", "jobs", "create"), ("batch", "jobs", "watch"),
                                          ("", "pods", "list"), ("", "pods", "watch")],
@@ -131,4 +86,4 @@ def terminated_watchers(plane: testenv.ControlPlane) -> dict[str, float]:
 
 
 def service_account_user(namespace: str) -> str:
-    return f"system:serviceaccount:{namespace}:{ACCOUNT}"
+    return f"system:serviceaccount:{namespace}:{WORKER_ACCOUNT}"

@@ -37,6 +37,28 @@ _RBAC_COLLECTIONS = {
 }
 
 
+def rbac_objects(namespace: str) -> list[dict[str, Any]]:
+    """deploy/rbac.yaml's objects (ServiceAccount, Role, RoleBinding), moved to
+    ``namespace`` (the file says "scanward" for every one)."""
+    moved = []
+    for obj in yaml.safe_load_all(RBAC_FILE.read_text()):
+        if not obj:
+            continue
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["namespace"] = namespace
+        for subject in obj.get("subjects") or []:
+            subject["namespace"] = namespace
+        moved.append(obj)
+    return moved
+
+
+def apply_rbac(plane: testenv.ControlPlane, namespace: str,
+               objects: list[dict[str, Any]]) -> None:
+    """Create ``objects`` (from :func:`rbac_objects`) in ``namespace``."""
+    for obj in objects:
+        plane.request("POST", _RBAC_COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
+
+
 def start_plane() -> testenv.ControlPlane:
     bin_dir = testenv.default_bin_dir()
     missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager",
@@ -182,14 +204,7 @@ def worker_kubeconfig(plane: testenv.ControlPlane, namespace: str, path: Path) -
     production gives it, once the authorizer grants what the backend uses."""
     from activities.backends.kubernetes import REQUIRED_PERMISSIONS
 
-    for obj in yaml.safe_load_all(RBAC_FILE.read_text()):
-        if not obj:
-            continue
-        obj = copy.deepcopy(obj)
-        obj["metadata"]["namespace"] = namespace
-        for subject in obj.get("subjects") or []:
-            subject["namespace"] = namespace
-        plane.request("POST", _RBAC_COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
+    apply_rbac(plane, namespace, rbac_objects(namespace))
     token = service_account_token(plane, namespace, WORKER_ACCOUNT)
     grants = [(group, f"{resource}/{sub}" if sub else resource, verb)
               for group, resource, sub, verb in REQUIRED_PERMISSIONS]

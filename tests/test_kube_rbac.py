@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
 from activities.backends import kubernetes as kube_backend
@@ -29,7 +28,9 @@ from scanward.job_spec import CONTAINER, KubeJobConfig, build_job
 from tests.conftest import run_async
 from tests.k8s_fixture import (
     access_allowed,
+    apply_rbac,
     kwok_complete,
+    rbac_objects,
     service_account_token,
     testenv,
     token_kubeconfig,
@@ -56,40 +57,13 @@ USED: dict[tuple[str, str], frozenset[str]] = {
 PERMISSIONS = sorted((group, resource, verb) for (group, resource), verbs in USED.items()
                      for verb in verbs)
 
-COLLECTIONS = {
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-}
-
-
 # ------------------------------------------------------------------------ helpers
-
-
-def rbac_objects(namespace: str = MANIFEST_NAMESPACE) -> list[dict[str, Any]]:
-    """deploy/rbac.yaml's objects, moved to ``namespace``."""
-    objects = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
-    moved = []
-    for obj in objects:
-        obj = copy.deepcopy(obj)
-        if obj["metadata"].get("namespace") == MANIFEST_NAMESPACE:
-            obj["metadata"]["namespace"] = namespace
-        for subject in obj.get("subjects") or []:
-            if subject.get("namespace") == MANIFEST_NAMESPACE:
-                subject["namespace"] = namespace
-        moved.append(obj)
-    return moved
 
 
 def the(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind} in {RBAC}, found {len(found)}"
     return found[0]
-
-
-def apply(plane: testenv.ControlPlane, namespace: str, objects: list[dict[str, Any]]) -> None:
-    for obj in objects:
-        plane.request("POST", COLLECTIONS[obj["kind"]].format(ns=namespace), obj)
 
 
 def attempt(scan_id: str = "scan-default-0123456789abcdef0123") -> ScannerJobInput:
@@ -111,7 +85,7 @@ def worker_identity(control_plane: testenv.ControlPlane, kube_namespace: str,
                     tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """deploy/rbac.yaml applied to the namespace; the ServiceAccount's token and a
     kubeconfig using it (only once the grants are in effect)."""
-    apply(control_plane, kube_namespace, rbac_objects(kube_namespace))
+    apply_rbac(control_plane, kube_namespace, rbac_objects(kube_namespace))
     token = service_account_token(control_plane, kube_namespace, ACCOUNT)
     wait_for_grants(control_plane, token, kube_namespace, PERMISSIONS)
     yield token, token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
@@ -122,7 +96,7 @@ def worker_identity(control_plane: testenv.ControlPlane, kube_namespace: str,
 
 
 def test_manifest_is_minimal_and_namespaced() -> None:
-    objects = rbac_objects()
+    objects = rbac_objects(MANIFEST_NAMESPACE)
     assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding", "ServiceAccount"]
     for obj in objects:  # nothing cluster-scoped, everything in the worker's namespace
         assert obj["metadata"]["namespace"] == MANIFEST_NAMESPACE, obj["metadata"]
@@ -268,7 +242,7 @@ def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.Co
                                                       permission: tuple[str, str, str]) -> None:
     ns = kube_namespace
     group, resource, verb = permission
-    apply(control_plane, ns, without(rbac_objects(ns), group, resource, verb))
+    apply_rbac(control_plane, ns, without(rbac_objects(ns), group, resource, verb))
     token = service_account_token(control_plane, ns, ACCOUNT)
     wait_for_grants(control_plane, token, ns, [p for p in PERMISSIONS if p != permission])
     assert not access_allowed(control_plane, token, ns, group, resource, verb)
