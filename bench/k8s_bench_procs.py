@@ -1,11 +1,10 @@
 """The worker processes the bench starts, and what it reads of them from /proc: memory
-(RSS, PSS, USS), threads by name, CPU seconds."""
+(RSS, PSS, USS) and threads by name (CPU: scanward.load.stack.cpu_of)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -122,7 +121,3 @@ def thread_names(pid: int) -> dict[str, int]:
             names[(task / "comm").read_text().strip()] += 1
     return dict(names)
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

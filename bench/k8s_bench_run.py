@@ -27,7 +27,7 @@ from k8s_bench_cluster import (
 )
 from k8s_bench_log import log
 from k8s_bench_observer import ClusterObserver
-from k8s_bench_procs import WorkerProc, cpu_seconds, proc_memory, thread_names
+from k8s_bench_procs import WorkerProc, proc_memory, thread_names
 from k8s_bench_repo import REPO
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -37,6 +37,7 @@ from scanward.contract import ScanRequest, ScanStatus
 from scanward.devserver import DevServer, free_port
 from scanward.example import create_example_repo
 from scanward.job_spec import job_name
+from scanward.load.stack import cpu_of
 
 
 def code_version() -> dict[str, str]:
@@ -380,12 +381,12 @@ class Bench:
         starting = w.log_text().count("starting on kubernetes backend")
         log(f"memory: {n} waiting: {full}; run_scanner starts logged: {starting}")
         # The quiet window: everything waits; how much does the worker ask the apiserver?
-        q0, c0 = time.time(), cpu_seconds(w.pid)
+        q0, c0 = time.time(), cpu_of(w.pid).own
         samples = []
         while time.time() - q0 < a.quiet_seconds:
             await asyncio.sleep(min(5.0, a.quiet_seconds))
             samples.append(proc_memory(w.pid)["rss"])
-        q1, c1 = time.time(), cpu_seconds(w.pid)
+        q1, c1 = time.time(), cpu_of(w.pid).own
         quiet = self.audit.of(user, q0, q1)
         end = proc_memory(w.pid)
         end_threads = thread_names(w.pid)
