@@ -47,9 +47,11 @@ def tokio():
     return found
 
 def left():
-    # The threads still there 2 s after the session (most are gone at once).
+    # The threads still there, or not yet parked, 2 s after the session (most are gone
+    # at once; one exiting may show R for a moment).
     deadline = time.monotonic() + 2
-    while len(threads := tokio()) > 1 and time.monotonic() < deadline:
+    while ((len(threads := tokio()) > 1 or set(threads.values()) - {"S"})
+           and time.monotonic() < deadline):
         time.sleep(0.01)
     return len(threads), "".join(sorted(threads.values())) or "-"
 

@@ -177,8 +177,9 @@ class Stubs:
         self._record("persist_results", req)
         failures = self.persist_failures.get(req.scanner, [])
         if failures:  # what ResultActivities.persist_results raises for unreadable SARIF
-            raise ApplicationError(f"{req.sarif_subpath}: {failures[0].value}",
-                                   type=failures.pop(0).value, non_retryable=True)
+            failure = failures.pop(0)
+            raise ApplicationError(f"{req.sarif_subpath}: {failure.value}",
+                                   type=failure.value, non_retryable=True)
         return PersistResult(scanner=req.scanner, finding_count=sum(FINDINGS.values()),
                              by_severity=FINDINGS)
 
@@ -441,7 +442,7 @@ async def test_dead_then_operator_abandon_ends_partial(client: Client) -> None:
 
 async def _succeeded(client: Client, scan_id: str, scanner: str) -> bool:
     run = run_of(await api.progress(client, scan_id), scanner)
-    return bool(run.status is ScannerStatus.SUCCEEDED)
+    return run.status is ScannerStatus.SUCCEEDED
 
 
 @pytest.mark.parametrize("kind, retryable, clones", [
