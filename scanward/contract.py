@@ -351,6 +351,12 @@ class ScanSummary(Message):
     # the open findings only (not suppressed, not triaged).
     lifecycle: ScanLifecycle | None = None
 
+    def with_lifecycle(self, lifecycle: ScanLifecycle) -> ScanSummary:
+        """This summary with ``lifecycle``, counting open findings only."""
+        return self.model_copy(update={
+            "lifecycle": lifecycle, "by_severity": dict(lifecycle.by_severity),
+            "finding_count": sum(lifecycle.by_severity.values())})
+
 
 class NotifyInput(Message):
     scan_id: str

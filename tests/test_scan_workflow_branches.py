@@ -116,6 +116,7 @@ class Stubs:
         self.hang = hang
         self.scanner_running = asyncio.Event()
         self.scanner_cancelled = asyncio.Event()
+        self.persisted = 0  # persist_results calls that stored findings
 
     def _record(self, name: str, arg: Any) -> None:
         info = activity.info()
@@ -180,15 +181,18 @@ class Stubs:
             failure = failures.pop(0)
             raise ApplicationError(f"{req.sarif_subpath}: {failure.value}",
                                    type=failure.value, non_retryable=True)
+        self.persisted += 1
         return PersistResult(scanner=req.scanner, finding_count=sum(FINDINGS.values()),
                              by_severity=FINDINGS)
 
     @activity.defn(name="finalize_scan")
     async def finalize_scan(self, req: FinalizeInput) -> ScanLifecycle | None:
         self._record("finalize_scan", req)
-        # The real store returns None for a failed or cancelled scan.
-        done = req.summary.status in (ScanStatus.COMPLETED, ScanStatus.PARTIAL)
-        return LIFECYCLE if done else None
+        # The real store returns None for a failed or cancelled scan, and a lifecycle of
+        # what was stored: nothing when no scanner's results were persisted.
+        if req.summary.status not in (ScanStatus.COMPLETED, ScanStatus.PARTIAL):
+            return None
+        return LIFECYCLE if self.persisted else ScanLifecycle()
 
     @activity.defn(name="notify_webhook")
     async def notify_webhook(self, req: NotifyInput) -> int:
@@ -264,6 +268,7 @@ async def test_completed_runs_each_activity_once_in_order(client: Client) -> Non
                                           task_queue=queue)
             summary = await handle.result()
             assert await scan_status_attribute(client, handle.id) == "completed"
+            live = await api.progress(client, handle.id)
 
     assert stubs.names() == ["resolve_ref", "clone_repository", "run_scanner",
                              "persist_results", "finalize_scan", "notify_webhook",
@@ -282,7 +287,10 @@ async def test_completed_runs_each_activity_once_in_order(client: Client) -> Non
     assert note.summary.lifecycle == LIFECYCLE and note.summary.by_severity == LIFECYCLE.by_severity
     assert stubs.of("cleanup_workspace", str) == [handle.id]
     assert summary.status is ScanStatus.COMPLETED and summary.commit == COMMIT
-    assert summary.finding_count == 3 and summary.by_severity == FINDINGS
+    # The result is the webhook's body (ScanSummary's contract): the lifecycle, and the
+    # counts of open findings only (2 of the scanner's 3, by LIFECYCLE).
+    assert summary == note.summary and summary.finding_count == 2
+    assert live == summary
     alpha = run_of(summary, "alpha")
     assert (alpha.status, alpha.attempts, alpha.finding_count) == (ScannerStatus.SUCCEEDED, 1, 3)
 
@@ -431,10 +439,11 @@ async def test_dead_then_operator_abandon_ends_partial(client: Client) -> None:
     assert (beta.reason or "").startswith("tool broken (was: crashed after 2 attempt(s)"), (
         beta.reason)
     assert run_of(summary, "alpha").status is ScannerStatus.SUCCEEDED
-    assert summary.finding_count == 3  # alpha's only
     assert [j.scanner for j in stubs.of("run_scanner", ScannerJobInput)].count("beta") == 2
     (final,) = stubs.of("finalize_scan", FinalizeInput)
     assert final.summary.status is ScanStatus.PARTIAL
+    assert final.summary.finding_count == 3  # alpha's only
+    assert summary.lifecycle == LIFECYCLE  # a partial scan has one too
     assert [n.summary.status for n in stubs.of("notify_webhook", NotifyInput)] == [
         ScanStatus.PARTIAL]
     assert stubs.names()[-1] == "cleanup_workspace"
@@ -479,8 +488,11 @@ async def test_clone_failure_fails_the_scan_but_still_cleans_up(
     (final,) = stubs.of("finalize_scan", FinalizeInput)
     assert final.summary.status is ScanStatus.FAILED
     assert final.summary.reason == reason
-    assert live.status is ScanStatus.FAILED and run_of(live, "alpha").status is (
-        ScannerStatus.PENDING)
+    # Its scanners never ran and never will: not left "pending".
+    alpha = run_of(live, "alpha")
+    assert live.status is ScanStatus.FAILED and alpha.attempts == 0
+    assert (alpha.status, alpha.reason) == (ScannerStatus.CANCELLED, "not run: the clone failed")
+    assert final.summary.scanners == live.scanners
 
 
 async def test_webhook_down_does_not_fail_the_scan(client: Client) -> None:

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         Resources,
         RetrySignal,
         RetryTuning,
+        ScanLifecycle,
         ScannerJobInput,
         ScannerPlan,
         ScannerRun,
@@ -122,6 +123,7 @@ class ScanWorkflow:
         self._checkout_bytes: int | None = None
         self._by_severity: dict[Severity, int] = {}
         self._reason: str | None = None
+        self._lifecycle: ScanLifecycle | None = None
 
     # ----------------------------------------------------------- queries/updates/signals
 
@@ -235,6 +237,10 @@ class ScanWorkflow:
                 if isinstance(e.cause, CancelledError) and workflow.patched(STOP_ON_CANCEL):
                     raise asyncio.CancelledError() from e
                 self._reason = f"clone failed: {_failure_of(e)[1]}"
+                # Not "pending": nothing will run them (no command, replay unaffected).
+                for name in self._runs:
+                    self._update(name, status=ScannerStatus.CANCELLED,
+                                 reason="not run: the clone failed")
                 await self._finish(request, ScanStatus.FAILED)
                 raise ApplicationError(self._reason, type="CloneFailed",
                                        non_retryable=True) from e
@@ -408,7 +414,7 @@ class ScanWorkflow:
 
     def _summary(self) -> ScanSummary:
         req = self._request
-        return ScanSummary(
+        summary = ScanSummary(
             scan_id=workflow.info().workflow_id, tenant=req.tenant if req else "",
             repository=req.repository if req else "", ref=req.ref if req else "",
             commit=self._commit, status=self._status,
@@ -417,6 +423,7 @@ class ScanWorkflow:
             by_severity=dict(self._by_severity), checkout_bytes=self._checkout_bytes,
             reason=self._reason,
         )
+        return summary if self._lifecycle is None else summary.with_lifecycle(self._lifecycle)
 
     async def _finish(self, request: ScanRequest, status: ScanStatus) -> None:
         """Record the outcome, notify each target once, remove the workspace."""
@@ -436,10 +443,10 @@ class ScanWorkflow:
         # (new / existing / fixed, the first new findings) and the webhooks carry it, with
         # the severity counts of open findings only. Histories recorded before the patch
         # hold null here and notify with the summary as it was.
+        # The result and the progress query say the same from here on.
         if workflow.patched("lifecycle-in-summary") and lifecycle is not None:
-            summary = summary.model_copy(update={
-                "lifecycle": lifecycle, "by_severity": dict(lifecycle.by_severity),
-                "finding_count": sum(lifecycle.by_severity.values())})
+            self._lifecycle = lifecycle
+            summary = self._summary()
         for target in request.notify:
             try:
                 await workflow.execute_activity_method(
