@@ -10,11 +10,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
@@ -30,7 +28,7 @@ from activities.backends.kubernetes import ClusterError, KubernetesBackend, Kube
 from activities.backends.local import LocalBackend
 from activities.notify import NotifyActivities
 from activities.results import ResultActivities
-from activities.scanner_jobs import Lend, ScannerActivities
+from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
 from scanward import client as client_api
 from scanward import metrics, tenants, tracing
@@ -41,7 +39,7 @@ from scanward.health import Health
 from scanward.inputs import InputError
 from scanward.scan_survey import ScanSurveyor
 from scanward.secrets import SecretStore
-from scanward.settings import CONTROL_SLOTS, Settings, control_queue_for, jobs_queue_for
+from scanward.settings import CONTROL_SLOTS, Settings, control_queue_for
 from scanward.store import Store
 from scanward.worker_slots import ActivitySlots
 from workflows.resolve import ResolveRefWorkflow
@@ -65,10 +63,9 @@ def make_backend(settings: Settings) -> JobBackend:
 
 def build_worker(client: Client, settings: Settings, store: Store,
                  executor: ThreadPoolExecutor, backend: JobBackend,
-                 pusher: metrics.Pusher | None = None) -> tuple[Worker, Worker, Worker]:
-    """The workers of one process: the ScanWorkflow with its clones, store writes and
-    webhooks on ``settings.task_queue``; its scanner jobs on the jobs queue beside it
-    (slots of their own: ``max_concurrent_jobs``); its stops on the control queue."""
+                 pusher: metrics.Pusher | None = None) -> tuple[Worker, Worker]:
+    """A worker for the ScanWorkflow and its activities on ``settings.task_queue``, and
+    one for its control activities on the control queue beside it."""
     catalog = Catalog.load(settings.catalog_file)
     metrics.initialize(catalog.names(), backend.name)
     secrets = SecretStore(settings.env, settings.secrets_dir)
@@ -77,44 +74,32 @@ def build_worker(client: Client, settings: Settings, store: Store,
         caps = tenants.parse_job_caps(settings.env.get(tenants.MAX_JOBS_ENV))
     except InputError as e:
         raise ConfigError(str(e)) from e
-    jobs_queue = jobs_queue_for(settings.task_queue)
-    # With caps, a job waiting for its tenant's slot lends its jobs-queue slot back.
-    lending = ActivitySlots(settings.max_concurrent_jobs) if caps.enabled else None
+    # With caps, a job waiting for its tenant's slot lends its worker slot back.
+    lending = ActivitySlots(settings.max_concurrent_activities) if caps.enabled else None
     scanners = ScannerActivities(backend, catalog, pusher, caps,
-                                 _lend_on(jobs_queue, lending) if lending is not None else None)
+                                 lending.lent if lending is not None else None)
     results = ResultActivities(store, settings.workspace_root, settings.results_root)
     notify = NotifyActivities(secrets, pusher)
-    graceful = timedelta(seconds=settings.graceful_shutdown_seconds)
     scans = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[ScanWorkflow, ResolveRefWorkflow],
         activities=[
             workspace.resolve_ref, workspace.clone_repository, workspace.cleanup_workspace,
-            # run_scanner and stop_scanner here too: scans recorded before the jobs and
-            # control queues (workflows/scan.py JOBS_QUEUE, STOP_ON_CONTROL_QUEUE).
             scanners.run_scanner, scanners.stop_scanner, results.persist_results,
             results.finalize_scan, notify.notify_webhook,
         ],
         activity_executor=executor,
         workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
                          else UnsandboxedWorkflowRunner()),
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        **_slots(settings, lending),
         # Eager dispatch hands a scan's next activity straight back to this worker when
         # a slot is free, past the task queue and so past its fairness.
         disable_eager_activity_execution=True,
         # Each cached (waiting) scan holds its sandboxed workflow: ~130 KB measured.
         max_cached_workflows=settings.max_cached_workflows,
         # Without this, shutdown cancels running scanners at once.
-        graceful_shutdown_timeout=graceful,
-    )
-    jobs = Worker(
-        client,
-        task_queue=jobs_queue,
-        activities=[scanners.run_scanner],  # async: no thread pool
-        **_job_slots(settings, lending),
-        graceful_shutdown_timeout=graceful,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )
     # A cancelled scan's stop must not wait for a slot behind the work it stops: on a
     # worker sized to its machine every slot can hold a running scanner. Stops have a
@@ -124,31 +109,22 @@ def build_worker(client: Client, settings: Settings, store: Store,
         task_queue=control_queue_for(settings.task_queue),
         activities=[scanners.stop_scanner],  # async: no thread pool
         max_concurrent_activities=CONTROL_SLOTS,
-        graceful_shutdown_timeout=graceful,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
     )
-    return scans, jobs, control
+    return scans, control
 
 
-def _job_slots(settings: Settings, lending: ActivitySlots | None) -> dict[str, Any]:
-    """The jobs worker's slots (scanward/settings.py, "Worker sizing"): the SDK's fixed
-    ones, or a tuner whose activity slots a waiting job can lend back."""
+def _slots(settings: Settings, lending: ActivitySlots | None) -> dict[str, Any]:
+    """The worker's slots (scanward/settings.py, "Worker sizing"): the SDK's fixed ones,
+    or a tuner whose activity slots an activity can lend back."""
     if lending is None:
-        return {"max_concurrent_activities": settings.max_concurrent_jobs}
-    fixed = FixedSizeSlotSupplier(SDK_DEFAULT_SLOTS)  # it polls no workflow or Nexus task
+        return {"max_concurrent_activities": settings.max_concurrent_activities,
+                "max_concurrent_workflow_tasks": settings.max_concurrent_workflow_tasks}
     return {"tuner": WorkerTuner.create_composite(
-        workflow_supplier=fixed, activity_supplier=lending,
-        local_activity_supplier=fixed, nexus_supplier=fixed)}
-
-
-def _lend_on(queue: str, slots: ActivitySlots) -> Lend:
-    """Lend a slot of ``slots`` back only for a job running on ``queue``, whose worker
-    they are: a job of a scan recorded before the jobs queue runs on the scan's own
-    queue, and keeps its (fixed) slot there while it waits."""
-    def lend() -> AbstractAsyncContextManager[None]:
-        if activity.info().task_queue == queue:
-            return slots.lent()
-        return contextlib.nullcontext()
-    return lend
+        workflow_supplier=FixedSizeSlotSupplier(settings.max_concurrent_workflow_tasks),
+        activity_supplier=lending,
+        local_activity_supplier=FixedSizeSlotSupplier(SDK_DEFAULT_SLOTS),
+        nexus_supplier=FixedSizeSlotSupplier(SDK_DEFAULT_SLOTS))}
 
 
 async def run(settings: Settings, stop: asyncio.Event, client: Client | None = None) -> None:
@@ -183,14 +159,12 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         # Threads serve only the synchronous (database) activities and are started on
         # demand; waiting scanners are coroutines and use none.
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
-            scans, jobs, control = build_worker(client, settings, store, executor, backend,
-                                                pusher)
+            scans, control = build_worker(client, settings, store, executor, backend, pusher)
             if pusher is not None:  # after build_worker: the first push has every series
                 background.append(asyncio.create_task(pusher.run()))
-            async with scans, jobs, control:
+            async with scans, control:
                 health.set_ready(True)
-                log.info("worker polling %s, %s and %s (backend %s)", settings.task_queue,
-                         jobs_queue_for(settings.task_queue),
+                log.info("worker polling %s and %s (backend %s)", settings.task_queue,
                          control_queue_for(settings.task_queue), settings.backend)
                 await stop.wait()
                 health.set_draining()

@@ -74,8 +74,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="window for the request rate while all scans wait")
     p.add_argument("--start-concurrency", type=int, default=32,
                    help="start_workflow calls in flight")
-    p.add_argument("--max-concurrent-jobs", type=int, default=5000,
-                   help="SCANWARD_MAX_CONCURRENT_JOBS of the workers: every scan waits")
+    p.add_argument("--max-concurrent-activities", type=int, default=5000)
     p.add_argument("--graceful-shutdown-seconds", type=int, default=10,
                    help="SCANWARD_GRACEFUL_SHUTDOWN_SECONDS of the workers")
     p.add_argument("--worker-stop-timeout", type=float, default=240.0)

@@ -159,7 +159,7 @@ class Bench:
             "SCANWARD_BACKEND": "kubernetes",
             "SCANWARD_KUBECONFIG": str(kubeconfig),
             "SCANWARD_KUBE_NAMESPACE": namespace,
-            "SCANWARD_MAX_CONCURRENT_JOBS": str(self.args.max_concurrent_jobs),
+            "SCANWARD_MAX_CONCURRENT_ACTIVITIES": str(self.args.max_concurrent_activities),
             "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": str(self.args.graceful_shutdown_seconds),
             **(extra_env or {}),
         }

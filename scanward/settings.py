@@ -36,7 +36,7 @@ _CLUSTER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # a few in flight cover the round trips, more only wait inside the worker.
 DEFAULT_WORKFLOW_TASKS = 4
 # Kubernetes backend: a running scanner job is a coroutine waiting on the cluster.
-KUBERNETES_JOB_SLOTS = 500
+KUBERNETES_ACTIVITY_SLOTS = 500
 
 
 def available_cpus() -> int:
@@ -47,26 +47,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_activity_slots(cpus: int) -> int:
-    """Slots for the activities the worker's own machine runs (clones, store writes,
-    webhooks) on its task queue: two per CPU, one computing while one waits on I/O."""
-    return 2 * cpus
-
-
-def default_job_slots(backend: str, cpus: int) -> int:
-    """Slots for scanner jobs, on the jobs queue (:func:`jobs_queue_for`). The local
-    backend runs them on this machine: two per CPU. With Kubernetes they run on the
-    cluster and wait here as coroutines: many, or a burst of scans would wait for a slot
-    while the cluster has room (cap tenants with ``SCANWARD_TENANT_MAX_JOBS``)."""
-    return 2 * cpus if backend == "local" else KUBERNETES_JOB_SLOTS
-
-
-def jobs_queue_for(task_queue: str) -> str:
-    """The queue a task queue's scanner jobs go to (``<queue>-jobs``). Apart, so that a
-    Kubernetes worker can wait on hundreds of jobs and still take no more clones and
-    store writes than its machine runs at once: with one pool of slots it took the whole
-    backlog of clones too, which fairness then had no queue left to order."""
-    return f"{task_queue}-jobs"
+def default_activity_slots(backend: str, cpus: int) -> int:
+    """Activity slots a worker takes by default. With the local backend the worker's own
+    machine runs every clone, scanner and store write: two per CPU (one computing while
+    one waits on I/O). With Kubernetes, jobs run on the cluster and wait as coroutines."""
+    return 2 * cpus if backend == "local" else KUBERNETES_ACTIVITY_SLOTS
 
 
 # Each worker also serves its task queue's control queue: stops of cancelled scans.
@@ -101,7 +86,6 @@ class Settings:
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
     max_concurrent_activities: int = 500
-    max_concurrent_jobs: int = 500
     max_cached_workflows: int = 1000
     max_concurrent_workflow_tasks: int = DEFAULT_WORKFLOW_TASKS
     # Off in production: the sandbox re-imports the workflow module for every scan and
@@ -151,10 +135,7 @@ class Settings:
             graceful_shutdown_seconds=env_float(e, "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", 60),
             max_concurrent_activities=env_int(
                 e, "SCANWARD_MAX_CONCURRENT_ACTIVITIES",
-                default_activity_slots(available_cpus()), min=1),
-            max_concurrent_jobs=env_int(
-                e, "SCANWARD_MAX_CONCURRENT_JOBS",
-                default_job_slots(backend, available_cpus()), min=1),
+                default_activity_slots(backend, available_cpus()), min=1),
             max_cached_workflows=env_int(e, "SCANWARD_MAX_CACHED_WORKFLOWS", 1000, min=0),
             # The SDK needs two with a workflow cache (a sticky and a normal poll).
             max_concurrent_workflow_tasks=env_int(

@@ -62,7 +62,6 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", "nan", {}, "a number of seconds >= 0"),
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "0", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "1.5", {}, "an integer >= 1"),
-    ("SCANWARD_MAX_CONCURRENT_JOBS", "0", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CACHED_WORKFLOWS", "-1", {}, "an integer >= 0"),
     ("SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS", "1", {}, "an integer >= 2"),
     ("SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS", "four", {}, "an integer >= 2"),

@@ -89,17 +89,13 @@ def test_a_capped_job_goes_back_to_the_queue_while_it_has_attempts_to_spare() ->
 def test_default_worker_sizing_takes_what_the_machine_runs(tmp_path: Path) -> None:
     home = {"SCANWARD_HOME": str(tmp_path)}
     local = Settings.from_env(home)
-    cpus = available_cpus()
-    assert (local.max_concurrent_activities, local.max_concurrent_jobs) == (2 * cpus, 2 * cpus)
+    assert local.max_concurrent_activities == 2 * available_cpus()
     assert local.max_concurrent_workflow_tasks == 4
     kube = Settings.from_env(home | {"SCANWARD_BACKEND": "kubernetes"})
-    # Jobs wait on the cluster; clones and store writes still run here.
-    assert (kube.max_concurrent_activities, kube.max_concurrent_jobs) == (2 * cpus, 500)
+    assert kube.max_concurrent_activities == 500  # jobs wait on the cluster
     mine = Settings.from_env(home | {"SCANWARD_MAX_CONCURRENT_ACTIVITIES": "7",
-                                     "SCANWARD_MAX_CONCURRENT_JOBS": "9",
                                      "SCANWARD_MAX_CONCURRENT_WORKFLOW_TASKS": "3"})
-    assert (mine.max_concurrent_activities, mine.max_concurrent_jobs,
-            mine.max_concurrent_workflow_tasks) == (7, 9, 3)
+    assert (mine.max_concurrent_activities, mine.max_concurrent_workflow_tasks) == (7, 3)
 
 
 _CTX = cast(SlotReserveContext, object())  # ActivitySlots does not read it
@@ -273,7 +269,7 @@ async def test_tenant_cap_limits_concurrent_jobs_and_heartbeats_while_waiting(
     commit = repo.add("slow", Behaviour(seconds=1.5, findings=2, stamps=str(stamps)))
     # Slots for every job: only the cap holds busy back.
     env = worker_env(temporal_env, settings) | {"SCANWARD_TENANT_MAX_JOBS": "busy=2",
-                                                "SCANWARD_MAX_CONCURRENT_JOBS": "10"}
+                                                "SCANWARD_MAX_CONCURRENT_ACTIVITIES": "10"}
     worker = spawn_worker(env, tmp_path / "worker.log")
     try:
         def request(tenant: str) -> ScanRequest:
@@ -315,7 +311,7 @@ async def test_a_capped_tenant_waiting_for_its_slot_does_not_keep_others_out(
     repo.add("slow", Behaviour(seconds=6, findings=1, stamps=str(stamps)))
     repo.add("quick", Behaviour(seconds=0.2, findings=1, stamps=str(stamps)))
     env = worker_env(temporal_env, settings) | {"SCANWARD_TENANT_MAX_JOBS": "busy=1",
-                                                "SCANWARD_MAX_CONCURRENT_JOBS": "2"}
+                                                "SCANWARD_MAX_CONCURRENT_ACTIVITIES": "2"}
     worker = spawn_worker(env, tmp_path / "worker.log")
 
     async def scan(tenant: str, ref: str) -> WorkflowHandle[Any, ScanSummary]:

@@ -22,11 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 from scanward import client as api
 from scanward import replay
 from scanward.contract import RetrySignal, ScannerStatus, ScanStatus, ScanSummary
-from scanward.settings import Settings, jobs_queue_for
+from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
 from tests.helpers.processes import cli_env, scanward
 from tests.helpers.workflows import temporal_cli
-from workflows.scan import JOBS_QUEUE, ScanWorkflow
+from workflows.scan import ScanWorkflow
 
 CORPUS = Path(__file__).parent / "histories"
 HISTORIES = sorted(CORPUS.rglob("*.json"))
@@ -92,41 +92,6 @@ def test_the_corpus_holds_every_path() -> None:
         assert kinds[-1] == f"WORKFLOW_EXECUTION_{expected['closed']}", (name, kinds[-1])
         # The history names its workflow (the replay report's id comes from here).
         assert history.workflow_id.startswith("scan-"), (name, history.workflow_id)
-
-
-# Recorded after the JOBS_QUEUE patch (workflows/scan.py): v1/ holds histories from before.
-JOBS_QUEUE_PATHS = ("completed_single", "cancel_running", "dead_retry_update", "oom_bump")
-
-
-def _job_queues(history: WorkflowHistory) -> tuple[str, set[str], set[str]]:
-    """(the scan's task queue, the queues its run_scanner activities were scheduled on,
-    the patches its markers record)."""
-    scan_queue, queues, patches = "", set(), set()
-    for e in history.events:
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            scan_queue = e.workflow_execution_started_event_attributes.task_queue.name
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs = e.activity_task_scheduled_event_attributes
-            if attrs.activity_type.name == "run_scanner":
-                queues.add(attrs.task_queue.name)
-        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            patch = e.marker_recorded_event_attributes.details.get("patch-data")
-            if patch is not None:
-                patches.add(json.loads(patch.payloads[0].data)["id"])
-    return scan_queue, queues, patches
-
-
-@pytest.mark.parametrize("name", JOBS_QUEUE_PATHS)
-def test_scans_before_the_jobs_queue_patch_ran_jobs_on_their_own_queue(name: str) -> None:
-    """Both versions are in the corpus (test_replay replays each against today's code):
-    the old path scheduled its scanner jobs on the scan's task queue, the new on the
-    jobs queue, with the patch's marker."""
-    before = replay.load_history(CORPUS / "v1" / f"{name}.json")
-    queue, queues, patches = _job_queues(before)
-    assert queues == {queue} and JOBS_QUEUE not in patches
-    after = replay.load_history(CORPUS / "v1" / "jobs-queue" / f"{name}.json")
-    queue, queues, patches = _job_queues(after)
-    assert queues == {jobs_queue_for(queue)} and JOBS_QUEUE in patches
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: str(p.relative_to(CORPUS)))

@@ -6,10 +6,9 @@ are stubs registered under the real activity names: no git, no scanner process, 
 store. Each stub returns the contract type the real activity returns, or raises the
 ``ApplicationError`` the real activity raises for that failure class, and records how it
 was called (input, Temporal attempt, task queue) so that a test can assert the order and
-the arguments. run_scanner and stop_scanner are served, as by ``worker.build_worker``, on
-the scan's task queue too, beside the jobs queue and the control queue
-(``scanward.settings.jobs_queue_for``, ``control_queue_for``), so a test can tell which
-one the workflow sent each to.
+the arguments. stop_scanner is served, as by ``worker.build_worker``, on both the scan's
+task queue and its control queue (``scanward.settings.control_queue_for``), so a test can
+tell which one the workflow sent it to.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ from scanward.contract import (
     ScanSummary,
     Severity,
 )
-from scanward.settings import control_queue_for, jobs_queue_for
+from scanward.settings import control_queue_for
 from scanward.webhook import WebhookFailed
 from tests.conftest import FAST, eventually
 from tests.helpers.workflows import ends_failed, scan_status_attribute, temporal_cli
@@ -210,8 +209,8 @@ class Stubs:
 
 @contextlib.asynccontextmanager
 async def stub_worker(client: Client, stubs: Stubs) -> AsyncIterator[str]:
-    """The real workflows with ``stubs`` on a task queue of this test (and its jobs and
-    control queues), laid out as ``worker.build_worker`` does; yields the task queue."""
+    """The real workflows with ``stubs`` on a task queue of this test (and its control
+    queue), laid out as ``worker.build_worker`` does; yields the task queue."""
     queue = f"stub-{uuid.uuid4().hex[:12]}"
     scans = Worker(
         client, task_queue=queue, workflows=[ScanWorkflow, ResolveRefWorkflow],
@@ -220,10 +219,9 @@ async def stub_worker(client: Client, stubs: Stubs) -> AsyncIterator[str]:
                     stubs.finalize_scan, stubs.notify_webhook],
         disable_eager_activity_execution=True,
     )
-    jobs = Worker(client, task_queue=jobs_queue_for(queue), activities=[stubs.run_scanner])
     control = Worker(client, task_queue=control_queue_for(queue),
                      activities=[stubs.stop_scanner])
-    async with scans, jobs, control:
+    async with scans, control:
         yield queue
 
 
@@ -275,11 +273,7 @@ async def test_completed_runs_each_activity_once_in_order(client: Client) -> Non
     assert stubs.names() == ["resolve_ref", "clone_repository", "run_scanner",
                              "persist_results", "finalize_scan", "notify_webhook",
                              "cleanup_workspace"]
-    assert all(c.attempt == 1 for c in stubs.calls), stubs.calls
-    # The scanner job on the jobs queue, with slots of its own; the rest on the scan's.
-    assert {(c.activity, c.task_queue) for c in stubs.calls} == {
-        (name, jobs_queue_for(queue) if name == "run_scanner" else queue)
-        for name in stubs.names()}
+    assert all(c.attempt == 1 and c.task_queue == queue for c in stubs.calls), stubs.calls
     (clone,) = stubs.of("clone_repository", CloneInput)
     assert clone.commit == COMMIT and clone.scan_id == handle.id  # resolved first
     (job,) = stubs.of("run_scanner", ScannerJobInput)

@@ -36,8 +36,8 @@ async def test_the_worker_runs_workflows_as_the_settings_say(client: Client,
     store = Store.open(chosen.database_url)
     try:
         with ThreadPoolExecutor(chosen.max_concurrent_activities) as executor:
-            built, _, _ = scan_worker.build_worker(client, chosen, store, executor,
-                                                scan_worker.make_backend(chosen))
+            built, _ = scan_worker.build_worker(client, chosen, store, executor,
+                                             scan_worker.make_backend(chosen))
             runner = built.config()["workflow_runner"]
     finally:
         store.close()

@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from scanward.policy import activity_priority, after_failure, backoff, job_deadline
     from scanward.scan_details import current_details
-    from scanward.settings import control_queue_for, jobs_queue_for
+    from scanward.settings import control_queue_for
 
 from workflows.payloads import NO_INPUT, decode
 
@@ -64,9 +64,6 @@ COST_WEIGHTED = "cost-weighted-fairness"
 # A stop goes to the worker's control queue (scanward.settings.control_queue_for), whose
 # slots no running scanner holds; before, to the scan's own task queue.
 STOP_ON_CONTROL_QUEUE = "stop-on-control-queue"
-# A scanner job goes to the worker's jobs queue (scanward.settings.jobs_queue_for), with
-# slots apart from the clones' and store writes'; before, to the scan's own task queue.
-JOBS_QUEUE = "scanner-jobs-queue"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
 
@@ -318,8 +315,6 @@ class ScanWorkflow:
         try:
             job = await workflow.execute_activity_method(
                 ScannerActivities.run_scanner, job_input,
-                task_queue=(jobs_queue_for(workflow.info().task_queue)
-                            if workflow.patched(JOBS_QUEUE) else None),
                 priority=self._priority("run_scanner"),
                 start_to_close_timeout=tuning.scanner_timeout,
                 heartbeat_timeout=tuning.heartbeat_timeout,
