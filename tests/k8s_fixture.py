@@ -37,13 +37,16 @@ _RBAC_COLLECTIONS = {
 }
 
 
+def rbac_manifest() -> list[dict[str, Any]]:
+    """deploy/rbac.yaml's objects as the file writes them."""
+    return [obj for obj in yaml.safe_load_all(RBAC_FILE.read_text()) if obj]
+
+
 def rbac_objects(namespace: str) -> list[dict[str, Any]]:
     """deploy/rbac.yaml's objects (ServiceAccount, Role, RoleBinding), moved to
     ``namespace`` (the file says "scanward" for every one)."""
     moved = []
-    for obj in yaml.safe_load_all(RBAC_FILE.read_text()):
-        if not obj:
-            continue
+    for obj in rbac_manifest():
         obj = copy.deepcopy(obj)
         obj["metadata"]["namespace"] = namespace
         for subject in obj.get("subjects") or []:

@@ -30,6 +30,7 @@ from tests.k8s_fixture import (
     access_allowed,
     apply_rbac,
     kwok_complete,
+    rbac_manifest,
     rbac_objects,
     service_account_token,
     testenv,
@@ -96,7 +97,7 @@ def worker_identity(control_plane: testenv.ControlPlane, kube_namespace: str,
 
 
 def test_manifest_is_minimal_and_namespaced() -> None:
-    objects = rbac_objects(MANIFEST_NAMESPACE)
+    objects = rbac_manifest()  # as written: rbac_objects would set every namespace
     assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding", "ServiceAccount"]
     for obj in objects:  # nothing cluster-scoped, everything in the worker's namespace
         assert obj["metadata"]["namespace"] == MANIFEST_NAMESPACE, obj["metadata"]
