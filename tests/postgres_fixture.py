@@ -26,13 +26,16 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg.errors import InsufficientPrivilege
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from scanward.devserver import free_port
@@ -244,7 +247,23 @@ def postgres_database(postgres_url: str) -> Iterator[str]:
         try:
             yield admin_url.set(database=name).render_as_string(hide_password=False)
         finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop_database(admin, name)
     finally:
         admin.dispose()
+
+
+def drop_database(admin: Engine, name: str, patience: float = 10.0) -> None:
+    """Drop ``name``, ending its sessions (``WITH (FORCE)``). A session our role may not
+    end makes that fail at once: an autovacuum worker the server started on the new
+    database (a CI run failed on it). Such workers end on their own within moments, so
+    the drop is tried again until ``patience`` runs out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as e:
+            if not isinstance(e.orig, InsufficientPrivilege) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
