@@ -52,7 +52,9 @@ from scanward.settings import Settings
 if TYPE_CHECKING:
     from scanward.store import FindingRecord, Store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# markdown: docstrings wrapped at 88 columns reflow to the terminal instead of
+# breaking mid-sentence in the command list.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Durable security scans on Temporal.")
 out = Console()
 err = Console(stderr=True)

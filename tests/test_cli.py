@@ -13,6 +13,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+import starter
 from scanward.devserver import free_port
 from scanward.settings import Settings
 from tests.conftest import eventually
@@ -39,6 +40,19 @@ async def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) 
     assert code == 1
     assert err.startswith("scanward: error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_help_lists_each_command_in_whole_sentences() -> None:
+    """The command list shows each docstring's first paragraph as written, reflowed:
+    with typer's default markup it broke lines where the source did, mid-sentence."""
+    code, out, err = await scanward("--help", env={"COLUMNS": "400"})
+    assert code == 0, err
+    lines = out.splitlines()
+    for command in starter.app.registered_commands:
+        doc = (command.callback.__doc__ or "") if command.callback else ""
+        first = " ".join(doc.strip().split("\n\n")[0].split())
+        name = command.name or (command.callback.__name__ if command.callback else "")
+        assert any(name in line and first in line for line in lines), (name, first, out)
 
 
 async def test_unreachable_temporal_is_named() -> None:
