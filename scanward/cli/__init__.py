@@ -1,0 +1,1 @@
+"""The `scanward` command line; `starter.py` is its entry point."""

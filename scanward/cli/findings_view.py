@@ -1,0 +1,167 @@
+"""Stored findings as the CLI shows them (table, JSON, SARIF) and the --fail-on gate."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from scanward.cli.app import EXIT_GATE, CliError, open_store, out
+from scanward.contract import Severity
+
+if TYPE_CHECKING:
+    from scanward.store import FindingRecord, Store
+
+
+class FindingsFormat(StrEnum):
+    table = "table"
+    json = "json"
+    sarif = "sarif"
+
+
+class FindingsView(StrEnum):
+    open = "open"  # new and existing, not suppressed (the default)
+    new = "new"  # new, not suppressed
+    fixed = "fixed"  # the previous scan's findings this one no longer has
+    all = "all"  # every finding of the scan, suppressed ones too
+
+
+def _shown_state(record: FindingRecord) -> str:
+    """What the state column says: the lifecycle state, or why it is not counted."""
+    if record.finding.suppression is not None:
+        return f"suppressed ({record.finding.suppression})"[:40]
+    if record.triage is not None and record.triage.state.value != "open":
+        return record.triage.state.value
+    return record.state.value if record.state is not None else ""
+
+
+def _first_seen(record: FindingRecord) -> str:
+    """The commit a finding was first seen at (its date is in --format json)."""
+    return (record.first_seen_commit or "")[:7]
+
+
+def _findings_table(records: list[FindingRecord], title: str) -> Table:
+    """One finding a line: every column but the message keeps its width (the message is
+    cut to what is left; --format json has it whole)."""
+    rows = []
+    for r in records:
+        f = r.finding
+        where = f"{f.path}:{f.start_line}" if f.start_line else f.path
+        rows.append([_shown_state(r), f.severity.value, f.scanner, f.rule_id, where,
+                     _first_seen(r), r.key[:12], f.message])
+    table = Table(title=title, title_justify="left")
+    names = ("state", "severity", "scanner", "rule", "location", "since", "fingerprint")
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(names)]
+    for col, width in zip(names, widths, strict=True):
+        table.add_column(col, no_wrap=True, width=width)
+    # What is left of the terminal after the other columns and the borders (3 a column).
+    left = max(10, out.width - sum(widths) - 3 * (len(names) + 1) - 1)
+    table.add_column("message", no_wrap=True, width=min(left, max(
+        [len("message"), *(len(row[-1]) for row in rows)])))
+    for row in rows:
+        message = row[-1] if len(row[-1]) <= left else row[-1][:left - 1] + "…"
+        table.add_row(*row[:-1], message)
+    return table
+
+
+def _lifecycle_line(store: Store, scan_id: str) -> str:
+    lifecycle = store.lifecycle(scan_id)
+    if lifecycle is None:
+        return ("no lifecycle: the scan has not finished, failed, or was stored before "
+                "findings were tracked")
+    since = (f"since {lifecycle.previous_scan_id} ({(lifecycle.previous_commit or '')[:7]})"
+             if lifecycle.previous_scan_id else "(first scan of this ref and scanners)")
+    return (f"{lifecycle.new} new, {lifecycle.existing} existing, {lifecycle.fixed} fixed "
+            f"{since}; {lifecycle.suppressed} suppressed")
+
+
+def _record_json(r: FindingRecord) -> dict[str, Any]:
+    return {
+        **r.finding.model_dump(mode="json"),
+        "state": r.state.value if r.state is not None else None,
+        "suppressed": r.suppressed,
+        "first_seen": None if r.first_seen_scan_id is None else {
+            "scan_id": r.first_seen_scan_id, "commit": r.first_seen_commit,
+            "at": r.first_seen_at.isoformat() if r.first_seen_at else None},
+        "triage": None if r.triage is None else {
+            "state": r.triage.state.value, "reason": r.triage.reason, "by": r.triage.by,
+            "at": r.triage.at.isoformat()},
+    }
+
+
+def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
+                    view: FindingsView = FindingsView.open,
+                    severities: tuple[Severity, ...] = ()) -> list[FindingRecord]:
+    """The scan's stored findings in ``view``; a scan the store has never heard of is an
+    error, not an empty list. Returns the findings shown."""
+    from scanward.sarif_export import to_sarif
+    from scanward.store.tracking import select_records
+
+    store = open_store()
+    try:
+        scan = store.get_scan(scan_id)
+        if scan is None:
+            raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
+                           "of it has finished yet; see `scanward status`)")
+        if view is FindingsView.fixed:
+            records = store.fixed_findings(scan_id)
+        else:
+            records = store.scan_findings(scan_id)
+        shown = select_records(records, new_only=view is FindingsView.new,
+                               include_suppressed=view in (FindingsView.all,
+                                                           FindingsView.fixed),
+                               severities=severities)
+        hidden = sum(r.suppressed for r in records) if view is not FindingsView.all else 0
+        summary = _lifecycle_line(store, scan_id)
+    finally:
+        store.close()
+    if fmt is FindingsFormat.json:
+        print(json.dumps([_record_json(r) for r in shown], indent=2))
+    elif fmt is FindingsFormat.sarif:
+        doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
+                       repository=scan.repository, commit=scan.commit, ref=scan.ref)
+        print(json.dumps(doc, indent=2))
+    else:
+        what = {FindingsView.open: "open (new and existing)", FindingsView.new: "new",
+                FindingsView.fixed: "fixed (gone since the previous scan)",
+                FindingsView.all: "all, suppressed ones too"}[view]
+        out.print(_findings_table(shown, f"{len(shown)} finding(s), {what}"),
+                  markup=False, highlight=False)
+        hint = " (not shown: --all shows them)" if hidden and view is FindingsView.open else ""
+        out.print(f"{scan_id}: {summary}{hint}", markup=False, highlight=False,
+                  soft_wrap=True)
+    return shown
+
+
+def check_gate(records: list[FindingRecord], fail_on: Severity | None,
+          fail_on_new: Severity | None) -> None:
+    """Exit :data:`EXIT_GATE` when open findings (new ones, for ``fail_on_new``) at or
+    above the threshold remain; suppressed and triaged findings never count."""
+    from scanward.lifecycle import FindingState, gate
+
+    def severity(r: FindingRecord) -> Severity:
+        return r.finding.severity
+
+    def is_open(r: FindingRecord) -> bool:
+        return not r.suppressed
+
+    def is_new(r: FindingRecord) -> bool:
+        # A scan without a lifecycle (a worker before it): every finding counts as new.
+        return not r.suppressed and r.state in (FindingState.NEW, None)
+
+    failed: list[str] = []
+    for threshold, new_only in ((fail_on, False), (fail_on_new, True)):
+        if threshold is None:
+            continue
+        hits = gate(records, threshold, severity=severity,
+                    counted=is_new if new_only else is_open)
+        if hits:
+            kind = "new " if new_only else ""
+            failed.append(f"{len(hits)} {kind}finding(s) at or above {threshold.value} "
+                          f"(--fail-on{'-new' if new_only else ''} {threshold.value})")
+    if failed:
+        raise CliError("gate failed: " + "; ".join(failed), EXIT_GATE)
+
+

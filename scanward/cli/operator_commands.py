@@ -1,0 +1,82 @@
+"""Operator commands on running scans: retry, abandon, cancel."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from temporalio.client import WorkflowExecutionStatus
+
+from scanward import client as api
+from scanward.cli.app import CliError, out, run_command
+from scanward.contract import AbandonSignal, RetrySignal
+
+
+def retry(
+    scan_id: Annotated[str | None, typer.Argument()] = None,
+    scanner: Annotated[str | None, typer.Option(help="Only this dead scanner.")] = None,
+    memory_mib: Annotated[int | None, typer.Option(help="Memory for the retry.")] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead scan, in one "
+                                           "batch.")] = False,
+) -> None:
+    """Retry dead scanners of a scan (refused, with the reason, if none would be), or of
+    every dead scan (one batch signal)."""
+
+    async def go() -> None:
+        signal = RetrySignal(scanner=scanner, memory_mib=memory_mib)
+        if not (all_dead or scan_id):
+            raise CliError("give a scan id or --all-dead")
+        client = await api.connect()
+        if all_dead:
+            job = await api.retry_all_dead(client, signal)
+            out.print(f"batch {job} signalled every dead scan", highlight=False)
+        elif scan_id is not None:
+            retried = await api.retry(client, scan_id, signal)
+            out.print(f"{scan_id}: retrying {', '.join(retried)}", highlight=False)
+
+    run_command(go())
+
+
+def abandon(
+    scan_id: str,
+    scanner: Annotated[str | None, typer.Option(help="Only this dead scanner.")] = None,
+    reason: str = "abandoned by operator",
+) -> None:
+    """Give up on dead scanners (refused, with the reason, if none is dead); the scan
+    ends partial."""
+
+    async def go() -> None:
+        abandoned = await api.abandon(await api.connect(), scan_id,
+                                      AbandonSignal(scanner=scanner, reason=reason))
+        out.print(f"{scan_id}: abandoned {', '.join(abandoned)}", highlight=False)
+
+    run_command(go())
+
+
+def cancel(
+    scan_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait until the scan has closed.")] = True,
+    wait_seconds: Annotated[float, typer.Option(help="How long to wait.")] = 10.0,
+) -> None:
+    """Cancel a running scan: its running scanners are stopped."""
+
+    async def go() -> None:
+        client = await api.connect()
+        await api.cancel(client, scan_id)
+        if not wait:
+            out.print(f"cancel requested for {scan_id}", highlight=False)
+            return
+        state = await api.wait_closed(client, scan_id, timedelta(seconds=wait_seconds))
+        if state.running:
+            raise CliError(f"cancel requested, but {scan_id} is still running after "
+                           f"{wait_seconds:g}s (stopping its scanners); see `scanward status "
+                           f"{scan_id}`")
+        if state.workflow_status is not WorkflowExecutionStatus.CANCELED:
+            raise CliError(f"scan {scan_id} ended {state.closed_as} before the cancel took "
+                           "effect")
+        out.print(f"scan {scan_id} cancelled", highlight=False)
+
+    run_command(go())
+
+

@@ -1,0 +1,112 @@
+"""`scanward replay`: the pre-deploy gate."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from temporalio.client import Client
+
+from scanward import client as api
+from scanward.cli.app import CliError, err, out, run_command
+
+
+def replay(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="History files or directories (every **/*.json), as `temporal workflow show "
+             "--output json` writes them.")] = None,
+    query: Annotated[str | None, typer.Option(
+        help='Replay the namespace\'s histories matching this visibility query '
+             '(default WorkflowType="ScanWorkflow").')] = None,
+    running: Annotated[bool, typer.Option(
+        "--running", help="Only running executions (from the namespace).")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N from the namespace.")
+                     ] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="Write every history replayed to DIR (one JSON per workflow run): grows a "
+             "corpus.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Histories replayed at once.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON on stdout.")
+                       ] = False,
+) -> None:
+    """Replay ScanWorkflow histories against this code (the pre-deploy gate): from files,
+    or from the namespace (no PATH, or --query/--running). Exits 1 naming every history
+    that does not replay, and when none was found."""
+    # Imported here: the replayer imports the workflow and its activities, which the
+    # other commands do not need.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from scanward import replay as replaying
+
+    async def go() -> None:
+        try:
+            sources: list[replaying.Source] = replaying.file_sources(paths or [])
+        except replaying.ReplayError as e:
+            raise CliError(str(e)) from e
+        total = len(sources)
+        where = [", ".join(str(p) for p in paths)] if paths else []
+        stream: Any = sources
+        client: Client | None = None
+        if not paths or query is not None or running:
+            client = await api.connect()
+            q = replaying.namespace_query(query, running)
+            total += await replaying.count(client, q, limit)
+            where.append(f"namespace {client.namespace} ({q})")
+            stream = _chain(sources, replaying.namespace_sources(client, q, limit))
+        if total == 0:
+            raise CliError(f"no histories found in {' and '.join(where)}: nothing to replay")
+        progress = Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} replays/s"), TimeElapsedColumn(),
+                            console=err)
+        task = progress.add_task("replay", total=total, rate="-")
+        workflows = replaying.default_workflows()  # imported before the clock starts
+        started = time.monotonic()
+
+        def done(outcome: replaying.Outcome) -> None:
+            if outcome.error is not None:
+                progress.console.print(
+                    f"FAILED {outcome.workflow_id} (run {outcome.run_id or '?'}, "
+                    f"{outcome.origin}): {outcome.error}", markup=False, highlight=False,
+                    soft_wrap=True)
+            completed = progress.tasks[0].completed + 1
+            progress.update(task, completed=completed,
+                            rate=f"{completed / max(time.monotonic() - started, 1e-6):.1f}")
+
+        with progress:
+            report = await replaying.replay(stream, workflows=workflows,
+                                            concurrency=concurrency, save_dir=save,
+                                            on_outcome=done)
+        if as_json:
+            print(json.dumps(report.as_json(), indent=2))
+        if not report.outcomes:
+            raise CliError(f"no histories found in {' and '.join(where)}: nothing replayed")
+        failures = report.failures
+        if not as_json:
+            out.print(f"replayed {len(report.outcomes)} histories in {report.seconds:.2f}s: "
+                      f"{report.replays_per_second:.1f} replays/s, {len(failures)} failed"
+                      + (f"; saved to {save}" if save is not None else ""), highlight=False)
+        if failures:
+            ids = ", ".join(sorted({f.workflow_id for f in failures}))
+            raise CliError(f"{len(failures)} of {len(report.outcomes)} histories do not "
+                           f"replay against this code: {ids}")
+
+    run_command(go())
+
+
+async def _chain(first: list[Any], then: Any) -> Any:
+    """The items of ``first``, then those of the async iterator ``then``."""
+    for item in first:
+        yield item
+    async for item in then:
+        yield item
+
+
