@@ -53,7 +53,9 @@ from scanward.contract import (
     ScanRequest,
     ScanStatus,
     ScanSummary,
+    tuning_problems,
 )
+from scanward.inputs import InputError
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
 from scanward.tenants import priority_for, weights_from_env
 
@@ -178,6 +180,9 @@ async def start_scan(
     queue a tenant with 1,000 scans queued does not starve one that queues 10.
     ``priority`` overrides it (``Priority.default``: no fairness key, plain FIFO).
     """
+    problems = tuning_problems(request.tuning)
+    if problems:  # the workflow would refuse it too; said here before anything starts
+        raise InputError(f"invalid scan request: {'; '.join(problems)}")
     if priority is None:
         priority = priority_for(request.tenant, weights_from_env())
     request = await with_commit(client, request, task_queue=task_queue, priority=priority)

@@ -145,6 +145,32 @@ class RetryTuning(Frozen):
     notify_timeout: timedelta = timedelta(seconds=30)
 
 
+MAX_BACKOFF_COEFFICIENT = 10.0
+MAX_TUNED_DURATION = timedelta(days=30)
+
+
+def tuning_problems(tuning: RetryTuning) -> list[str]:
+    """What in ``tuning`` the workflow cannot apply: Temporal refuses a timeout or an
+    interval that is not positive, and a maximum interval below the initial one, by
+    failing the workflow task again and again (the scan would hang "running"). A check,
+    not a validator on the model: the workflow applies it behind a patch, so histories
+    recorded before it replay as they ran (the versioning rule in the README)."""
+    problems = []
+    for name in ("initial_interval", "maximum_interval", "clone_timeout", "scanner_timeout",
+                 "heartbeat_timeout", "notify_timeout"):
+        value: timedelta = getattr(tuning, name)
+        if not timedelta(0) < value <= MAX_TUNED_DURATION:
+            problems.append(f"tuning.{name}: {value} is not in (0, {MAX_TUNED_DURATION.days} "
+                            "days]")
+    if tuning.maximum_interval < tuning.initial_interval:
+        problems.append(f"tuning.maximum_interval: {tuning.maximum_interval} is below "
+                        f"initial_interval {tuning.initial_interval}")
+    if tuning.backoff_coefficient > MAX_BACKOFF_COEFFICIENT:
+        problems.append(f"tuning.backoff_coefficient: {tuning.backoff_coefficient:g} is above "
+                        f"{MAX_BACKOFF_COEFFICIENT:g}")
+    return problems
+
+
 class ScanRequest(Frozen):
     """What a service asks for: scan ``repository`` at ``ref`` (or ``commit``)."""
 

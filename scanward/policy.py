@@ -101,8 +101,18 @@ def backoff(tuning: RetryTuning, counted_attempts: int) -> timedelta:
     """Delay before the next attempt: exponential from ``initial_interval``, capped.
     An attempt that did not count (eviction) waits the initial interval."""
     exponent = max(counted_attempts - 1, 0)
-    delay = tuning.initial_interval * (tuning.backoff_coefficient**exponent)
-    return min(delay, tuning.maximum_interval)
+    try:
+        factor = tuning.backoff_coefficient**exponent
+    except OverflowError:
+        return tuning.maximum_interval
+    # Past what a timedelta holds the product overflows (a request's tuning can ask for
+    # that); below it the result is exactly what it always was.
+    if tuning.initial_interval.total_seconds() * factor > _TIMEDELTA_SECONDS / 2:
+        return tuning.maximum_interval
+    return min(tuning.initial_interval * factor, tuning.maximum_interval)
+
+
+_TIMEDELTA_SECONDS = timedelta.max.total_seconds()
 
 
 # Task-queue fairness counts tasks, not work: each task moves its tenant's place in the

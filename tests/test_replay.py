@@ -26,6 +26,7 @@ from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
 from tests.helpers.processes import cli_env, scanward
 from tests.helpers.workflows import temporal_cli
+from workflows.payloads import NO_INPUT
 from workflows.scan import ScanWorkflow
 
 CORPUS = Path(__file__).parent / "histories"
@@ -108,7 +109,7 @@ async def test_replay(path: Path) -> None:
 @workflow.defn(name="ScanWorkflow", sandboxed=False)
 class UnpatchedScanWorkflow(ScanWorkflow):
     @workflow.run
-    async def run(self, raw: RawValue) -> ScanSummary:
+    async def run(self, raw: RawValue = NO_INPUT) -> ScanSummary:
         await workflow.sleep(timedelta(seconds=1))  # a new first step, unversioned
         return await super().run(raw)
 

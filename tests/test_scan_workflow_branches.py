@@ -19,12 +19,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -44,6 +46,7 @@ from scanward.contract import (
     ResolveInput,
     Resources,
     RetrySignal,
+    RetryTuning,
     ScanLifecycle,
     ScannerJobInput,
     ScannerJobResult,
@@ -54,7 +57,10 @@ from scanward.contract import (
     ScanStatus,
     ScanSummary,
     Severity,
+    tuning_problems,
 )
+from scanward.inputs import InputError
+from scanward.policy import backoff
 from scanward.settings import control_queue_for
 from scanward.webhook import WebhookFailed
 from tests.conftest import FAST, eventually
@@ -563,3 +569,61 @@ async def test_invalid_start_input_from_temporal_cli_fails_at_once(
     assert message.count("invalid scan request") == 1, message
     assert live.status is ScanStatus.FAILED and message.endswith(live.reason or "-")
     assert stubs.calls == []  # no activity at all: not even finalize_scan or cleanup
+
+
+# Start input Temporal's CLI (or another SDK) can send that the SDK hands to the workflow
+# without failing first: each used to fail the first workflow task again and again (the
+# scan hung "running", uncounted); now each fails the scan at once, visibly.
+@pytest.mark.parametrize(("cli_args", "problem"), [
+    ([], "repository: Field required"),  # no --input at all
+    (["--input", '"{}"', "--input-meta", "encoding=binary/plain"],
+     "encoding binary/plain gave bytes, not a JSON object"),
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
+      '"tuning": {"initial_interval": -1}}'], "tuning.initial_interval: -1 day"),
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
+      '"tuning": {"initial_interval": 60, "maximum_interval": 1}}'],
+     "tuning.maximum_interval: 0:00:01 is below initial_interval 0:01:00"),
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
+      '"tuning": {"clone_timeout": 0}}'], "tuning.clone_timeout: 0:00:00 is not in"),
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
+      '"tuning": {"backoff_coefficient": 1e300}}'], "tuning.backoff_coefficient: 1e+300"),
+], ids=["no-input", "binary-plain", "negative-interval", "max-below-initial",
+        "zero-timeout", "huge-backoff"])
+async def test_start_input_the_sdk_does_not_refuse_fails_at_once(
+        temporal_env: WorkflowEnvironment, client: Client, cli_args: list[str],
+        problem: str) -> None:
+    stubs = Stubs()
+    scan_id = f"scan-bad-{uuid.uuid4().hex[:12]}"
+    with quick():
+        async with stub_worker(client, stubs) as queue:
+            started = temporal_cli(
+                temporal_env, "workflow", "start", "--type", "ScanWorkflow",
+                "--task-queue", queue, "--workflow-id", scan_id, *cli_args)
+            assert started.returncode == 0, started.stderr
+            message = await ends_failed(client, scan_id)
+            assert await scan_status_attribute(client, scan_id) == "failed"
+    assert message.startswith("InvalidRequest: invalid scan request: "), message
+    assert problem in message, message
+    assert stubs.calls == []
+
+
+async def test_tuning_problems_name_each_field_and_the_client_refuses_them(
+        client: Client) -> None:
+    bad = FAST.model_copy(update={"initial_interval": timedelta(seconds=-1),
+                                  "heartbeat_timeout": timedelta(0)})
+    assert [p.split(":")[0] for p in tuning_problems(bad)] == [
+        "tuning.initial_interval", "tuning.heartbeat_timeout"]
+    assert tuning_problems(FAST) == [] and tuning_problems(RetryTuning()) == []
+    request = ScanRequest(repository=REPOSITORY, commit=COMMIT, scanners=("alpha",),
+                          tuning=bad, dedupe_key=uuid.uuid4().hex)
+    with pytest.raises(InputError, match=r"tuning\.initial_interval"):
+        await api.start_scan(client, request, task_queue=f"nobody-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(RPCError):  # nothing was started
+        await client.get_workflow_handle(request.scan_id()).describe()
+
+
+def test_backoff_saturates_instead_of_overflowing() -> None:
+    tuning = RetryTuning(backoff_coefficient=1e300)
+    assert backoff(tuning, 1) == tuning.initial_interval
+    assert backoff(tuning, 3) == tuning.maximum_interval  # 1e600: past a float
+    assert backoff(RetryTuning(backoff_coefficient=10), 20) == RetryTuning().maximum_interval

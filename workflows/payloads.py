@@ -28,7 +28,14 @@ def decode(raw: RawValue, model: type[T], what: str) -> T:
     Raises a non-retryable ``ApplicationError`` naming every problem."""
     try:
         value = workflow.payload_converter().from_payload(raw.payload, model | None)  # type: ignore[arg-type]
-        return value if value is not None else model()
+        if value is None:
+            return model()
+        if isinstance(model, type) and not isinstance(value, model):
+            # binary/plain (and any converter that ignores the type) hands back raw bytes.
+            encoding = raw.payload.metadata.get("encoding", b"").decode(errors="replace")
+            raise TypeError(f"encoding {encoding or 'none'} gave {type(value).__name__}, "
+                            "not a JSON object (send it as json/plain)")
+        return value
     except ValidationError as e:
         problem = explain(e)
     except Exception as e:  # not JSON, an unknown encoding

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import Priority, RawValue, RetryPolicy
@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         ScanStatus,
         ScanSummary,
         Severity,
+        tuning_problems,
     )
     from scanward.policy import activity_priority, after_failure, backoff, job_deadline
     from scanward.scan_details import current_details
@@ -64,6 +65,9 @@ COST_WEIGHTED = "cost-weighted-fairness"
 # A stop goes to the worker's control queue (scanward.settings.control_queue_for), whose
 # slots no running scanner holds; before, to the scan's own task queue.
 STOP_ON_CONTROL_QUEUE = "stop-on-control-queue"
+# A request whose tuning Temporal would refuse (negative intervals, zero timeouts) fails
+# the scan at once instead of its first task forever.
+TUNING_CHECKED = "tuning-checked"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
 
@@ -103,7 +107,7 @@ class ScanWorkflow:
     """One scan of one repository at one commit."""
 
     @workflow.init
-    def __init__(self, raw: RawValue) -> None:
+    def __init__(self, raw: RawValue = NO_INPUT) -> None:
         # The request is decoded here rather than by the SDK: input that does not decode
         # or validate (sent by Temporal's CLI or another SDK) must fail the workflow at
         # once and visibly, not fail its first task again and again.
@@ -207,15 +211,16 @@ class ScanWorkflow:
     # ------------------------------------------------------------------------- run
 
     @workflow.run
-    async def run(self, raw: RawValue) -> ScanSummary:
+    async def run(self, raw: RawValue = NO_INPUT) -> ScanSummary:
         request = self._request
         if request is None:
             # decode's message already says "invalid scan request: ...".
-            reason = self._reason = self._invalid or "invalid scan request"
-            self._status = ScanStatus.FAILED
-            workflow.upsert_search_attributes([sa.SCAN_STATUS.value_set(self._status.value)])
-            self._show()
-            raise ApplicationError(reason, type="InvalidRequest", non_retryable=True)
+            self._refuse(self._invalid or "invalid scan request")
+        # Tuning Temporal would refuse fails the task again and again: refused here,
+        # behind a patch (recorded only for such a request) so older histories replay.
+        problems = tuning_problems(request.tuning)
+        if problems and workflow.patched(TUNING_CHECKED):
+            self._refuse(f"invalid scan request: {'; '.join(problems)}")
         scan_id = workflow.info().workflow_id
         try:
             try:
@@ -424,6 +429,14 @@ class ScanWorkflow:
             reason=self._reason,
         )
         return summary if self._lifecycle is None else summary.with_lifecycle(self._lifecycle)
+
+    def _refuse(self, reason: str) -> NoReturn:
+        """End the scan failed on a request it cannot run, visibly (ScanStatus failed)."""
+        self._reason = reason
+        self._status = ScanStatus.FAILED
+        workflow.upsert_search_attributes([sa.SCAN_STATUS.value_set(self._status.value)])
+        self._show()
+        raise ApplicationError(reason, type="InvalidRequest", non_retryable=True)
 
     async def _finish(self, request: ScanRequest, status: ScanStatus) -> None:
         """Record the outcome, notify each target once, remove the workspace."""
