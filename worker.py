@@ -34,7 +34,10 @@ from scanward import client as client_api
 from scanward import metrics, tenants, tracing
 from scanward.catalog import Catalog
 from scanward.client import connect
-from scanward.env_values import ConfigError  # a bad SCANWARD_* value, or a cluster that cannot work
+from scanward.env_values import (  # a bad SCANWARD_* value, or a cluster that cannot work
+    ConfigError,
+    port_unavailable,
+)
 from scanward.health import Health
 from scanward.inputs import InputError
 from scanward.scan_survey import ScanSurveyor
@@ -129,6 +132,38 @@ def _slots(settings: Settings, lending: ActivitySlots | None) -> dict[str, Any]:
 
 async def run(settings: Settings, stop: asyncio.Event, client: Client | None = None) -> None:
     """Run a worker until ``stop`` is set, then drain in-flight work and return."""
+    health = Health()
+    try:
+        runtime = _listen(settings, health, metrics_runtime=client is None)
+        await _run(settings, stop, client, health, runtime)
+    finally:
+        health.close()  # closes a port bound by _listen when start-up failed after it
+
+
+def _listen(settings: Settings, health: Health, *, metrics_runtime: bool) -> Runtime | None:
+    """Take the worker's ports before any other start-up work (directories, migrations,
+    the Temporal connection): a port in use stops the worker at once, with one line that
+    names its variable. Returns the Temporal runtime exporting on the metrics port."""
+    if settings.health_port is not None:
+        try:
+            health.bind(settings.health_port)  # served once the worker is wired (_health)
+        except OSError as e:
+            raise port_unavailable("SCANWARD_HEALTH_PORT", settings.health_port, e) from None
+    if not (metrics_runtime and settings.metrics_port):
+        return None
+    try:
+        # The SDK's Prometheus exporter binds its port as the runtime is created.
+        return Runtime(telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
+    except ValueError as e:  # "Failed starting Prometheus exporter: <OS error>"
+        if "Prometheus exporter" not in str(e):
+            raise
+        raise port_unavailable("SCANWARD_METRICS_PORT", settings.metrics_port,
+                               str(e)) from None
+
+
+async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
+               health: Health, runtime: Runtime | None) -> None:
     for path in (settings.workspace_root, settings.results_root):
         path.mkdir(parents=True, exist_ok=True)
     try:
@@ -143,12 +178,8 @@ async def run(settings: Settings, stop: asyncio.Event, client: Client | None = N
         raise ConfigError(str(e)) from e
     store = Store.open(settings.database_url)
     if client is None:
-        runtime = None
-        if settings.metrics_port:
-            runtime = Runtime(telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
         client = await connect(runtime=runtime)
-    health = _health(settings, store, client)
+    _health(settings, store, client, health)
     background = [asyncio.create_task(health.run())]
     pusher = (metrics.Pusher(settings.pushgateway, interval=interval)
               if settings.pushgateway else None)
@@ -199,9 +230,7 @@ async def running(settings: Settings, client: Client, *,
         await asyncio.wait_for(task, stop_timeout)
 
 
-def _health(settings: Settings, store: Store, client: Client) -> Health:
-    health = Health()
-
+def _health(settings: Settings, store: Store, client: Client, health: Health) -> None:
     async def temporal() -> None:
         if not await client.service_client.check_health():
             raise RuntimeError("Temporal reports NOT_SERVING")
@@ -212,16 +241,20 @@ def _health(settings: Settings, store: Store, client: Client) -> Health:
     health.add_check("temporal", temporal)
     health.add_check("store", database)
     metrics.WORKER_READY.set_function(lambda: float(health.ready()[0]))
-    if settings.health_port is not None:
-        port = health.serve(settings.health_port)
+    if settings.health_port is not None:  # bound by _listen
+        port = health.serve()
         log.info("health probes on :%d (/livez, /readyz)", port)
-    return health
 
 
 def main() -> None:
     """Console entry point ``scanward-worker``; configuration comes from the environment."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's full URL at INFO, and webhook URLs carry credentials
+    # and tokens (user:pass@, ?token=); a failed delivery's error names the URL redacted
+    # (scanward.webhook.redact_url). httpcore logs requests at DEBUG.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     tracing.configure("scanward-worker")
 
     async def _main() -> None:
@@ -236,7 +269,7 @@ def main() -> None:
         # scanward.client.run): the default one can abort the process at exit.
         client_api.run(_main())
     except (ConfigError, OSError, RuntimeError) as e:
-        print(f"scanward-worker: {e}", file=sys.stderr)
+        print(f"scanward-worker: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -6,6 +6,7 @@ An unset or empty variable means its default everywhere, as before."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -73,6 +74,21 @@ def env_optional_int(env: Mapping[str, str], name: str, *, min: int | None = Non
 def env_port(env: Mapping[str, str], name: str) -> int | None:
     """A TCP port to listen on, or None (off) when unset."""
     return env_optional_int(env, name, min=1, max=65535, what="a TCP port")
+
+
+def port_unavailable(name: str, port: int, error: OSError | str) -> ConfigError:
+    """``NAME='port': port N is in use``, or why else nothing can listen on it: for a
+    port read with :func:`env_port` that the process then fails to bind. ``error`` is
+    the bind's OSError, or the text of one reported by other code (Temporal's Rust
+    metrics exporter: ``... Address already in use (os error 98)``)."""
+    if isinstance(error, OSError):
+        in_use = error.errno == errno.EADDRINUSE
+        reason = error.strerror or str(error)
+    else:
+        in_use = "Address already in use" in error or f"os error {errno.EADDRINUSE})" in error
+        reason = error.rpartition(": ")[2] or error
+    why = f"port {port} is in use" if in_use else f"cannot listen on port {port}: {reason}"
+    return ConfigError(f"{name}={str(port)!r}: {' '.join(why.split())}")
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, min: float = 0.0,

@@ -33,6 +33,7 @@ class Health:
         self._problem: str | None = "starting"
         self._checks: dict[str, Check] = {}
         self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     def add_check(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -76,42 +77,65 @@ class Health:
                 return f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         return None
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet
+    def bind(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet
+        """Listen on ``port`` now, before the rest of start-up, so that a port in use
+        fails at once (``OSError``); requests wait until :meth:`serve`. Returns the
+        bound port (``0`` picks a free one)."""
+        return int(self._bind(port, host).server_address[1])
+
+    def _bind(self, port: int, host: str) -> ThreadingHTTPServer:
+        if self._server is not None:
+            raise RuntimeError("health server already bound")
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        return self._server
+
+    def serve(self, port: int | None = None, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet
         """Serve ``/livez``, ``/readyz`` and ``/metrics`` (scanner attempts) from a daemon
-        thread; returns the bound port."""
-        health = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    payload = exposition()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain; version=0.0.4")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                probes = {"/livez": health.live, "/healthz": health.live,
-                          "/readyz": health.ready}
-                probe = probes.get(self.path)
-                ok, text = probe() if probe else (False, "not found")
-                body = (text + "\n").encode()
-                self.send_response(200 if ok else (404 if probe is None else 503))
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
-        return int(self._server.server_address[1])
+        thread, on the port :meth:`bind` took or else on ``port``; returns the bound
+        port."""
+        server = self._server
+        if server is None:
+            if port is None:
+                raise ValueError("no port: bind() one first or pass it")
+            server = self._bind(port, host)
+        self._thread = threading.Thread(target=server.serve_forever, name="health",
+                                        daemon=True)
+        self._thread.start()
+        return int(server.server_address[1])
 
     def close(self) -> None:
-        if self._server is not None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
             with contextlib.suppress(OSError):
-                self._server.shutdown()
-                self._server.server_close()
-            self._server = None
+                if thread is not None:  # shutdown() waits for a serve_forever that ran
+                    server.shutdown()
+                server.server_close()
+
+
+def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                payload = exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            probes = {"/livez": health.live, "/healthz": health.live,
+                      "/readyz": health.ready}
+            probe = probes.get(self.path)
+            ok, text = probe() if probe else (False, "not found")
+            body = (text + "\n").encode()
+            self.send_response(200 if ok else (404 if probe is None else 503))
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler

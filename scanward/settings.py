@@ -98,11 +98,19 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
+                 check_paths: bool | None = None) -> Settings:
         """Settings from ``SCANWARD_*``; a value that cannot work raises
         :class:`~scanward.env_values.ConfigError` naming the variable and the form
-        expected, before anything starts (the worker and the CLI print it and exit 1)."""
+        expected, before anything starts (the worker and the CLI print it and exit 1).
+
+        ``check_paths``: whether directories scanward never creates must exist on this
+        machine (``SCANWARD_SECRETS_DIR``, the directory of an explicit SQLite database
+        outside ``SCANWARD_HOME``). By default, when the settings are this process's
+        own (``env`` is None); an explicit mapping may describe another machine, like
+        the pod of deploy/worker.yaml with its Secret mounted."""
         e = dict(os.environ if env is None else env)
+        check_paths = env is None if check_paths is None else check_paths
         home = _directory(e, "SCANWARD_HOME", DEFAULT_HOME).resolve()
         cluster = e.get("SCANWARD_CLUSTER") or None
         if cluster is not None and not _CLUSTER.fullmatch(cluster):
@@ -113,7 +121,9 @@ class Settings:
             _check_catalog(catalog)
         secrets_dir = e.get("SCANWARD_SECRETS_DIR") or None
         if secrets_dir is not None:
-            _directory(e, "SCANWARD_SECRETS_DIR", Path(secrets_dir))
+            # Nothing creates it (a mounted Secret): a missing one would only fail every
+            # scan that names a secret, with SecretNotFound.
+            _directory(e, "SCANWARD_SECRETS_DIR", Path(secrets_dir), must_exist=check_paths)
         _check_retention(e)
         _check_others(e)
         backend = env_choice(e, "SCANWARD_BACKEND", "local", BACKENDS)
@@ -121,7 +131,7 @@ class Settings:
             home=home,
             workspace_root=_directory(e, "SCANWARD_WORKSPACE", home / "workspace"),
             results_root=_directory(e, "SCANWARD_RESULTS", home / "results"),
-            database_url=_database_url(e, home),
+            database_url=_database_url(e, home, check_paths),
             task_queue=(e.get("SCANWARD_TASK_QUEUE") or "").strip()
             or task_queue_for(cluster),
             cluster=cluster,
@@ -145,29 +155,42 @@ class Settings:
         )
 
 
-def _directory(env: Mapping[str, str], name: str, default: Path) -> Path:
-    """A directory: it may not exist yet (the worker creates it), but it may not be a
-    file, which would only fail later at the first mkdir or clone."""
+def _directory(env: Mapping[str, str], name: str, default: Path, *,
+               must_exist: bool = False) -> Path:
+    """A directory. One the worker creates (``must_exist`` false) may not exist yet,
+    but it may not be a file, which would only fail later at the first mkdir or clone."""
     raw = env.get(name)
     path = Path(raw).expanduser() if raw else default
     if raw and path.exists() and not path.is_dir():
         raise bad(name, raw, "a directory (this is a file)")
+    if raw and must_exist and not path.exists():
+        raise bad(name, raw, "an existing directory (this one does not exist, and "
+                  "scanward does not create it)")
     return path
 
 
-def _database_url(env: Mapping[str, str], home: Path) -> str:
+def _database_url(env: Mapping[str, str], home: Path, check_paths: bool) -> str:
     raw = env.get("SCANWARD_DATABASE_URL")
     if not raw:
         return f"sqlite:///{home / 'scanward.db'}"
     # Imported here: the store pulls in SQLAlchemy, which most CLI commands never need.
     from scanward.store.errors import StoreError
-    from scanward.store.urls import normalize_url
+    from scanward.store.urls import SQLITE, normalize_url
 
     try:
-        normalize_url(raw)  # the form only: whether the database answers is the store's
+        url = normalize_url(raw)  # the form: whether the database answers is the store's
     except StoreError as err:
         # The store's message names the expected forms and masks any password.
         raise ConfigError(f"SCANWARD_DATABASE_URL: {err}") from None
+    if check_paths and url.get_backend_name() == SQLITE:
+        # The store creates the file's directory, as it must for the default under
+        # SCANWARD_HOME; an explicit path into a directory that does not exist is more
+        # likely a typo than a wish for a new tree (an SQLite URL holds no password).
+        folder = Path(url.database or "/").parent.resolve()
+        if not folder.exists() and not folder.is_relative_to(home):
+            raise bad("SCANWARD_DATABASE_URL", raw,
+                      f"an SQLite file in an existing directory ({folder} does not exist; "
+                      "scanward creates only those under SCANWARD_HOME)")
     return raw
 
 

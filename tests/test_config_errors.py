@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,15 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_WORKSPACE", A_FILE, {}, "a directory"),
     ("SCANWARD_RESULTS", A_FILE, {}, "a directory"),
     ("SCANWARD_SECRETS_DIR", A_FILE, {}, "a directory"),
+    # Nothing creates it: missing, every scan naming a secret would fail.
+    ("SCANWARD_SECRETS_DIR", "/nonexistent/secrets", {}, "an existing directory"),
     ("SCANWARD_DATABASE_URL", "mysql://u@db/scans", {}, "use sqlite:// or postgresql://"),
     ("SCANWARD_DATABASE_URL", "not a url", {}, "expected sqlite:////abs/path.db"),
     ("SCANWARD_DATABASE_URL", "postgresql://u:hunter2@/scans", {}, "names no host"),
+    # An explicit SQLite file outside SCANWARD_HOME in a directory that does not exist:
+    # a typo, not a tree to create.
+    ("SCANWARD_DATABASE_URL", "sqlite:////nonexistent-dir/x.db", {},
+     "an SQLite file in an existing directory (/nonexistent-dir does not exist"),
     ("SCANWARD_CLUSTER", "EU_West", {}, "a cluster name"),
     ("SCANWARD_BACKEND", "docker", {}, "one of local, kubernetes"),
     ("SCANWARD_ALLOW_LOCAL_REPOS", "maybe", {}, "1/true/yes/on or 0/false/no/off"),
@@ -132,8 +139,9 @@ def environment(name: str, value: str, extra: dict[str, str], tmp_path: Path
 
 
 def parse(env: dict[str, str]) -> None:
-    """What the worker parses before it starts: its settings, then its backend's."""
-    settings = Settings.from_env(env)
+    """What the worker parses before it starts: its settings (as its own, paths checked
+    on this machine), then its backend's."""
+    settings = Settings.from_env(env, check_paths=True)
     if settings.backend == "kubernetes":
         KubeSettings.from_env(env)
 
@@ -188,6 +196,25 @@ def test_good_values_and_defaults(tmp_path: Path) -> None:
     assert kube.context == "token"
 
 
+def test_paths_scanward_creates_may_be_missing(tmp_path: Path) -> None:
+    """Only what nothing creates must exist: SCANWARD_HOME (and an SQLite file under
+    it), the workspace and the results are made by scanward."""
+    home = tmp_path / "new-home"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    settings = Settings.from_env({
+        "SCANWARD_HOME": str(home), "SCANWARD_WORKSPACE": str(tmp_path / "new-workspace"),
+        "SCANWARD_RESULTS": str(tmp_path / "new-results"),
+        "SCANWARD_DATABASE_URL": f"sqlite:///{home / 'db' / 'scanward.db'}",
+        "SCANWARD_SECRETS_DIR": str(secrets)}, check_paths=True)
+    assert settings.secrets_dir == secrets and not home.exists()
+    # Settings described for another machine (deploy/'s manifest: a mounted Secret) are
+    # checked for their forms only.
+    there = Settings.from_env({"SCANWARD_SECRETS_DIR": "/nonexistent/secrets",
+                               "SCANWARD_DATABASE_URL": "sqlite:////nonexistent-dir/x.db"})
+    assert there.secrets_dir == Path("/nonexistent/secrets")
+
+
 # ------------------------------------------------------- the real entry points
 
 
@@ -207,6 +234,8 @@ ENTRY_CASES: list[tuple[str, tuple[str, ...], str, str]] = [
     ("scanward-worker", (), "SCANWARD_BACKEND", "docker"),
     ("scanward-worker", (), "SCANWARD_KUBE_TOLERATIONS", '[{"key"'),
     ("scanward-worker", (), "SCANWARD_METRICS_PORT", "70000"),
+    ("scanward-worker", (), "SCANWARD_SECRETS_DIR", "/nonexistent/secrets"),
+    ("scanward", ("list",), "SCANWARD_SECRETS_DIR", "/nonexistent/secrets"),
     ("scanward", ("list",), "SCANWARD_MAX_CACHED_WORKFLOWS", "1e3"),
     ("scanward", ("list", "--status", "dead"), "SCANWARD_KUBE_NODE_SELECTOR", "ssd"),
     ("scanward", ("dev",), "SCANWARD_HEALTH_PORT", "http"),
@@ -225,7 +254,7 @@ def test_entry_point_prints_one_line_and_exits_1(program: str, args: tuple[str, 
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    prefix = "scanward-worker: " if program == "scanward-worker" else "scanward: error: "
+    prefix = f"{program}: error: "
     assert lines[0].startswith(f"{prefix}{name}={value!r}: expected "), lines[0]
     assert not out.strip(), out
 
@@ -234,5 +263,42 @@ def test_bad_database_url_from_the_worker_never_shows_the_password(tmp_path: Pat
     code, _, err = run("scanward-worker", env={
         "SCANWARD_HOME": str(tmp_path / "home"),
         "SCANWARD_DATABASE_URL": "postgresql://scanward:hunter2@/scanward"}, cwd=tmp_path)
-    assert code == 1 and err.startswith("scanward-worker: SCANWARD_DATABASE_URL: "), err
+    assert code == 1 and err.startswith("scanward-worker: error: SCANWARD_DATABASE_URL: "), err
     assert len(err.strip().splitlines()) == 1 and "hunter2" not in err, err
+
+
+@pytest.mark.parametrize("program", ["scanward-worker", "scanward"])
+def test_sqlite_url_into_a_missing_directory_creates_nothing(program: str,
+                                                             tmp_path: Path) -> None:
+    """An explicit SQLite file outside SCANWARD_HOME whose directory does not exist is
+    a typo: stopped at start, and no directory tree made for it."""
+    typo = tmp_path / "typo" / "deeper"
+    url = f"sqlite:///{typo / 'x.db'}"
+    code, out, err = run(program, *(() if program == "scanward-worker" else ("list",)),
+                         env={"SCANWARD_HOME": str(tmp_path / "home"),
+                              "SCANWARD_DATABASE_URL": url}, cwd=tmp_path)
+    assert code == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{program}: error: SCANWARD_DATABASE_URL='sqlite:///"), err  # the URL, shortened
+    assert lines[0].endswith(
+        f": expected an SQLite file in an existing directory ({typo} does not exist; "
+        "scanward creates only those under SCANWARD_HOME)"), err
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("name", ["SCANWARD_HEALTH_PORT", "SCANWARD_METRICS_PORT"])
+def test_worker_port_in_use_is_one_line_before_start_up(name: str, tmp_path: Path) -> None:
+    """A port another process listens on stops the worker with one line naming the
+    variable, before its directories, migrations or Temporal connection."""
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - where the worker binds its ports
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run("scanward-worker", env={"SCANWARD_HOME": str(home),
+                                                      name: str(port)}, cwd=tmp_path)
+    assert code == 1, (out, err)
+    assert err.strip().splitlines() == [
+        f"scanward-worker: error: {name}='{port}': port {port} is in use"], err
+    assert not home.exists(), "start-up work ran before the port was taken"

@@ -1,11 +1,13 @@
 """The worker as a real process: SIGKILL mid-scan and restart (crash safety), SIGTERM
-(graceful shutdown finishes in-flight work and exits 0)."""
+(graceful shutdown finishes in-flight work and exits 0), and what its log must never
+hold."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -117,3 +119,30 @@ async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(
                async for e in handle.fetch_history_events()
                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
     assert all(a == 1 for a in started), started  # nothing was retried
+
+
+async def test_webhook_credentials_stay_out_of_the_worker_log(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    """A webhook URL's userinfo and query carry credentials: delivering to it logs
+    neither (httpx would log every request's full URL at INFO)."""
+    token, password = f"tok{uuid.uuid4().hex}", f"pw{uuid.uuid4().hex}"
+    url = receiver.url.replace("http://", f"http://hookuser:{password}@") + f"?token={token}"
+    log = tmp_path / "worker.log"
+    proc = spawn_worker(worker_env(temporal_env, settings), log)
+    try:
+        handle = await start(client, settings, scan_request(
+            flawed_repo, "fake", notify=(NotifyTarget(url=url, secret_ref="hook"),)))
+        summary = await handle.result()
+        await eventually(lambda: _accepted(receiver), what="the webhook delivered")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+    assert summary.status is ScanStatus.COMPLETED
+    text = log.read_text()
+    assert "worker polling" in text  # the log is the worker's, at INFO
+    assert token not in text and password not in text, text
+
+
+async def _accepted(receiver: WebhookReceiver) -> bool:
+    return len(receiver.accepted) == 1
