@@ -1,5 +1,5 @@
 """The notify activity: one signed webhook POST per target. The idempotency key is
-derived from the scan, so a retried activity never notifies twice as the receiver
+derived from the scan's run, so a retried activity never notifies twice as the receiver
 sees it. Every delivery attempt is counted (``scanward_webhook_deliveries_total``) so
 that failing receivers alert."""
 
@@ -40,7 +40,8 @@ class NotifyActivities:
                 raise ApplicationError(str(e), type="SecretNotFound",
                                        non_retryable=True) from e
             try:
-                status = await deliver(req.target.url, secret, req.summary)
+                status = await deliver(req.target.url, secret, req.summary,
+                                       run_id=req.run_id)
             except WebhookRejected as e:
                 outcome = "rejected"
                 raise ApplicationError(str(e), type="WebhookRejected",

@@ -53,7 +53,7 @@ from scanward.contract import (
     ScanRequest,
     ScanStatus,
     ScanSummary,
-    tuning_problems,
+    request_problems,
 )
 from scanward.inputs import InputError
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
@@ -180,7 +180,7 @@ async def start_scan(
     queue a tenant with 1,000 scans queued does not starve one that queues 10.
     ``priority`` overrides it (``Priority.default``: no fairness key, plain FIFO).
     """
-    problems = tuning_problems(request.tuning)
+    problems = request_problems(request)
     if problems:  # the workflow would refuse it too; said here before anything starts
         raise InputError(f"invalid scan request: {'; '.join(problems)}")
     if priority is None:

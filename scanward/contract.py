@@ -14,6 +14,7 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -147,6 +148,32 @@ class RetryTuning(Frozen):
 
 MAX_BACKOFF_COEFFICIENT = 10.0
 MAX_TUNED_DURATION = timedelta(days=30)
+
+
+def request_problems(request: ScanRequest) -> list[str]:
+    """What in ``request`` the workflow refuses beyond the models' own validation (it
+    applies these behind the ``request-checked`` patch; ``start_scan`` before starting):
+    tuning Temporal cannot apply, an abbreviated commit (git cannot fetch one, and it
+    would name a second scan of the same commit), and credentials in a webhook URL
+    (they would enter the workflow's history: use ``secret_ref`` for the key)."""
+    problems = tuning_problems(request.tuning)
+    if request.commit is not None and len(request.commit) not in (40, 64):
+        problems.append(f"commit: {request.commit!r} is abbreviated: give the full "
+                        "40-hex SHA (git cannot fetch an abbreviated one)")
+    for i, target in enumerate(request.notify):
+        if _has_credentials(target.url):
+            problems.append(f"notify.{i}.url: credentials in a webhook URL would enter the "
+                            "scan's history; the receiver authenticates the signature made "
+                            "with secret_ref")
+    return problems
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.username is not None or parts.password is not None
+    except ValueError:
+        return False
 
 
 def tuning_problems(tuning: RetryTuning) -> list[str]:
@@ -376,6 +403,9 @@ class ScanSummary(Message):
     # with the "lifecycle-in-summary" patch); by_severity and finding_count then count
     # the open findings only (not suppressed, not triaged).
     lifecycle: ScanLifecycle | None = None
+    # Webhooks given up on (the URL without credentials or query, and why): in the
+    # workflow's result and its progress query, never in a webhook's body.
+    undelivered_webhooks: tuple[str, ...] = ()
 
     def with_lifecycle(self, lifecycle: ScanLifecycle) -> ScanSummary:
         """This summary with ``lifecycle``, counting open findings only."""
@@ -388,6 +418,10 @@ class NotifyInput(Message):
     scan_id: str
     target: NotifyTarget
     summary: ScanSummary
+    # The workflow run the delivery belongs to: part of its Idempotency-Key, so a scan
+    # started again under the same id (after a failure or a cancel) is not dropped as a
+    # duplicate. None in inputs scheduled before it existed: the key as it was.
+    run_id: str | None = None
 
 
 class FinalizeInput(Message):

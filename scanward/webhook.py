@@ -16,9 +16,11 @@ Each request carries:
 * :data:`SIGNATURE_HEADER`: ``sha256=<hex>``, HMAC-SHA256 with the target's secret over
   ``f"{timestamp}.".encode() + body``: receivers check it with :func:`verify`, which also
   refuses timestamps outside a tolerance window (replays);
-* :data:`IDEMPOTENCY_HEADER`: :func:`idempotency_key` of the scan and the target URL, the
-  same on every retry, so a receiver can drop duplicates. A receiver that answers
-  ``409 Conflict`` to a key it has seen is treated as having been delivered to.
+* :data:`IDEMPOTENCY_HEADER`: :func:`idempotency_key` of the scan's run and the target
+  URL, the same on every retry, so a receiver can drop duplicates; a scan started again
+  under the same id (after a failure or a cancel) is a new run with a new key. A
+  receiver that answers ``409 Conflict`` to a key it has seen is treated as having been
+  delivered to.
 
 :func:`deliver` raises :class:`WebhookFailed` when retrying may help (5xx, 408, 425,
 429, timeouts, connection errors) and :class:`WebhookRejected` when it cannot (other
@@ -96,10 +98,15 @@ class WebhookFailed(WebhookError):
         self.retry_after_s = retry_after_s
 
 
-def idempotency_key(scan_id: str, target_url: str) -> str:
-    """The delivery's idempotency key: 64 hex digits, a function of the scan and the
-    target only, so it is the same on every retry (and reveals neither)."""
+def idempotency_key(scan_id: str, target_url: str, run_id: str | None = None) -> str:
+    """The delivery's idempotency key: 64 hex digits, a function of the scan's run and
+    the target only, so it is the same on every retry (and reveals neither). A scan id
+    started again after a failure or a cancel is a new run, with a new key: its result is
+    news to a receiver that already has the first run's. ``run_id`` None: the key of
+    deliveries scheduled before runs were part of it."""
     material = f"scanward-webhook/1\x00{EVENT}\x00{scan_id}\x00{target_url}"
+    if run_id is not None:
+        material = f"scanward-webhook/2\x00{EVENT}\x00{scan_id}\x00{run_id}\x00{target_url}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -157,7 +164,8 @@ def redact_url(url: str) -> str:
 
 
 async def deliver(target_url: str, secret: bytes, summary: ScanSummary, *,
-                  timeout_s: float = 10.0, client: httpx.AsyncClient | None = None) -> int:
+                  timeout_s: float = 10.0, client: httpx.AsyncClient | None = None,
+                  run_id: str | None = None) -> int:
     """POST ``summary`` to ``target_url``, signed with ``secret``; return the HTTP status.
 
     Returns on 2xx, and on 409 (the receiver already has this idempotency key). Raises
@@ -180,7 +188,7 @@ async def deliver(target_url: str, secret: bytes, summary: ScanSummary, *,
         EVENT_HEADER: EVENT,
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: sign(secret, timestamp, body),
-        IDEMPOTENCY_HEADER: idempotency_key(summary.scan_id, target_url),
+        IDEMPOTENCY_HEADER: idempotency_key(summary.scan_id, target_url, run_id),
     }
     try:
         async with asyncio.timeout(timeout_s):

@@ -263,3 +263,29 @@ async def test_scans_are_routed_to_their_clusters_workers(client: Client, settin
             assert store.get_scan(scan_id) is not None  # stored by that cluster's worker
         finally:
             store.close()
+
+
+async def test_a_scan_started_again_is_news_to_its_webhook(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path,
+        receiver: WebhookReceiver) -> None:
+    """The same id started again after a cancel (allowed: a failed or cancelled run can
+    be started again) is a new run: its webhook carries a new Idempotency-Key. With one
+    key per scan id, the receiver answered the completed run with 409 (a duplicate of the
+    cancelled one) and never processed the result."""
+    hook = NotifyTarget(url=receiver.url, secret_ref="hook")
+    sleepy = scan_request(flawed_repo, "sleepy", notify=(hook,))
+    handle = await start(client, settings, sleepy)
+    await eventually(lambda: _true((state_dir / "pid").exists()), what="the scanner to start")
+    await api.cancel(client, handle.id)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    (state_dir / "pid").unlink()
+    # Started again: a different sleep this time, so the run completes.
+    (state_dir / "seconds").write_text("0")
+    again = await start(client, settings, sleepy)
+    assert again.id == handle.id
+    summary: ScanSummary = await again.result()
+    assert summary.status is ScanStatus.COMPLETED
+    accepted = [(d.body["scan"]["status"], d.key) for d in receiver.accepted]
+    assert [status for status, _ in accepted] == ["cancelled", "completed"], receiver.statuses
+    assert accepted[0][1] != accepted[1][1]

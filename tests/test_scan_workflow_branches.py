@@ -112,7 +112,8 @@ class Stubs:
                  persist_failures: Mapping[str, Sequence[FailureClass]] | None = None,
                  plan_memory: int = PLAN_MEMORY_MIB,
                  clone_error: Callable[[], ApplicationError] | None = None,
-                 down: frozenset[str] = frozenset(), hang: bool = False) -> None:
+                 down: frozenset[str] = frozenset(), hang: bool = False,
+                 store_down: int = 0) -> None:
         self.calls: list[Call] = []
         self.scanner_failures = {k: list(v) for k, v in (scanner_failures or {}).items()}
         self.persist_failures = {k: list(v) for k, v in (persist_failures or {}).items()}
@@ -123,6 +124,7 @@ class Stubs:
         self.scanner_running = asyncio.Event()
         self.scanner_cancelled = asyncio.Event()
         self.persisted = 0  # persist_results calls that stored findings
+        self.store_down = store_down  # persist_results calls the store is down for
 
     def _record(self, name: str, arg: Any) -> None:
         info = activity.info()
@@ -182,6 +184,10 @@ class Stubs:
     @activity.defn(name="persist_results")
     async def persist_results(self, req: PersistInput) -> PersistResult:
         self._record("persist_results", req)
+        if self.store_down:  # what the real one raises while the database is down
+            self.store_down -= 1
+            raise ApplicationError("recording scanner result failed: connection refused",
+                                   type="StoreError")
         failures = self.persist_failures.get(req.scanner, [])
         if failures:  # what ResultActivities.persist_results raises for unreadable SARIF
             failure = failures.pop(0)
@@ -517,6 +523,12 @@ async def test_webhook_down_does_not_fail_the_scan(client: Client) -> None:
                      (SPARE_HOOK.url, 1)]
     assert stubs.names()[-1] == "cleanup_workspace"
     assert stubs.names().count("cleanup_workspace") == 1
+    # Not failed, and not silent: the result names the receiver given up on, and why.
+    (undelivered,) = summary.undelivered_webhooks
+    assert undelivered.startswith(f"{HOOK.url}: ") and "503" in undelivered
+    # Each delivery carries the run it belongs to (part of its Idempotency-Key).
+    run_id = (await handle.describe()).run_id
+    assert {c.arg.run_id for c in stubs.calls if c.activity == "notify_webhook"} == {run_id}
 
 
 async def test_cancel_while_scanning_stops_the_scanner_on_the_control_queue(
@@ -587,8 +599,14 @@ async def test_invalid_start_input_from_temporal_cli_fails_at_once(
       '"tuning": {"clone_timeout": 0}}'], "tuning.clone_timeout: 0:00:00 is not in"),
     (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
       '"tuning": {"backoff_coefficient": 1e300}}'], "tuning.backoff_coefficient: 1e+300"),
+    # Accepted by the models, then the clone failed late: "couldn't find remote ref".
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], '
+      '"commit": "0123abc"}'], "commit: '0123abc' is abbreviated"),
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], "notify": '
+      '[{"url": "https://u:pw@hooks.example.com/x", "secret_ref": "hook"}]}'],
+     "notify.0.url: credentials in a webhook URL"),
 ], ids=["no-input", "binary-plain", "negative-interval", "max-below-initial",
-        "zero-timeout", "huge-backoff"])
+        "zero-timeout", "huge-backoff", "short-commit", "webhook-credentials"])
 async def test_start_input_the_sdk_does_not_refuse_fails_at_once(
         temporal_env: WorkflowEnvironment, client: Client, cli_args: list[str],
         problem: str) -> None:
@@ -627,3 +645,22 @@ def test_backoff_saturates_instead_of_overflowing() -> None:
     assert backoff(tuning, 1) == tuning.initial_interval
     assert backoff(tuning, 3) == tuning.maximum_interval  # 1e600: past a float
     assert backoff(RetryTuning(backoff_coefficient=10), 20) == RetryTuning().maximum_interval
+
+
+async def test_store_down_holds_the_scan_at_persist_without_rerunning_the_scanner(
+        client: Client) -> None:
+    """A store outage longer than the I/O retries used to fail persist_results, which
+    the workflow took for a crashed scanner: the scanner ran again, then went dead as
+    "crashed". Persist is retried until the store answers; the scanner runs once."""
+    stubs = Stubs(store_down=FAST.io_attempts + 2)
+    with quick(15):
+        async with stub_worker(client, stubs) as queue:
+            handle = await api.start_scan(client, request("alpha"), task_queue=queue)
+            summary = await handle.result()
+    assert summary.status is ScanStatus.COMPLETED
+    alpha = run_of(summary, "alpha")
+    assert (alpha.status, alpha.attempts, alpha.failure_class) == (
+        ScannerStatus.SUCCEEDED, 1, None)
+    assert len(stubs.of("run_scanner", ScannerJobInput)) == 1
+    persists = [c.attempt for c in stubs.calls if c.activity == "persist_results"]
+    assert persists == list(range(1, FAST.io_attempts + 4))

@@ -45,11 +45,12 @@ with workflow.unsafe.imports_passed_through():
         ScanStatus,
         ScanSummary,
         Severity,
-        tuning_problems,
+        request_problems,
     )
     from scanward.policy import activity_priority, after_failure, backoff, job_deadline
     from scanward.scan_details import current_details
     from scanward.settings import control_queue_for
+    from scanward.webhook import redact_url
 
 from workflows.payloads import NO_INPUT, decode
 
@@ -65,20 +66,25 @@ COST_WEIGHTED = "cost-weighted-fairness"
 # A stop goes to the worker's control queue (scanward.settings.control_queue_for), whose
 # slots no running scanner holds; before, to the scan's own task queue.
 STOP_ON_CONTROL_QUEUE = "stop-on-control-queue"
-# A request whose tuning Temporal would refuse (negative intervals, zero timeouts) fails
-# the scan at once instead of its first task forever.
-TUNING_CHECKED = "tuning-checked"
+# A request contract.request_problems refuses (tuning Temporal would refuse, an
+# abbreviated commit, credentials in a webhook URL) fails the scan at once.
+REQUEST_CHECKED = "request-checked"
 
 Verdict = TypeVar("Verdict", RetrySignal, AbandonSignal)
 
 
 
-def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = ()) -> RetryPolicy:
+def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = (), *,
+              until_done: bool = False) -> RetryPolicy:
+    """Retries of an I/O activity. ``until_done``: the store's writes, retried until the
+    store answers (a store outage holds the scan at that step, visible as the pending
+    activity's last failure, instead of failing a scanner that ran fine and running it
+    again); what retrying cannot fix is non-retryable."""
     return RetryPolicy(
         initial_interval=tuning.initial_interval,
         backoff_coefficient=tuning.backoff_coefficient,
         maximum_interval=tuning.maximum_interval,
-        maximum_attempts=tuning.io_attempts,
+        maximum_attempts=0 if until_done else tuning.io_attempts,
         non_retryable_error_types=list(non_retryable),
     )
 
@@ -128,6 +134,7 @@ class ScanWorkflow:
         self._by_severity: dict[Severity, int] = {}
         self._reason: str | None = None
         self._lifecycle: ScanLifecycle | None = None
+        self._undelivered: list[str] = []
 
     # ----------------------------------------------------------- queries/updates/signals
 
@@ -216,10 +223,11 @@ class ScanWorkflow:
         if request is None:
             # decode's message already says "invalid scan request: ...".
             self._refuse(self._invalid or "invalid scan request")
-        # Tuning Temporal would refuse fails the task again and again: refused here,
-        # behind a patch (recorded only for such a request) so older histories replay.
-        problems = tuning_problems(request.tuning)
-        if problems and workflow.patched(TUNING_CHECKED):
+        # What the models accept but the scan cannot run (tuning Temporal refuses fails
+        # the task again and again; an abbreviated commit cannot be fetched): refused
+        # here, behind a patch recorded only for such a request, so older histories replay.
+        problems = request_problems(request)
+        if problems and workflow.patched(REQUEST_CHECKED):
             self._refuse(f"invalid scan request: {'; '.join(problems)}")
         scan_id = workflow.info().workflow_id
         try:
@@ -346,7 +354,8 @@ class ScanWorkflow:
             priority=self._priority("persist_results"),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=tuning.heartbeat_timeout,  # persist heartbeats per batch
-            retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,)),
+            retry_policy=_io_retry(tuning, (FailureClass.BROKEN_SARIF.value,),
+                                   until_done=True),
             summary=f"persist {name} attempt {attempt}",
         )
         for severity, count in stored.by_severity.items():
@@ -426,7 +435,7 @@ class ScanWorkflow:
             scanners=tuple(self._runs[n] for n in sorted(self._runs)),
             finding_count=sum(r.finding_count or 0 for r in self._runs.values()),
             by_severity=dict(self._by_severity), checkout_bytes=self._checkout_bytes,
-            reason=self._reason,
+            reason=self._reason, undelivered_webhooks=tuple(self._undelivered),
         )
         return summary if self._lifecycle is None else summary.with_lifecycle(self._lifecycle)
 
@@ -450,7 +459,8 @@ class ScanWorkflow:
         lifecycle = await workflow.execute_activity_method(
             ResultActivities.finalize_scan, FinalizeInput(summary=summary),
             priority=self._priority("finalize_scan"),
-            start_to_close_timeout=timedelta(minutes=2), retry_policy=_io_retry(tuning),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_io_retry(tuning, until_done=True),
         )
         # Patched ("lifecycle-in-summary"): finalize_scan returns the scan's lifecycle
         # (new / existing / fixed, the first new findings) and the webhooks carry it, with
@@ -464,15 +474,19 @@ class ScanWorkflow:
             try:
                 await workflow.execute_activity_method(
                     NotifyActivities.notify_webhook,
-                    NotifyInput(scan_id=summary.scan_id, target=target, summary=summary),
+                    NotifyInput(scan_id=summary.scan_id, target=target, summary=summary,
+                                run_id=workflow.info().run_id),
                     priority=self._priority("notify_webhook"),
                     start_to_close_timeout=tuning.notify_timeout,
                     retry_policy=_io_retry(tuning, ("SecretNotFound", "WebhookRejected")),
                 )
             except ActivityError as e:
-                # A receiver that is down must not turn a finished scan into a failed one.
-                workflow.logger.warning("webhook %s not delivered: %s", target.url,
-                                        _failure_of(e)[1])
+                # A receiver that is down must not turn a finished scan into a failed one,
+                # but the result says so (the URL's credentials and query never).
+                why = _failure_of(e)[1].splitlines()[0][:300]
+                self._undelivered.append(f"{redact_url(target.url)}: {why}")
+                workflow.logger.warning("webhook %s not delivered: %s",
+                                        redact_url(target.url), why)
         await workflow.execute_activity_method(
             WorkspaceActivities.cleanup_workspace, summary.scan_id,
             priority=self._priority("cleanup_workspace"),
