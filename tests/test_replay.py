@@ -51,6 +51,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "webhook_down": {"failed": ["WebhookFailed"], "scheduled": ["run_scanner", "notify_webhook"],
                      "closed": "COMPLETED"},
     "bad_input": {"scheduled": [], "closed": "FAILED"},
+    "request_refused": {"scheduled": [], "closed": "FAILED", "events": ["MARKER_RECORDED"]},
     "deadline_abandoned": {"failed": ["deadline_exceeded"], "events": ["UPDATE_COMPLETED"],
                            "scheduled": ["run_scanner"], "closed": "COMPLETED"},
     # kubernetes backend, against the test control plane

@@ -220,6 +220,17 @@ async def bad_input(stack: Stack) -> Handle:
     return await _fails(handle, "invalid scan request: repository")
 
 
+async def request_refused(stack: Stack) -> Handle:
+    """A start request the models accept but the scan cannot run (an abbreviated commit):
+    fails at once behind the ``request-checked`` patch (its marker is in the history)."""
+    scan_id = f"scan-default-{uuid.uuid4().hex[:20]}"
+    handle: Handle = await stack.client.start_workflow(
+        "ScanWorkflow", {"repository": stack.repo.as_uri(), "commit": "0123abc",
+                         "scanners": ["fake"]}, id=scan_id,
+        task_queue=stack.local.task_queue, result_type=ScanSummary)
+    return await _fails(handle, "commit: '0123abc' is abbreviated")
+
+
 async def deadline_abandoned(stack: Stack) -> Handle:
     """The local job deadline is exceeded: dead at once (not retried), then abandoned."""
     _reset(stack.state)
@@ -324,6 +335,7 @@ LOCAL: dict[str, Scenario] = {
     "clone_failure": clone_failure,
     "webhook_down": webhook_down,
     "bad_input": bad_input,
+    "request_refused": request_refused,
     "deadline_abandoned": deadline_abandoned,
 }
 KUBERNETES: dict[str, Scenario] = {
