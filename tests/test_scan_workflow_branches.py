@@ -560,33 +560,13 @@ async def test_cancel_while_scanning_stops_the_scanner_on_the_control_queue(
     assert run_of(live, "alpha").status is ScannerStatus.CANCELLED
 
 
-async def test_invalid_start_input_from_temporal_cli_fails_at_once(
-        temporal_env: WorkflowEnvironment, client: Client) -> None:
-    stubs = Stubs()
-    scan_id = f"scan-bad-{uuid.uuid4().hex[:12]}"
-    with quick():
-        async with stub_worker(client, stubs) as queue:
-            started = temporal_cli(
-                temporal_env, "workflow", "start", "--type", "ScanWorkflow",
-                "--task-queue", queue, "--workflow-id", scan_id,
-                "--input", '{"repository": "' + REPOSITORY + '", "scanners": ["Alpha!"]}')
-            assert started.returncode == 0, started.stderr
-            message = await ends_failed(client, scan_id)
-            assert await scan_status_attribute(client, scan_id) == "failed"
-            live = await api.progress(client, scan_id)
-
-    problem = "scanners: scanner name 'Alpha!' is malformed"
-    # Said once: decode names it, the workflow does not prefix it again.
-    assert message.startswith(f"InvalidRequest: invalid scan request: {problem}"), message
-    assert message.count("invalid scan request") == 1, message
-    assert live.status is ScanStatus.FAILED and message.endswith(live.reason or "-")
-    assert stubs.calls == []  # no activity at all: not even finalize_scan or cleanup
-
-
-# Start input Temporal's CLI (or another SDK) can send that the SDK hands to the workflow
-# without failing first: each used to fail the first workflow task again and again (the
-# scan hung "running", uncounted); now each fails the scan at once, visibly.
+# Start input from Temporal's CLI (or another SDK) that the workflow cannot run fails the
+# scan at once, visibly. From "no-input" on, the SDK handed each to the workflow without
+# failing first, and each failed the first workflow task again and again (the scan hung
+# "running", uncounted).
 @pytest.mark.parametrize(("cli_args", "problem"), [
+    (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["Alpha!"]}'],
+     "scanners: scanner name 'Alpha!' is malformed"),
     ([], "repository: Field required"),  # no --input at all
     (["--input", '"{}"', "--input-meta", "encoding=binary/plain"],
      "encoding binary/plain gave bytes, not a JSON object"),
@@ -605,9 +585,9 @@ async def test_invalid_start_input_from_temporal_cli_fails_at_once(
     (["--input", '{"repository": "' + REPOSITORY + '", "scanners": ["alpha"], "notify": '
       '[{"url": "https://u:pw@hooks.example.com/x", "secret_ref": "hook"}]}'],
      "notify.0.url: credentials in a webhook URL"),
-], ids=["no-input", "binary-plain", "negative-interval", "max-below-initial",
+], ids=["malformed-scanner", "no-input", "binary-plain", "negative-interval", "max-below-initial",
         "zero-timeout", "huge-backoff", "short-commit", "webhook-credentials"])
-async def test_start_input_the_sdk_does_not_refuse_fails_at_once(
+async def test_invalid_start_input_from_temporal_cli_fails_at_once(
         temporal_env: WorkflowEnvironment, client: Client, cli_args: list[str],
         problem: str) -> None:
     stubs = Stubs()
@@ -620,9 +600,12 @@ async def test_start_input_the_sdk_does_not_refuse_fails_at_once(
             assert started.returncode == 0, started.stderr
             message = await ends_failed(client, scan_id)
             assert await scan_status_attribute(client, scan_id) == "failed"
+            live = await api.progress(client, scan_id)
+    # Said once: the workflow does not prefix decode's message again.
     assert message.startswith("InvalidRequest: invalid scan request: "), message
-    assert problem in message, message
-    assert stubs.calls == []
+    assert problem in message and message.count("invalid scan request") == 1, message
+    assert live.status is ScanStatus.FAILED and message.endswith(live.reason or "-")
+    assert stubs.calls == []  # no activity at all: not even finalize_scan or cleanup
 
 
 async def test_tuning_problems_name_each_field_and_the_client_refuses_them(
