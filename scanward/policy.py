@@ -57,12 +57,15 @@ def after_failure(
     max_attempts: int,
     max_memory_mib: int,
     message: str = "",
+    total_attempts: int | None = None,
 ) -> RetryDecision:
     """Decide what follows a failed attempt.
 
     ``counted_attempts`` includes the one that just failed. OOM doubles memory up to the
     cap (and is dead once the cap did not help); eviction retries without counting;
     terminal classes are dead at once; everything else retries until attempts run out.
+    ``total_attempts`` (all of the scanner's, operator retries included) only words the
+    reason, where it differs from the counted ones.
     """
     detail = f": {message}" if message else ""
     if failure in TERMINAL:
@@ -72,7 +75,10 @@ def after_failure(
     if counted_attempts >= max_attempts:
         return RetryDecision(
             False, resources,
-            reason=f"{failure.value} after {counted_attempts} attempt(s){detail}",
+            reason=f"{failure.value} after {counted_attempts} attempt(s)"
+                   + (f" since the last operator retry ({total_attempts} in all)"
+                      if total_attempts and total_attempts != counted_attempts else "")
+                   + detail,
         )
     if failure is FailureClass.OOM_KILLED:
         if resources.memory_mib >= max_memory_mib:

@@ -66,6 +66,13 @@ def test_crashes_retry_until_attempts_are_spent() -> None:
     d = after_failure(FailureClass.CRASHED, resources=R, counted_attempts=3, max_attempts=3,
                       max_memory_mib=4096, message="exit 1")
     assert not d.retry and d.reason == "crashed after 3 attempt(s): exit 1"
+    # Dead again after an operator retry: the reason said "after 3 attempt(s)" beside an
+    # attempts column of 6.
+    again = after_failure(FailureClass.CRASHED, resources=R, counted_attempts=3,
+                          max_attempts=3, max_memory_mib=4096, message="exit 1",
+                          total_attempts=6)
+    assert again.reason == ("crashed after 3 attempt(s) since the last operator retry "
+                            "(6 in all): exit 1")
 
 
 def test_backoff_is_exponential_and_capped() -> None:

@@ -296,7 +296,8 @@ class ScanWorkflow:
                 failure, message = _failure_of(e)
             decision = after_failure(failure, resources=resources, counted_attempts=counted + 1,
                                      max_attempts=tuning.scanner_attempts,
-                                     max_memory_mib=plan.max_memory_mib, message=message)
+                                     max_memory_mib=plan.max_memory_mib, message=message,
+                                     total_attempts=attempt)
             counted += 1 if decision.counts else 0
             if decision.retry:
                 self._update(name, status=ScannerStatus.RETRYING, failure_class=failure,
