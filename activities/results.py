@@ -10,7 +10,8 @@ batch are stored with the scan and the scanner's completion in a single transact
 
 Why batches are safe to retry: each batch inserts findings keyed by (scan, fingerprint)
 and ignores those already there, and fingerprints are a pure function of the SARIF
-file, which never changes once the attempt wrote it. So a retry after a crash re-adds
+file and the checkout (snippets are checked against it), neither of which changes once
+the attempt wrote its SARIF. So a retry after a crash re-adds
 what was committed (no duplicate) and adds the rest (nothing lost). Only the last step,
 :meth:`Store.complete_scanner_result`, marks the scanner as succeeded with its stored
 count: until then a reader sees the scanner as not finished. (One transaction per

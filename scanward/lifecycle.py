@@ -4,11 +4,16 @@ the CLI share.
 * **Match fingerprint.** A finding is followed from scan to scan by a fingerprint that
   does not depend on where it is in the file (GitHub's ``partialFingerprints``,
   DefectDojo's hash code): the scanner, rule, path and the flagged code (the region's
-  snippet, whitespace-collapsed, inline suppression markers removed), or, for a result
-  without a snippet, its message; plus the finding's ordinal among the distinct results
-  with that same basis in the file, in position order, so two identical flawed lines
-  stay two findings while lines inserted above them change nothing. The *exact*
-  fingerprint (``Finding.fingerprint``) still dedupes within one scan.
+  snippet as :mod:`scanward.sarif` checked it against the checkout, whitespace-collapsed,
+  inline suppression markers removed), or, for a result without a snippet, its message;
+  plus the finding's ordinal among the distinct results with that same basis in the
+  file, in position order, so two identical flawed lines stay two findings while lines
+  inserted above them change nothing. The *exact* fingerprint (``Finding.fingerprint``)
+  still dedupes within one scan. The limit: identical findings of one file are told
+  apart by their order only, so removing or adding one shifts the identities (and
+  triage) of those after it. Context (the enclosing block, neighbouring lines) is not
+  in the basis on purpose: it would change every stored fingerprint of such findings,
+  and make editing the enclosing line a new finding (see the README).
 * **Lifecycle.** Each finished scan is compared with the previous completed scan of the
   same (tenant, repository, ref) and scanners: a finding is ``new``, ``existing`` (first
   seen in an earlier scan, carried along) or ``fixed`` (in the previous scan, gone now).

@@ -45,6 +45,16 @@ Normalisation rules:
 * **message**: ``message.text``, else ``message.id`` resolved through the rule's (or the
   tool's global) ``messageStrings``; ``{0}``-style placeholders are filled from
   ``message.arguments``; at most :data:`MAX_MESSAGE_CHARS` characters.
+* **snippet** (what fingerprints are made of; never stored): the primary region's
+  ``snippet.text``, whitespace-collapsed, checked against the checkout when it is given
+  (:meth:`_Run.checked_snippet`): a snippet that is the text of *other* whole lines of
+  the file than the region's ``startLine``..``endLine`` is a misquote (bandit 1.9 quotes
+  a line after any call written over several lines), replaced by the region's lines as
+  the checkout has them. Every other snippet is kept as the tool wrote it (the region's
+  own text, the normal case, whose fingerprints therefore never changed; part of a line
+  that is no whole line; text that is not the file's, such as gitleaks' ``REDACTED``),
+  as is any snippet of a file that cannot be read (unresolved, not a regular file of the
+  checkout, over 4 MiB, binary) or of a region past its end.
 * **fingerprint** (64 hex digits, see :mod:`scanward.sarif_fingerprints`): stable across runs of the
   same code and, where the SARIF allows it, across line shifts. Two results get the same
   fingerprint only if they are the same finding: same rule, path, lines, columns and
@@ -317,6 +327,7 @@ class _Run:
         self.bases = self.obj(header, "originalUriBaseIds", where) or {}
         self.artifacts = self.arr(header, "artifacts", where) or []
         self.uris = UriResolver(paths, self.base, self.base_cycle)
+        self.paths = paths
 
     # -- typed access, failing with the JSON path
 
@@ -573,7 +584,27 @@ class _Run:
                 text = self.str_(snip, "text", f"{rwhere}.snippet")
                 if text is not None:
                     out.snippet = " ".join(text.split()) or None
+        if out.snippet is not None and out.start_line is not None and not out.unresolved:
+            out.snippet = self.checked_snippet(out.path, out.start_line, out.end_line,
+                                               out.snippet)
         return out
+
+    def checked_snippet(self, path: str, start: int, end: int | None, snippet: str) -> str:
+        """The tool's ``snippet`` (whitespace-collapsed) checked against the checkout: when
+        it is the text of some whole lines of the file but not of the region's lines, the
+        tool quoted the wrong lines (bandit 1.9 does for a call over several lines: some
+        later line, which changes with code after the call) and the region's lines, as
+        the checkout has them, are the snippet instead. Anything else is kept as the tool
+        wrote it: the region's own lines (the normal case, so its fingerprints do not
+        change), part of a line (unless that is also a whole line of the file), or text
+        that is not the file's (gitleaks' ``REDACTED``)."""
+        text = self.paths.text(path)
+        if text is None:
+            return snippet
+        region = text.region(start, end)
+        if region is None or region == snippet or not text.has_lines(snippet):
+            return snippet
+        return region
 
     def artifact_path(self, art: dict[str, Any], where: str) -> tuple[str, str | None]:
         uri = self.str_(art, "uri", where)

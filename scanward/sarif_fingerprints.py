@@ -8,12 +8,13 @@ A fingerprint is sha256 over the scanner, rule id and path plus, in order of pre
    is given to results with different content (position, snippet, message: gitleaks'
    commit metadata is shared by every secret of a commit, and empty in ``gitleaks
    dir``), it does not identify a finding and those results fall back to 2. or 3.;
-2. the region's snippet, whitespace-collapsed, and the message, plus the finding's
-   ordinal among the distinct (position, message) variants of that (rule, path, snippet,
-   message) in the file, in position order: two identical flawed lines, two flaws on one
-   line (``random() + random()``), or two flaws of one statement reported with the same
-   start line and snippet, stay two findings, while inserting lines above them changes
-   nothing;
+2. the region's snippet, whitespace-collapsed (the region's lines instead when it
+   misquotes the checkout: see :mod:`scanward.sarif`), and the message, plus the
+   finding's ordinal among the distinct (position, message) variants of that (rule,
+   path, snippet, message) in the file, in position order: two identical flawed lines,
+   two flaws on one line (``random() + random()``), or two flaws of one statement
+   reported with the same start line and snippet, stay two findings, while inserting
+   lines above them changes nothing;
 3. else the start line and the message, plus that ordinal when it is not 0 (two flaws
    at different columns of one line).
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import NoReturn
 from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["UNRESOLVED", "BaseLookup", "CheckoutPaths", "UriResolver", "mark", "source_roots"]
+__all__ = ["UNRESOLVED", "BaseLookup", "CheckoutPaths", "SourceText", "UriResolver", "mark",
+           "source_roots"]
 
 UNRESOLVED = "unresolved://"
 """Prefix of the path of a finding whose location is not a file of the checkout."""
@@ -37,6 +40,12 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 _CACHE_LIMIT = 50_000  # paths kept per file (paths repeat across results)
 _MAX_MARKED_URI = 1000  # characters of a URI kept in its unresolved:// mark
+_MAX_TEXT_BYTES = 4 * 1024 * 1024  # larger files are not read for their lines
+# Files whose lines are kept (a tool reports the results of one file together): at most
+# this many, of at most this many bytes in all (the newest is kept whatever its size).
+_TEXT_CACHE = 16
+_TEXT_CACHE_BYTES = 8 * 1024 * 1024
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # SARIF §3.30.2: CR, LF and CRLF end a line
 
 BaseLookup = Callable[[str], "tuple[str | None, str | None] | None"]
 """A uriBaseId's (uri, parent uriBaseId), or None if the run does not define it."""
@@ -79,6 +88,8 @@ class CheckoutPaths:
         self._checkout = None if checkout is None else os.path.abspath(checkout)
         self._real = "" if checkout is None else os.path.realpath(checkout)
         self._exists: dict[str, bool] = {}
+        self._texts: OrderedDict[str, SourceText | None] = OrderedDict()
+        self._text_bytes = 0
 
     def choose(self, uri: str, candidates: list[_Candidate]) -> tuple[str, str | None]:
         """(path, why it is unresolved or None) for ``uri`` read as ``candidates``."""
@@ -94,6 +105,46 @@ class CheckoutPaths:
         if len(inside) < len(candidates):
             return mark("outside-checkout", uri)
         return mark("not-in-checkout", uri)
+
+    def text(self, path: str) -> SourceText | None:
+        """The lines of the checkout file ``path`` (relative, normalised, as resolved);
+        None without a checkout, or for what is not a regular file of it (a symlink
+        leaving it, a FIFO, a device), or a file over 4 MiB."""
+        if self._checkout is None or not path or "://" in path:
+            return None
+        if path in self._texts:
+            self._texts.move_to_end(path)
+            return self._texts[path]
+        found = self._read(self._checkout, path) if self.exists(path) else None
+        self._texts[path] = found
+        self._text_bytes += found.size if found is not None else 0
+        while len(self._texts) > 1 and (len(self._texts) > _TEXT_CACHE
+                                        or self._text_bytes > _TEXT_CACHE_BYTES):
+            _, old = self._texts.popitem(last=False)
+            self._text_bytes -= old.size if old is not None else 0
+        return found
+
+    def _read(self, checkout: str, path: str) -> SourceText | None:
+        try:
+            real = os.path.realpath(os.path.join(checkout, path))
+            if not real.startswith(self._real + "/"):
+                return None
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (OSError, ValueError):
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_TEXT_BYTES:
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(_MAX_TEXT_BYTES + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(data) > _MAX_TEXT_BYTES or b"\x00" in data:
+            return None  # grew meanwhile, or binary
+        return SourceText(data.decode("utf-8", "replace").removeprefix("\ufeff"), len(data))
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` (relative, normalised) is in the checkout."""
@@ -126,6 +177,47 @@ class CheckoutPaths:
             if segments[: len(root)] == root:
                 return "/".join(segments[len(root):])
         return None
+
+
+class SourceText:
+    """The lines of one checkout file, each whitespace-collapsed (as snippets are)."""
+
+    def __init__(self, text: str, size: int) -> None:
+        self.size = size  # bytes of the file
+        self.lines = [" ".join(line.split()) for line in _LINE_BREAK.split(text)]
+        self._joined: str | None = None
+        self._starts: set[int] = set()
+        self._ends: set[int] = set()
+
+    def region(self, start: int, end: int | None) -> str | None:
+        """Lines ``start`` to ``end`` (1-based, inclusive; cut at the end of the file)
+        joined by a space, whitespace-collapsed; None if ``start`` is past the end or they
+        are blank."""
+        if start < 1 or start > len(self.lines):
+            return None
+        last = min(max(end or start, start), len(self.lines))
+        text = " ".join(line for line in self.lines[start - 1:last] if line)
+        return text or None
+
+    def has_lines(self, snippet: str) -> bool:
+        """Whether ``snippet`` (whitespace-collapsed) is the text of some whole lines of
+        the file, one or several in a row (blank ones skipped)."""
+        if self._joined is None:
+            at = 0
+            kept: list[str] = []
+            for line in self.lines:
+                if line:
+                    self._starts.add(at)
+                    self._ends.add(at + len(line))
+                    kept.append(line)
+                    at += len(line) + 1
+            self._joined = " ".join(kept)
+        i = self._joined.find(snippet)
+        while i >= 0:
+            if i in self._starts and i + len(snippet) in self._ends:
+                return True
+            i = self._joined.find(snippet, i + 1)
+        return False
 
 
 class UriResolver:

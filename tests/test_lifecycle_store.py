@@ -20,9 +20,12 @@ from scanward.contract import (
     ScanSummary,
     Severity,
 )
+from scanward.example import git
 from scanward.lifecycle import NEW_FINDINGS_CAP, FindingState, TriageState
+from scanward.sarif import load_findings
 from scanward.store import Store, UnknownFingerprint, sqlite_url
 from tests.helpers import schema
+from tests.test_sarif import APP, MULTI, O_FUNCTION, STORED_BANDIT, run_bandit
 
 REPO = "https://github.com/acme/app"
 COMMITS = [f"{i:040x}" for i in range(1, 10)]
@@ -321,3 +324,83 @@ def test_finished_at_is_the_first_final_status(store: Store, scans: Scans) -> No
         scan_id=s1, tenant="acme", repository=REPO, ref="main", commit=COMMITS[0],
         status=ScanStatus.COMPLETED, scanners=()))
     assert store.history(REPO)[0].finished_at == before
+
+
+# ---------------------------------------- real bandit on a git repository, through the store
+
+
+def bandit_scan(repo: Path, files: dict[str, str], message: str) -> tuple[str, list[Finding]]:
+    """Commit ``files`` to the git repository ``repo``, run the real bandit on it and
+    read its SARIF as persist_results does (the checkout given): (commit, findings)."""
+    repo.mkdir(exist_ok=True)
+    for name, code in files.items():
+        (repo / name).write_text(code)
+    if not (repo / ".git").exists():
+        git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", message)
+    out = repo.parent / f"{message}.sarif"
+    run_bandit(repo, out)
+    return (git(repo, "rev-parse", "HEAD"),
+            load_findings(out, scanner="bandit", source_root=repo, checkout=repo))
+
+
+def test_multi_line_calls_keep_identity_and_triage_when_code_follows(
+        store: Store, scans: Scans, tmp_path: Path) -> None:
+    """bandit 1.9 quotes another line for a call over several lines; the match basis is
+    the checkout's lines instead, so code appended after n() leaves n() existing (not
+    new and fixed), its triage stays on n(), and the appended o() is new."""
+    repo = tmp_path / "edge"
+    c1, found1 = bandit_scan(repo, {"multi.py": MULTI}, "m and n")
+    s1 = scans.run({"bandit": found1}, commit=c1)
+    assert store.compute_lifecycle(s1) is not None
+    n = next(r for r in store.scan_findings(s1) if r.finding.start_line == 8)
+    store.set_triage(n.key, TriageState.FALSE_POSITIVE, reason="cmd is constant", by="ana")
+
+    c2, found2 = bandit_scan(repo, {"multi.py": MULTI + O_FUNCTION}, "o")
+    s2 = scans.run({"bandit": found2}, commit=c2)
+    second = store.compute_lifecycle(s2)
+    assert second is not None
+    assert (second.new, second.existing, second.fixed) == (1, 2, 0)  # o new; n triaged
+    by_line = {r.finding.start_line: r for r in store.scan_findings(s2)
+               if r.finding.rule_id == "B602"}
+    assert by_line[8].state is FindingState.EXISTING and by_line[8].key == n.key
+    assert by_line[8].triage is not None and by_line[8].suppressed
+    assert by_line[13].state is FindingState.NEW and by_line[13].triage is None
+    assert [f.rule_id for f in second.new_findings] == ["B602"]  # o, the gate's only one
+    assert not store.fixed_findings(s2)
+
+    c3, found3 = bandit_scan(repo, {"multi.py": MULTI + O_FUNCTION + "X = 1\n"}, "X")
+    s3 = scans.run({"bandit": found3}, commit=c3)
+    third = store.compute_lifecycle(s3)
+    assert third is not None
+    assert (third.new, third.existing, third.fixed) == (0, 3, 0)
+    assert third.new_by_severity == {}  # --fail-on-new high passes
+
+
+def test_findings_stored_before_the_snippet_check_still_match(
+        store: Store, scans: Scans, tmp_path: Path) -> None:
+    """A database filled before this version: its rows carry the fingerprints the
+    previous algorithm gave (pinned in tests/test_sarif.py, STORED_BANDIT). The first
+    scan after the upgrade, of the same code, finds every one existing, none new or
+    fixed, and the triage made before stays."""
+    repo = tmp_path / "app"
+    commit, found = bandit_scan(repo, {"app.py": APP}, "app")
+    stored = {(rule, line): (match, exact) for rule, _, line, match, exact in STORED_BANDIT}
+    before = []
+    for f in found:
+        match, exact = stored[(f.rule_id, f.start_line or 0)]
+        before.append(f.model_copy(update={"match_fingerprint": match, "fingerprint": exact}))
+    s1 = scans.run({"bandit": before}, commit=commit)
+    assert store.compute_lifecycle(s1) is not None
+    store.set_triage(stored[("B602", 14)][0], TriageState.ACCEPTED_RISK, reason="internal",
+                     by="security-team")
+
+    commit2, found2 = bandit_scan(repo, {"app.py": APP + "\n\nX = 1\n"}, "after upgrade")
+    s2 = scans.run({"bandit": found2}, commit=commit2)
+    after = store.compute_lifecycle(s2)
+    assert after is not None
+    assert (after.new, after.existing, after.fixed, after.suppressed) == (0, 3, 0, 1)
+    triaged = [r for r in store.scan_findings(s2) if r.triage is not None]
+    assert [(r.finding.rule_id, r.finding.start_line, r.first_seen_commit)
+            for r in triaged] == [("B602", 14, commit)]

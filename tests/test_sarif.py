@@ -14,6 +14,7 @@ Fixtures in ``tests/data/sarif``:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -173,6 +174,164 @@ def test_identical_flaws_stay_distinct_and_keep_their_fingerprints(tmp_path: Pat
     second = load_findings(tmp_path / "b.sarif", scanner="bandit", source_root=src)
     assert [f.start_line for f in second] == [4, 8]
     assert [f.fingerprint for f in second] == [f.fingerprint for f in first]
+
+
+# Two calls over several lines: bandit 1.9's snippet for each is some later line (the
+# last of a window after the call), not the call's, so it changes with code after it.
+MULTI = """\
+import subprocess
+def m(cmd):
+    return subprocess.call(
+        cmd,
+        shell=True,
+    )
+def n(cmd):
+    return subprocess.call(
+        cmd,
+        shell=True,
+    )
+"""
+O_FUNCTION = "def o(cmd):\n    return subprocess.call(cmd, shell=True)\n"
+
+
+def b602(src: Path, out: Path) -> list[Finding]:
+    run_bandit(src, out)
+    found = load_findings(out, scanner="bandit", source_root=src, checkout=src)
+    return [f for f in found if f.rule_id == "B602"]
+
+
+def test_multi_line_calls_keep_their_fingerprints_when_code_after_them_changes(
+        tmp_path: Path) -> None:
+    """bandit's snippet for a call over several lines is another line of the file: the
+    snippet is then taken from the checkout (the region's lines), so appending code
+    after the calls changes neither call's identity."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "multi.py").write_text(MULTI)
+    before = b602(src, tmp_path / "a.sarif")
+    assert [f.start_line for f in before] == [3, 8]
+    raw = json.loads((tmp_path / "a.sarif").read_text())["runs"][0]["results"]
+    snippets = [r["locations"][0]["physicalLocation"]["region"]["snippet"]["text"]
+                for r in raw if r["ruleId"] == "B602"]
+    assert snippets[1].strip() == ")"  # bandit quotes line 11, not line 8
+
+    (src / "multi.py").write_text(MULTI + O_FUNCTION)
+    with_o = b602(src, tmp_path / "b.sarif")
+    (src / "multi.py").write_text(MULTI + O_FUNCTION + "X = 1\n")
+    with_x = b602(src, tmp_path / "c.sarif")
+    assert [f.start_line for f in with_x] == [3, 8, 13]
+
+    keys = [f.match_fingerprint for f in before]
+    assert len(set(keys)) == 2  # m and n stay two findings
+    assert [f.match_fingerprint for f in with_o[:2]] == keys
+    assert [f.match_fingerprint for f in with_x[:2]] == keys
+    assert with_o[2].match_fingerprint not in keys  # o is another finding
+    assert [f.fingerprint for f in with_x[:2]] == [f.fingerprint for f in before]
+
+
+# Fingerprints the previous algorithm (tool snippets never checked) gave these results of
+# real bandit 1.9.4 and semgrep on APP and MULTI: every snippet below is the text of its
+# region's lines in the checkout, so none may change (findings stored before would
+# otherwise all turn new + fixed and lose their triage). The bandit values are also the
+# README's (app.py of "Findings over time").
+APP = """\
+import hashlib
+import subprocess
+
+
+def digest(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def run(cmd):
+    return subprocess.call(cmd, shell=True)
+
+
+def again(cmd):
+    return subprocess.call(cmd, shell=True)
+"""
+STORED_BANDIT = [  # (rule, path, line, match fingerprint, fingerprint)
+    ("B404", "app.py", 2, "0414eb450551d4c3f55da347de6bd9167b9aa73fcba8e75c0172d0cbc8cdcf8b",
+     "8c14e2c28dd0f63378554fbc84bae55ddcf9d8a53b999e0ca1e221258f36df80"),
+    ("B324", "app.py", 6, "86a88551344a39c122126cf5dfe53ae3c8dc3162656c8cf6b72c28f51b9616fc",
+     "ca0dbb6b9ef501202f7c19ce442f49bf9a12c1143c4db40dc6e77bb00ab80f32"),
+    ("B602", "app.py", 10, "1ac016f4c56b9619a20778fb139f26c93bbdebdf1a4e19e94cba2ee8a0a6e32e",
+     "a7e9df51a5c1d8b08a40fa33a303d759600175dd21108fa22cb529785072162e"),
+    ("B602", "app.py", 14, "9190d5d91648f4540338a53f3cccd068f5965b592fff187ef37000005ffe32ce",
+     "ad3d836809cdf2023aff957edcc3c3c21fcc0841da9bf4e1aed412d4d6df920a"),
+]
+STORED_SEMGREP = [  # (rule, path, line, match fingerprint); multi.py's snippet: 4 lines
+    ("weak-hash-md5", "app.py", 6,
+     "15ea883633e97c1aac55413b90fdd8dccda291f5de7984a8fbb4275ae9424c87"),
+    ("subprocess-shell-true", "app.py", 10,
+     "12c270642629bd6a3d484a93cafebd3b34945f43e8587496537032d766826560"),
+    ("subprocess-shell-true", "app.py", 14,
+     "96cd4553d5d2cd9baa8900f456e86dd66f040bb85ef5d9de74d8e9128155c208"),
+    ("subprocess-shell-true", "multi.py", 3,
+     "cec6f4c30f3df7ee732a0b67f5e05b275536089dd59a03b2920ed4d9f7b3f9c3"),
+]
+
+
+def run_semgrep(src: Path, out: Path, home: Path) -> None:
+    exe = Path(sys.executable).parent / "semgrep"
+    assert exe.exists(), "semgrep is installed by tools/setup.sh (the semgrep extra)"
+    proc = subprocess.run(
+        [str(exe), "scan", "--config", "semgrep-python.yml", "--metrics", "off",
+         "--disable-version-check", "--quiet", "--sarif", "--output", str(out), str(src)],
+        cwd=Path(__file__).parent.parent / "scanward" / "rules", capture_output=True,
+        text=True, timeout=300, check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home), "SEMGREP_SEND_METRICS": "off",
+             "SEMGREP_ENABLE_VERSION_CHECK": "0"})
+    assert proc.returncode in (0, 1), proc.stderr
+
+
+def test_fingerprints_of_faithful_snippets_are_those_stored_before(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "app.py").write_text(APP)
+    (src / "multi.py").write_text(MULTI.split("def n")[0])
+    run_bandit(src, tmp_path / "bandit.sarif")
+    bandit = [f for f in load_findings(tmp_path / "bandit.sarif", scanner="bandit",
+                                       source_root=src, checkout=src) if f.path == "app.py"]
+    assert [(f.rule_id, f.path, f.start_line, f.match_fingerprint, f.fingerprint)
+            for f in bandit] == STORED_BANDIT
+
+    run_semgrep(src, tmp_path / "semgrep.sarif", tmp_path)
+    semgrep = load_findings(tmp_path / "semgrep.sarif", scanner="semgrep", source_root=src,
+                            checkout=src)
+    assert sorted((f.rule_id.rsplit(".", 1)[-1], f.path, f.start_line, f.match_fingerprint)
+                  for f in semgrep) == sorted(STORED_SEMGREP)
+
+
+def test_snippets_checked_against_the_checkout(tmp_path: Path) -> None:
+    """Only a snippet that is other whole lines of the file is replaced by the region's
+    lines; the tool's own text (gitleaks' REDACTED, part of a line, code the checkout
+    does not have, a file that is not readable) is kept as it was."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.py").write_text("import os\nkey = 'AKIAXXXX'\n\ncall(\n    x,\n)\nY = 1\n")
+    (tmp_path / "outside.py").write_text("one\ntwo\nthree\n")
+    (src / "sub" / "link.py").symlink_to(tmp_path / "outside.py")
+    os.mkfifo(src / "fifo.py")  # never opened for reading (it would block)
+
+    def fps(res: dict[str, Any], **kw: Any) -> tuple[str, str]:
+        (f,) = parse(sarif([res]), **kw)
+        return f.match_fingerprint or "", f.fingerprint
+
+    def at_(line: int, end: int, snippet: str, uri: str = "a.py") -> dict[str, Any]:
+        res = result(uri=uri, line=line, snippet=snippet)
+        res["locations"][0]["physicalLocation"]["region"]["endLine"] = end
+        return res
+
+    with_checkout = {"checkout": src, "source_root": src}
+    for res in (at_(2, 2, "REDACTED"), at_(2, 2, "AKIAXXXX"), at_(4, 5, "call(\n    x,"),
+                at_(2, 2, "code = 'not in this file'"), at_(9, 9, "Y = 1"),
+                at_(1, 1, "two", uri="sub/link.py"), at_(1, 1, "two", uri="fifo.py")):
+        assert fps(res, **with_checkout) == fps(res, source_root=src), res
+
+    # Line 7 quoted for a region of lines 4-5: the snippet is lines 4-5 as they are.
+    assert fps(at_(4, 5, "Y = 1\n"), **with_checkout) == fps(at_(4, 5, "call( x,"))
+    assert fps(at_(4, 5, ")"), **with_checkout) == fps(at_(4, 5, "call( x,"))
 
 
 # ------------------------------------------------------ gitleaks and trivy (hand-written)
