@@ -42,6 +42,8 @@ from scanward.store import Store
 
 BATCH = 1_000
 """Findings per transaction (and heartbeat)."""
+TOOL_ERRORS_SHOWN = 5
+"""The tool's own errors carried into the scan's summary (the count is always whole)."""
 
 
 class ResultActivities:
@@ -96,9 +98,14 @@ class ResultActivities:
                 "%s: %d of %d findings have a location that is not a file of the checkout, "
                 "stored with an unresolved:// path (%s)", req.scanner,
                 sum(stats.unresolved.values()), stats.results - stats.skipped, reasons)
+        if stats.tool_errors:
+            activity.logger.warning("%s reported %d error(s) of its own, e.g. %s",
+                                    req.scanner, len(stats.tool_errors), stats.tool_errors[0])
         return PersistResult(scanner=req.scanner, finding_count=stored.count,
                              by_severity=stored.by_severity,
-                             suppressed_count=stored.suppressed)
+                             suppressed_count=stored.suppressed,
+                             tool_errors=tuple(stats.tool_errors[:TOOL_ERRORS_SHOWN]),
+                             tool_error_count=len(stats.tool_errors))
 
     @activity.defn(name="finalize_scan")
     def finalize_scan(self, req: FinalizeInput) -> ScanLifecycle | None:

@@ -333,6 +333,10 @@ class PersistResult(Message):
     finding_count: int  # distinct findings after dedupe (not those the tool suppressed)
     by_severity: dict[Severity, int]
     suppressed_count: int = 0  # stored too, but reported suppressed by the tool
+    # What the tool said it could not do (scanward.sarif.SarifStats.tool_errors), the
+    # first few, and how many there were.
+    tool_errors: tuple[str, ...] = ()
+    tool_error_count: int = 0
 
 
 class Finding(Message):
@@ -366,6 +370,9 @@ class ScannerRun(Message):
     failure_class: FailureClass | None = None
     reason: str | None = None
     finding_count: int | None = None
+    # A scanner that succeeded but said it could not do everything (files it could not
+    # parse were not scanned): "N error(s) the tool reported: <the first few>".
+    warning: str | None = None
 
 
 class ScanLifecycle(Message):

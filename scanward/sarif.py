@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, NoReturn
@@ -148,6 +148,10 @@ class SarifStats:
     suppressed: int = 0  # findings the tool reported suppressed (kept, marked)
     # Findings kept with an ``unresolved://`` path, by reason.
     unresolved: Counter[str] = field(default_factory=Counter)
+    # What the tool said it could not do (error-level notifications of its invocations,
+    # an unsuccessful run): files it could not parse were not scanned, and a scan that
+    # says nothing of it looks clean where it is blind.
+    tool_errors: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------ public API
@@ -252,6 +256,7 @@ class FindingStream:
         self._runs = [_Run(header, f"runs[{i}]", origin, self._paths)
                       for i, header in enumerate(self._layout.runs)]
         self.stats.results = sum(self._layout.counts)
+        self.stats.tool_errors = [e for run in self._runs for e in run.tool_errors]
         for raw in self._raws("checked"):
             if raw is None:
                 self.stats.skipped += 1
@@ -285,6 +290,44 @@ class FindingStream:
 
 
 # ------------------------------------------------------------------------- one run
+
+
+MAX_TOOL_ERRORS = 1_000  # kept per file (a tool can fail on every file of a checkout)
+
+
+def _tool_errors(invocations: Any, path_of: Callable[[str, str | None], str]) -> list[str]:
+    """``"<message>: <file>"`` for each error-level notification of the run's
+    invocations (``toolExecutionNotifications``, ``toolConfigurationNotifications``),
+    and a line for an invocation that says it was not successful; ``path_of`` makes a
+    URI the checkout's path. Read leniently: what is not well-formed here is skipped, it
+    does not make the findings unreadable."""
+    errors: list[str] = []
+    for inv in invocations if isinstance(invocations, list) else []:
+        if not isinstance(inv, dict):
+            continue
+        if inv.get("executionSuccessful") is False:
+            errors.append("the tool reported its run as not successful")
+        for key in ("toolExecutionNotifications", "toolConfigurationNotifications"):
+            notes = inv.get(key)
+            for note in notes if isinstance(notes, list) else []:
+                if isinstance(note, dict) and note.get("level") == "error":
+                    errors.append(_notification_line(note, path_of))
+    return errors[:MAX_TOOL_ERRORS]
+
+
+def _notification_line(note: dict[str, Any],
+                       path_of: Callable[[str, str | None], str]) -> str:
+    message = note.get("message")
+    text = message.get("text") if isinstance(message, dict) else None
+    line = " ".join(str(text).split())[:200] if text else "error (no message)"
+    for loc in note.get("locations") or []:
+        art = (loc.get("physicalLocation") or {}).get("artifactLocation") or {} \
+            if isinstance(loc, dict) else {}
+        uri = art.get("uri") if isinstance(art, dict) else None
+        base = art.get("uriBaseId") if isinstance(art, dict) else None
+        if isinstance(uri, str) and uri:
+            return f"{line}: {path_of(uri, base if isinstance(base, str) else None)[:300]}"
+    return line
 
 
 @dataclass(slots=True)
@@ -328,6 +371,7 @@ class _Run:
         self.artifacts = self.arr(header, "artifacts", where) or []
         self.uris = UriResolver(paths, self.base, self.base_cycle)
         self.paths = paths
+        self.tool_errors = _tool_errors(header.get("invocations"), self._error_path)
 
     # -- typed access, failing with the JSON path
 
@@ -624,6 +668,10 @@ class _Run:
             if uri is None:
                 return "", None
         return self.uris.resolve(uri, base_id)
+
+    def _error_path(self, uri: str, base_id: str | None) -> str:
+        """A notification's file as the checkout's path (as findings' paths are)."""
+        return self.uris.resolve(uri, base_id)[0]
 
     def base(self, base_id: str) -> tuple[str | None, str | None] | None:
         """The (uri, parent uriBaseId) the run defines for ``base_id``, if any."""

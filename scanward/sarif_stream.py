@@ -33,7 +33,7 @@ _RESULTS_PREFIX = "runs.item.results.item"
 # reads like runs[].results[]): refused, SARIF has no such keys.
 _AMBIGUOUS_TOP_KEYS = frozenset({"runs.item", "runs.item.results", _RESULTS_PREFIX})
 _AMBIGUOUS_RUN_KEYS = frozenset({"results.item"})
-_RUN_PARTS = ("tool", "originalUriBaseIds", "artifacts")
+_RUN_PARTS = ("tool", "originalUriBaseIds", "artifacts", "invocations")
 _EXACT_ERRORS_UP_TO = 8 * 1024 * 1024  # re-read small broken files for line/column
 _MISSING: Any = object()
 _START = frozenset({"start_map", "start_array"})

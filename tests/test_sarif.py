@@ -1005,3 +1005,44 @@ def test_files_over_256_mib_are_refused_without_reading(tmp_path: Path) -> None:
     with pytest.raises(SarifError, match="larger than 100 bytes"):
         load_findings(small, scanner="bandit", max_bytes=100)
     assert len(load_findings(small, scanner="bandit")) == 1
+
+
+# ------------------------------------------------------------ what the tool could not do
+
+
+def test_files_bandit_could_not_parse_are_reported_not_dropped(tmp_path: Path) -> None:
+    """bandit skips a file it cannot parse (Python 2 here) and says so only in its
+    invocation's notifications; the findings alone look like a clean file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "py2.py").write_text('print "hello"\nimport os\nos.system(x)\n')
+    (src / "ok.py").write_text("import subprocess\nsubprocess.call(c, shell=True)\n")
+    out = tmp_path / "out.sarif"
+    run_bandit(src, out)
+    stream = read_findings(out, scanner="bandit", checkout=src, source_root=src)
+    assert {f.path for f in stream} == {"ok.py"}
+    (error,) = stream.stats.tool_errors
+    assert error.startswith("syntax error while parsing AST from file: ")
+    assert error.endswith("py2.py")
+
+
+def test_tool_errors_are_read_leniently() -> None:
+    invocations = [
+        {"executionSuccessful": False, "toolExecutionNotifications": [
+            {"level": "error", "message": {"text": "rule pack  failed\nto load"}},
+            {"level": "warning", "message": {"text": "slow file"}},  # not an error
+            {"message": {"text": "no level: a warning, as SARIF says"}},
+            "not an object",
+            {"level": "error", "message": "not an object",
+             "locations": [{"physicalLocation": {"artifactLocation": {"uri": "a.py"}}}]},
+        ]},
+        "not an invocation",
+        {"toolConfigurationNotifications": {"not": "a list"}},
+    ]
+    stream = read_findings(sarif([result()], invocations=invocations), scanner="tool")
+    assert len(list(stream)) == 1  # the findings are read whatever the invocations hold
+    assert stream.stats.tool_errors == [
+        "the tool reported its run as not successful",
+        "rule pack failed to load",
+        "error (no message): a.py",
+    ]

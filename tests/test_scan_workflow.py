@@ -289,3 +289,20 @@ async def test_a_scan_started_again_is_news_to_its_webhook(
     accepted = [(d.body["scan"]["status"], d.key) for d in receiver.accepted]
     assert [status for status, _ in accepted] == ["cancelled", "completed"], receiver.statuses
     assert accepted[0][1] != accepted[1][1]
+
+
+async def test_a_file_bandit_cannot_parse_is_named_in_the_summary(
+        client: Client, settings: Settings, flawed_repo: Path) -> None:
+    """bandit skips a file it cannot parse, says so only in its SARIF's notifications,
+    and exits as usual: the scan succeeded, but it must not look clean where it is blind."""
+    from scanward.example import git
+
+    (flawed_repo / "legacy.py").write_text('print "python 2"\nimport os\nos.system(cmd)\n')
+    git(flawed_repo, "add", "legacy.py")
+    git(flawed_repo, "commit", "-q", "-m", "python 2 file")
+    handle = await start(client, settings, scan_request(flawed_repo, "bandit"))
+    summary: ScanSummary = await handle.result()
+    (run,) = summary.scanners
+    assert run.status is ScannerStatus.SUCCEEDED and run.finding_count
+    assert run.warning == ("1 error(s) the tool reported (not scanned, or not fully): "
+                           "syntax error while parsing AST from file: legacy.py"), run.warning

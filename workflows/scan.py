@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         FinalizeInput,
         NotifyInput,
         PersistInput,
+        PersistResult,
         Resources,
         RetrySignal,
         RetryTuning,
@@ -87,6 +88,15 @@ def _io_retry(tuning: RetryTuning, non_retryable: tuple[str, ...] = (), *,
         maximum_attempts=0 if until_done else tuning.io_attempts,
         non_retryable_error_types=list(non_retryable),
     )
+
+
+def _tool_warning(stored: PersistResult) -> str | None:
+    """What a scanner that succeeded said it could not do, for its summary."""
+    if not stored.tool_error_count:
+        return None
+    more = stored.tool_error_count - len(stored.tool_errors)
+    return (f"{stored.tool_error_count} error(s) the tool reported (not scanned, or not "
+            "fully): " + "; ".join(stored.tool_errors) + (f"; +{more} more" if more else ""))
 
 
 def _retry_why(failure: FailureClass) -> str:
@@ -362,7 +372,7 @@ class ScanWorkflow:
         for severity, count in stored.by_severity.items():
             self._by_severity[severity] = self._by_severity.get(severity, 0) + count
         self._update(name, status=ScannerStatus.SUCCEEDED, finding_count=stored.finding_count,
-                     failure_class=None, reason=None)
+                     failure_class=None, reason=None, warning=_tool_warning(stored))
 
     def _priority(self, activity: str) -> Priority:
         """An activity's task-queue priority: by its cost (patched; before, the scan's)."""
