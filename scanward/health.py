@@ -3,7 +3,10 @@
 ``/livez`` fails when the worker's event loop has not ticked recently (a blocked loop
 also blocks every workflow and heartbeat): restarting is the right cure. ``/readyz``
 fails while the worker is starting or draining, or when the store or Temporal cannot be
-reached: not a reason to restart, only to take no new work.
+reached: not a reason to restart. A worker polls Temporal rather than being sent work,
+so not-ready does not stop it taking tasks (the SDK cannot pause its pollers); it is
+what the rollout, the dashboard and the ScanwardWorkerNotReady alert read. With the
+store down, scans it takes wait at their store step, retried until the store answers.
 """
 
 from __future__ import annotations
