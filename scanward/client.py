@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import hashlib
+import json
 import logging
 import re
 import time
@@ -28,6 +30,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     Priority,
@@ -55,7 +58,7 @@ from scanward.contract import (
     ScanSummary,
     request_problems,
 )
-from scanward.inputs import InputError
+from scanward.inputs import InputError, check_scanner_name
 from scanward.settings import DEFAULT_TASK_QUEUE, task_queue_for
 from scanward.tenants import priority_for, weights_from_env
 
@@ -64,6 +67,18 @@ RESOLVE_WORKFLOW = "ResolveRef"
 # Long enough for a slow remote, short enough that a caller with no worker running
 # learns it instead of waiting for ever.
 RESOLVE_TIMEOUT = timedelta(seconds=60)
+# How long retry / abandon wait for a worker to run the update: a worker that serves the
+# scan answers in well under a second; with none (a mistyped cluster, every worker down)
+# the update would wait for ever.
+UPDATE_TIMEOUT = timedelta(seconds=15)
+# The memo entry a scan's start records: a digest of each request field that is not part
+# of the scan's id (REQUEST_IDENTITY), so that a second start of the same id can tell
+# whether it asks for the same scan (see start_scan).
+REQUEST_MEMO = "scanward-request"
+REQUEST_IDENTITY = frozenset({"tenant", "repository", "ref", "commit", "scanners",
+                              "dedupe_key"})
+# The tenant names ScanRequest accepts (its field's pattern, read from the model).
+TENANT_RE = re.compile(ScanRequest.model_json_schema()["properties"]["tenant"]["pattern"])
 T = TypeVar("T")
 log = logging.getLogger("scanward.client")
 
@@ -87,6 +102,16 @@ class ScanNotRunning(Exception):
 
 class Rejected(Exception):
     """The scan refused an operator command (its validator named the reason)."""
+
+
+class NoWorker(Exception):
+    """No worker answered an operator command in time (none serves the scan's queue)."""
+
+
+class RequestConflict(Exception):
+    """A start found the scan it names (same id) already started with a request that
+    differs in something the id does not cover (notify, cluster, resources, tuning,
+    credentials): joining it would silently drop the difference."""
 
 
 # ------------------------------------------------------------------------- runtime
@@ -179,6 +204,12 @@ async def start_scan(
     with ``w`` from ``SCANWARD_TENANT_WEIGHTS`` (default 1), so that on a backlogged task
     queue a tenant with 1,000 scans queued does not starve one that queues 10.
     ``priority`` overrides it (``Priority.default``: no fairness key, plain FIFO).
+
+    A scan is joined (or returned) only for the same request: the start records a
+    digest of each field its id does not cover (notify, cluster, resources, tuning,
+    credentials_ref) in the workflow's memo, and a start that finds the scan already
+    there with other values raises :class:`RequestConflict` naming them (a new
+    ``dedupe_key`` scans with this request).
     """
     problems = request_problems(request)
     if problems:  # the workflow would refuse it too; said here before anything starts
@@ -188,8 +219,9 @@ async def start_scan(
     request = await with_commit(client, request, task_queue=task_queue, priority=priority)
     queue = task_queue_for(request.cluster, task_queue)
     scan_id = request.scan_id()
+    digests = request_digests(request)
     try:
-        return await client.start_workflow(
+        started = await client.start_workflow(
             WORKFLOW,
             request,
             id=scan_id,
@@ -203,10 +235,59 @@ async def start_scan(
             ]),
             static_summary=scan_details.static_summary(request),  # the Web UI's title
             priority=priority,
+            memo={REQUEST_MEMO: digests},
         )
     except WorkflowAlreadyStartedError:
-        # This commit was scanned to the end with these scanners: that scan is the answer.
-        return handle(client, scan_id)
+        # This commit was scanned to the end with these scanners: that scan is the answer
+        # (if it was asked for with the same request).
+        existing = handle(client, scan_id)
+        await _check_same_request(existing, digests)
+        return existing
+    if not _created(started):  # joined the running scan: the same request?
+        await _check_same_request(started, digests)
+    return started
+
+
+def request_digests(request: ScanRequest) -> dict[str, str]:
+    """A digest of each field of ``request`` that its scan id does not cover (secrets
+    are references, and only digests are kept: a webhook URL's token stays out of the
+    memo). Defaults are left out of the digest, so a field added later with a default
+    does not make an older scan's request look different."""
+    values = request.model_dump(mode="json", exclude_defaults=True)
+    digests = {}
+    for name in sorted(set(type(request).model_fields) - REQUEST_IDENTITY):
+        text = json.dumps([name, values.get(name)], sort_keys=True, separators=(",", ":"))
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digests
+
+
+def _created(started: WorkflowHandle[Any, ScanSummary]) -> bool:
+    """Whether the start created the run (not: joined the running one). The SDK keeps
+    the server's answer on the handle only; without it, treat the run as joined (one
+    more describe, which finds the same request)."""
+    response = getattr(started, "_start_workflow_response", None)
+    return bool(getattr(response, "started", False))
+
+
+async def _check_same_request(existing: WorkflowHandle[Any, ScanSummary],
+                              digests: dict[str, str]) -> None:
+    """Raise :class:`RequestConflict` naming the fields in which the request the scan
+    was started with differs from ``digests`` (a scan started without the memo, by an
+    older client or another sender, is joined as it always was)."""
+    desc = await existing.describe()
+    recorded = await desc.memo_value(REQUEST_MEMO, None)
+    if not isinstance(recorded, dict):
+        return
+    differ = sorted(name for name, digest in digests.items()
+                    if name in recorded and recorded[name] != digest)
+    if not differ:
+        return
+    state = _state(existing.id, desc)
+    where = "is running" if state.running else f"ended {state.closed_as}"
+    raise RequestConflict(
+        f"scan {existing.id} {where} with a different request: {', '.join(differ)} "
+        f"{'differs' if len(differ) == 1 else 'differ'} (it was not changed); pass a new "
+        "dedupe_key (scanward scan --key) to scan with this request")
 
 
 async def with_commit(client: Client, request: ScanRequest, *,
@@ -287,6 +368,14 @@ class ScanState:
             return self.scan_status.value
         return self.workflow_status.name.lower() if self.workflow_status else "unknown"
 
+    @property
+    def status(self) -> str:
+        """What the scan is now: ``running`` or ``dead`` while its workflow runs, else
+        how it ended (``terminated`` for a workflow closed without a final ScanStatus)."""
+        if self.running:
+            return self.scan_status.value if self.scan_status else "running"
+        return self.closed_as
+
 
 def _state(scan_id: str, desc: WorkflowExecutionDescription,
            failure: str | None = None) -> ScanState:
@@ -353,26 +442,38 @@ async def report(client: Client, scan_id: str,
 # ----------------------------------------------------------------------- operators
 
 
-async def retry(client: Client, scan_id: str, signal: RetrySignal | None = None) -> list[str]:
+async def retry(client: Client, scan_id: str, signal: RetrySignal | None = None, *,
+                within: timedelta = UPDATE_TIMEOUT) -> list[str]:
     """Retry dead scanners through the validating ``retry`` update; returns the scanners
     retried. Raises :class:`Rejected` with the workflow's reason (unknown scanner, not
-    dead, nothing dead, resources above the cap), :class:`ScanNotFound` or
-    :class:`ScanNotRunning`."""
-    return await _verdict(client, scan_id, "retry", signal or RetrySignal())
+    dead, nothing dead, resources above the cap), :class:`ScanNotFound`,
+    :class:`ScanNotRunning`, or :class:`NoWorker` when no worker ran the update
+    ``within`` that time (none serves the scan's task queue)."""
+    return await _verdict(client, scan_id, "retry", signal or RetrySignal(), within)
 
 
-async def abandon(client: Client, scan_id: str,
-                  signal: AbandonSignal | None = None) -> list[str]:
+async def abandon(client: Client, scan_id: str, signal: AbandonSignal | None = None, *,
+                  within: timedelta = UPDATE_TIMEOUT) -> list[str]:
     """Abandon dead scanners through the validating ``abandon`` update; returns the
-    scanners abandoned. Raises like :func:`retry`."""
-    return await _verdict(client, scan_id, "abandon", signal or AbandonSignal())
+    scanners abandoned. Raises like :func:`retry`, and :class:`InputError` for a blank
+    reason (the scan would show it as its scanners' reason)."""
+    signal = signal or AbandonSignal()
+    if not signal.reason.strip():
+        raise InputError("an abandon needs a reason: it is what the scan shows")
+    return await _verdict(client, scan_id, "abandon", signal, within)
 
 
 async def _verdict(client: Client, scan_id: str, update: str,
-                   verdict: RetrySignal | AbandonSignal) -> list[str]:
+                   verdict: RetrySignal | AbandonSignal,
+                   within: timedelta = UPDATE_TIMEOUT) -> list[str]:
     try:
-        applied: list[str] = await handle(client, scan_id).execute_update(
-            update, verdict, result_type=list[str])
+        # The RPC deadline, and a bound on the whole call: the SDK asks again while the
+        # server answers that the update is only admitted (no worker has taken it).
+        async with asyncio.timeout(within.total_seconds() + 1):
+            applied: list[str] = await handle(client, scan_id).execute_update(
+                update, verdict, result_type=list[str], rpc_timeout=within)
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as e:
+        raise await _no_worker(client, scan_id, update, within) from e
     except WorkflowUpdateFailedError as e:
         cause = e.cause
         reason = getattr(cause, "message", None) or str(cause)
@@ -380,8 +481,27 @@ async def _verdict(client: Client, scan_id: str, update: str,
     except RPCError as e:
         if e.status is RPCStatusCode.NOT_FOUND:
             raise await _not_running(client, scan_id) from e
+        if e.status is RPCStatusCode.DEADLINE_EXCEEDED:
+            raise await _no_worker(client, scan_id, update, within) from e
         raise
     return applied
+
+
+async def _no_worker(client: Client, scan_id: str, update: str,
+                     within: timedelta) -> Exception:
+    """The error for an update no worker ran ``within`` its time, naming the scan's task
+    queue (where a worker is missing)."""
+    try:
+        desc = await handle(client, scan_id).describe()
+    except RPCError as e:
+        return NoWorker(f"{update} of {scan_id}: no worker answered within "
+                        f"{within.total_seconds():g}s ({e.message})")
+    if desc.status is not WorkflowExecutionStatus.RUNNING:  # it ended meanwhile
+        return await _not_running(client, scan_id)
+    return NoWorker(f"{update} of {scan_id}: no worker answered within "
+                    f"{within.total_seconds():g}s on its task queue {desc.task_queue!r}; "
+                    "start a worker for that queue (or cluster) and try again (the "
+                    f"{update} may still apply when one starts)")
 
 
 async def _not_running(client: Client, scan_id: str) -> Exception:
@@ -423,24 +543,88 @@ async def wait_closed(client: Client, scan_id: str, patience: timedelta) -> Scan
 # ---------------------------------------------------------------------- visibility
 
 
-def status_query(status: ScanStatus | None = None, tenant: str | None = None) -> str:
-    """A visibility query for scans, e.g. ``ScanStatus = "dead"``."""
-    clauses = [f'WorkflowType = "{WORKFLOW}"']
+def check_tenant(tenant: str) -> str:
+    """``tenant`` if ScanRequest would accept it; :class:`InputError` otherwise."""
+    if not TENANT_RE.match(tenant):
+        raise InputError(f"invalid tenant {tenant!r}: expected {TENANT_RE.pattern} (as in "
+                         "a scan request)")
+    return tenant
+
+
+def _literal(value: str) -> str:
+    """``value`` as a visibility-query string. Values are checked before they get here
+    (tenant, scanner name); this refuses anything that could end the string anyway."""
+    if not re.fullmatch(r"[A-Za-z0-9_.:/-]*", value):
+        raise InputError(f"{value!r} cannot be used in a visibility query")
+    return f'"{value}"'
+
+
+# Scan states only a running workflow can be in: a workflow terminated (or timed out)
+# keeps the last ScanStatus it set, "running" or "dead", for ever.
+_LIVE_STATES = (ScanStatus.RUNNING, ScanStatus.DEAD)
+
+
+def status_query(status: ScanStatus | None = None, tenant: str | None = None, *,
+                 dead_scanner: str | None = None) -> str:
+    """A visibility query for scans, e.g. ``ScanStatus = "dead"`` (and, for the states
+    only a running workflow is in, ``ExecutionStatus = "Running"``). ``tenant`` and
+    ``dead_scanner`` are checked like a request's: :class:`InputError` otherwise."""
+    clauses = [f"WorkflowType = {_literal(WORKFLOW)}"]
     if status is not None:
-        clauses.append(f'{sa.SCAN_STATUS.name} = "{status.value}"')
+        clauses.append(f"{sa.SCAN_STATUS.name} = {_literal(status.value)}")
+        if status in _LIVE_STATES:
+            clauses.append('ExecutionStatus = "Running"')
     if tenant is not None:
-        clauses.append(f'{sa.SCAN_TENANT.name} = "{tenant}"')
+        clauses.append(f"{sa.SCAN_TENANT.name} = {_literal(check_tenant(tenant))}")
+    if dead_scanner is not None:  # a keyword list: "=" matches one of its values
+        clauses.append(f"{sa.SCAN_DEAD_SCANNERS.name} = "
+                       f"{_literal(check_scanner_name(dead_scanner))}")
     return " AND ".join(clauses)
+
+
+# A closed run of these statuses can be followed by another run of the same scan (the
+# start's reuse policy allows a new run after one that did not complete).
+_RESTARTABLE = (WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.CANCELED,
+                WorkflowExecutionStatus.TERMINATED, WorkflowExecutionStatus.TIMED_OUT)
 
 
 async def list_scans(
     client: Client, status: ScanStatus | None = None, tenant: str | None = None,
     limit: int = 100,
 ) -> AsyncIterator[tuple[str, ScanStatus | None, WorkflowExecutionStatus | None]]:
-    """Scans matching the search attributes, newest first."""
-    async for wf in client.list_workflows(status_query(status, tenant), limit=limit):
+    """Scans matching the search attributes, newest first: each scan once, as its latest
+    run is (visibility lists runs: a scan started again after a run that did not
+    complete has several, and only the latest says what the scan is)."""
+    if limit < 1:
+        raise InputError(f"limit {limit}: list at least 1 scan")
+    seen: set[str] = set()
+    # Pages about as long as the list: a few more runs than scans when some repeat.
+    async for wf in client.list_workflows(status_query(status, tenant),
+                                          page_size=min(limit + 10, 1000)):
+        if wf.id in seen:
+            continue
+        if wf.status in _RESTARTABLE and not await _latest_run(client, wf.id, wf.run_id):
+            continue  # the newer run is listed in its own place, if it matches
+        seen.add(wf.id)
         raw = wf.typed_search_attributes.get(sa.SCAN_STATUS)
-        yield wf.id, ScanStatus(raw) if raw else None, wf.status
+        try:
+            scan_status = ScanStatus(raw) if raw else None
+        except ValueError:
+            scan_status = None
+        yield wf.id, scan_status, wf.status
+        if len(seen) >= limit:
+            return
+
+
+async def _latest_run(client: Client, scan_id: str, run_id: str) -> bool:
+    """Whether ``run_id`` is the scan's latest run."""
+    try:
+        desc = await handle(client, scan_id).describe()
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:  # gone (retention) since it was listed
+            return False
+        raise
+    return desc.run_id == run_id
 
 
 async def signal_matching(client: Client, query: str, signal_name: str, payload: Any,
@@ -467,7 +651,11 @@ async def signal_matching(client: Client, query: str, signal_name: str, payload:
 
 async def retry_all_dead(client: Client, signal: RetrySignal | None = None,
                          tenant: str | None = None) -> str:
-    """Send the ``retry`` signal to every dead scan in one batch (a batch cannot run
-    updates); returns the batch job id."""
-    return await signal_matching(client, status_query(ScanStatus.DEAD, tenant), "retry",
-                                 signal or RetrySignal(), "scanward retry --all-dead")
+    """Send the ``retry`` signal to every dead scan (of ``tenant``, if given; with
+    ``signal.scanner``, only to the scans in which that scanner is dead) in one batch (a
+    batch cannot run updates); returns the batch job id. Only running workflows are
+    signalled: a terminated one keeps its "dead" ScanStatus."""
+    signal = signal or RetrySignal()
+    query = status_query(ScanStatus.DEAD, tenant, dead_scanner=signal.scanner)
+    return await signal_matching(client, query, "retry", signal,
+                                 "scanward retry --all-dead")

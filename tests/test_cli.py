@@ -33,6 +33,21 @@ from tests.helpers.processes import REPO_ROOT, cli_env, scanward
         (["scan", "https://example.com/r.git", "--notify", "no-secret"],
          "--notify 'no-secret': expected URL=SECRET_NAME"),
         (["retry"], "give a scan id or --all-dead"),
+        # An id names one scan: with --all-dead it was ignored and every dead scan in
+        # the namespace was retried.
+        (["retry", "scan-default-0123456789abcdef0123", "--all-dead"],
+         "give a scan id or --all-dead, not both"),
+        (["retry", "scan-default-0123456789abcdef0123", "--tenant", "acme"],
+         "--tenant selects scans for --all-dead"),
+        (["retry", "--all-dead", "--scanner", "No_Such"], "scanner name 'No_Such' is "
+                                                          "malformed"),
+        # Pasted into a visibility query, this listed (and retried) other tenants' scans.
+        (["list", "--tenant", 'x" OR ScanStatus="completed'], "invalid tenant 'x\" OR "),
+        (["retry", "--all-dead", "--tenant", "acme' OR '1'='1"], "invalid tenant"),
+        (["abandon", "scan-default-0123456789abcdef0123", "--reason", ""],
+         "--reason must say why"),
+        (["abandon", "scan-default-0123456789abcdef0123", "--reason", "  \t "],
+         "--reason must say why"),
     ],
 )
 async def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:
@@ -40,6 +55,44 @@ async def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) 
     assert code == 1
     assert err.startswith("scanward: error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["findings", "scan-default-0123456789abcdef0123", "--new", "--fixed"],
+         "--new, --fixed and --all exclude each other"),
+        (["triage", "0123456789ab", "--state", "false_positive"],
+         "--reason is required for --state false_positive"),
+        (["scan"], "Missing argument"),
+        (["status", "x", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["list", "--limit", "0"], "--limit"),
+        (["list", "--limit", "-1"], "--limit"),
+        (["scan", "https://example.com/r.git", "--fail-on", "high"],
+         "--fail-on and --fail-on-new need --wait"),
+    ],
+)
+async def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """The README's promise: every error is one line on stderr (typer printed a usage
+    line, a hint and a boxed message)."""
+    code, out, err = await scanward(*args, env={"TEMPORAL_ADDRESS": "127.0.0.1:9"})
+    assert code == 2, (code, out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("scanward: error: ") and message in err, err
+    assert "╭" not in err and out == "", (out, err)
+
+
+async def test_help_shows_flags_without_a_value() -> None:
+    """A flag takes no value: typer's rich help showed `--new <bool>`, `--help <bool>`."""
+    for args in (["findings", "--help"], ["scan", "--help"], ["--help"]):
+        code, out, err = await scanward(*args, env={"COLUMNS": "200"})
+        assert code == 0, err
+        assert "<bool>" not in out, out
+    code, out, _ = await scanward("findings", "--help", env={"COLUMNS": "200"})
+    assert "--format" in out and "<table|json|sarif>" in out, out  # values still shown
+    code, out, _ = await scanward("scan", "--help", env={"COLUMNS": "200"})
+    assert "--wait" in out and "--no-wait" in out, out
 
 
 async def test_help_lists_each_command_in_whole_sentences() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,7 @@ async def test_status_of_a_workflow_that_never_answered(
     env = cli_env(temporal_env, settings)
     code, out, err = await scanward("status", handle.id, env=env)
     assert code == 0, err
-    assert f"{handle.id}: workflow TERMINATED" in out
+    assert f"{handle.id}: terminated (workflow TERMINATED, ScanStatus running)" in out
     assert "stuck: no worker serves this queue" in out, out
     code, out, err = await scanward("status", handle.id, "--format", "json", env=env)
     report = json.loads(out)
@@ -253,6 +254,10 @@ async def test_the_workers_catalog_is_the_authority_on_scanners(
                                     "--key", uuid.uuid4().hex, "--wait", env=env, timeout=60)
     assert code == 1 and "failed: clone failed: " in err, out + err
     assert "unknown scanner 'nosuch'" in err.splitlines()[-1]
+    # The table printed last is the scan's final state, not its last live one.
+    scan_id = out.split()[1]
+    assert f"{scan_id}: failed" in out and "pending" not in out, out
+    assert "running" not in out.split("\n", 1)[1], out
 
     # `list` shows failed scans, by their ScanStatus.
     async def listed() -> str | None:
@@ -262,6 +267,191 @@ async def test_the_workers_catalog_is_the_authority_on_scanners(
     listing = await eventually(listed, what="the failed scan in `list --status failed`")
     row = next(line for line in listing.splitlines() if unknown.id in line)
     assert "failed" in row and "FAILED" in row
+
+
+async def test_retry_and_abandon_without_a_worker_fail_naming_the_task_queue(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path) -> None:
+    """A scan no worker serves (a mistyped --cluster): the update used to wait for ever,
+    silently. It is bounded now and says which task queue has no worker."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    request = scan_request(flawed_repo, "fake").model_copy(update={"commit": "a" * 40})
+    handle = await api.start_scan(client, request, task_queue=queue)
+    env = cli_env(temporal_env, settings)
+    started = time.monotonic()
+    try:
+        results = await asyncio.gather(
+            scanward("retry", handle.id, env=env, timeout=45),
+            scanward("abandon", handle.id, "--reason", "gone", env=env, timeout=45))
+    finally:
+        await handle.terminate(reason="test over")
+    assert time.monotonic() - started < 40
+    for command, (code, out, err) in zip(("retry", "abandon"), results, strict=True):
+        assert code == 1 and out == "", (command, out, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"scanward: error: {command} of {handle.id}: no worker "
+                              "answered within "), err
+        assert f"task queue '{queue}'" in err, err
+
+
+async def test_a_terminated_scan_is_not_listed_dead_and_status_says_terminated(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path) -> None:
+    """Terminated while dead, its ScanStatus stays "dead": only a running workflow can
+    be dead (or running), so `list` and `retry --all-dead` filter on ExecutionStatus."""
+    tenant = f"term-{uuid.uuid4().hex[:8]}"
+    env = cli_env(temporal_env, settings)
+    handle = await start(client, settings, scan_request(flawed_repo, "badinput",
+                                                        tenant=tenant))
+    await eventually(lambda: dead(client, handle.id, "badinput"), what="badinput dead")
+
+    async def listed(*args: str) -> str:
+        code, out, err = await scanward("list", "--tenant", tenant, *args, env=env)
+        assert code == 0, err
+        return out
+
+    await eventually(lambda: _contains(listed("--status", "dead"), handle.id),
+                     what="the dead scan listed dead")
+    await handle.terminate(reason="operator gave up")
+
+    async def terminated_row() -> str | None:
+        rows = [line for line in (await listed()).splitlines() if handle.id in line]
+        return rows[0] if rows and "TERMINATED" in rows[0] else None
+
+    row = await eventually(terminated_row, what="the terminated scan in visibility")
+    assert "terminated" in row and "dead" not in row, row
+    assert handle.id not in await listed("--status", "dead")
+    assert 'ExecutionStatus = "Running"' in api.status_query(ScanStatus.DEAD)
+    assert 'ExecutionStatus = "Running"' in api.status_query(ScanStatus.RUNNING)
+
+    code, out, err = await scanward("status", handle.id, env=env)
+    assert code == 0, err
+    head = out.splitlines()[0]
+    assert head.startswith(f"{handle.id}: terminated"), out
+    code, out, err = await scanward("status", handle.id, "--format", "json", env=env)
+    report = json.loads(out)
+    assert (report["status"], report["workflow_status"]) == ("terminated", "TERMINATED")
+
+
+async def test_retry_all_dead_only_signals_running_scans_with_that_scanner_dead(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, state_dir: Path) -> None:
+    tenant = f"batch-{uuid.uuid4().hex[:8]}"
+    env = cli_env(temporal_env, settings)
+    flaky = await start(client, settings, scan_request(flawed_repo, "flaky", tenant=tenant))
+    bad = await start(client, settings, scan_request(flawed_repo, "badinput", tenant=tenant))
+    await eventually(lambda: dead(client, flaky.id, "flaky"), what="flaky dead")
+    await eventually(lambda: dead(client, bad.id, "badinput"), what="badinput dead")
+
+    async def both_listed() -> bool:
+        code, out, _ = await scanward("list", "--status", "dead", "--tenant", tenant, env=env)
+        return code == 0 and flaky.id in out and bad.id in out
+
+    await eventually(both_listed, what="both dead scans listed")
+    (state_dir / "fixed").touch()
+    code, out, err = await scanward("retry", "--all-dead", "--tenant", tenant, "--scanner",
+                                    "flaky", env=env)
+    assert code == 0, err
+    assert "flaky" in out and tenant in out, out
+    assert (await flaky.result()).status is ScanStatus.COMPLETED
+    signalled = [e async for e in bad.fetch_history_events()
+                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    assert signalled == []  # its dead scanner is badinput, not flaky
+    await api.abandon(client, bad.id)
+
+
+async def test_list_shows_each_scan_once_in_its_latest_run(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path) -> None:
+    """A scan started again after its run was terminated has two runs: `list` showed
+    both (a scan twice, the old run's state among them)."""
+    tenant = f"runs-{uuid.uuid4().hex[:8]}"
+    request = scan_request(flawed_repo, "fake", tenant=tenant).model_copy(
+        update={"commit": git(flawed_repo, "rev-parse", "main")})
+    first = await api.start_scan(client, request, task_queue=f"nobody-{tenant}")
+    await first.terminate(reason="started on the wrong queue")
+    again = await start(client, settings, request)
+    assert again.id == first.id and again.result_run_id != first.result_run_id
+    assert (await again.result()).status is ScanStatus.COMPLETED
+    env = cli_env(temporal_env, settings)
+
+    async def runs() -> bool:
+        found = [w async for w in client.list_workflows(f'WorkflowId = "{first.id}"')]
+        return len(found) == 2 and all(w.status is not WorkflowExecutionStatus.RUNNING
+                                       for w in found)
+
+    await eventually(runs, what="both runs closed in visibility")
+    code, out, err = await scanward("list", "--tenant", tenant, env=env)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if first.id in line]
+    assert len(rows) == 1 and "completed" in rows[0], out
+    found = [s async for s in api.list_scans(client, tenant=tenant)]
+    assert found == [(first.id, ScanStatus.COMPLETED, WorkflowExecutionStatus.COMPLETED)]
+    code, out, err = await scanward("list", "--tenant", tenant, "--limit", "1", env=env)
+    assert code == 0 and first.id in out, err
+
+
+async def test_a_partial_scan_says_partial_when_scanned_again_and_in_findings(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path) -> None:
+    env = cli_env(temporal_env, settings)
+    # badinput is dead at its first attempt, even on the CLI's production tuning.
+    scan = ("scan", str(flawed_repo), "--ref", "main", "-s", "badinput", "-s", "fake",
+            "--key", uuid.uuid4().hex)
+    code, out, err = await scanward(*scan, env=env)
+    assert code == 0, err
+    scan_id = out.split()[1]
+    await eventually(lambda: dead(client, scan_id, "badinput"), what="badinput dead")
+    await eventually(lambda: _is(scanner_status(client, scan_id, "fake"),
+                                 ScannerStatus.SUCCEEDED), what="fake succeeded")
+    await api.abandon(client, scan_id, AbandonSignal(reason="known broken"))
+    assert (await api.handle(client, scan_id).result()).status is ScanStatus.PARTIAL
+
+    code, out, err = await scanward(*scan, env=env)
+    assert code == 0, err
+    assert f"scan {scan_id} of main at " in out and "already ended (partial)" in out, out
+
+    # Its findings are real (fake's), but not the whole scan's: said so, exit 0.
+    code, out, err = await scanward("findings", scan_id, env=env)
+    assert code == 0 and "FAKE001" in out, out + err
+    assert f"scan {scan_id} ended partial" in out and "badinput abandoned" in out, out
+    for fmt in ("json", "sarif"):
+        code, out, err = await scanward("findings", scan_id, "--format", fmt, env=env)
+        assert code == 0, err
+        json.loads(out)  # stdout stays the document
+        assert "FAKE001" in out
+        assert err.startswith(f"scanward: note: scan {scan_id} ended partial"), err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_findings_of_a_failed_or_cancelled_scan_is_an_error_in_every_format(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, state_dir: Path) -> None:
+    """A SARIF upload of a scan that did not finish would claim a clean (or partial)
+    result: exit 1 naming the scan's status, whatever the format."""
+    env = cli_env(temporal_env, settings)
+    cancelled = await start(client, settings, scan_request(flawed_repo, "fake", "sleepy"))
+    await eventually(lambda: _is(scanner_status(client, cancelled.id, "fake"),
+                                 ScannerStatus.SUCCEEDED), what="fake succeeded")
+    await eventually(lambda: _true((state_dir / "pid").exists()), what="sleepy running")
+    await cancelled.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await cancelled.result()
+    # A commit the repository does not have: the clone fails.
+    failed = await start(client, settings, scan_request(flawed_repo, "fake").model_copy(
+        update={"commit": "0" * 40}))
+    with pytest.raises(WorkflowFailureError):
+        await failed.result()
+    for scan_id, word in ((cancelled.id, "cancelled"), (failed.id, "failed")):
+        for fmt in ("table", "json", "sarif"):
+            code, out, err = await scanward("findings", scan_id, "--format", fmt, env=env)
+            assert code == 1 and out == "", (fmt, out, err)
+            assert err.startswith(f"scanward: error: scan {scan_id} {word}"), err
+            assert len(err.strip().splitlines()) == 1, err
+
+
+async def _contains(text: Awaitable[str], part: str) -> bool:
+    return part in await text
 
 
 async def _is(value: object, expected: object) -> bool:

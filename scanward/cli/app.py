@@ -3,14 +3,18 @@ command shares."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from temporalio.service import RPCError
+from typer import _click  # typer vendors click: its usage errors are these classes
+from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType
 
 from scanward import client as api
 from scanward.contract import NotifyTarget
@@ -23,13 +27,70 @@ if TYPE_CHECKING:
     from scanward.store import Store
 
 
-# markdown: docstrings wrapped at 88 columns reflow to the terminal instead of
-# breaking mid-sentence in the command list.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="Durable security scans on Temporal.")
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
+
+
+def _flags_without_metavar(params: list[_click.Parameter]) -> list[_click.Parameter]:
+    """Typer's rich help shows every option's type, a flag's too (`--new <bool>`, as if
+    it took a value): a flag gets an empty metavar, which that help shows instead."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A scanward command: flags shown without a value in --help."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The scanward application: usage errors are one line on stderr and exit 2, as
+    every other error is one line (typer prints a usage line, a hint and a box)."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:  # the caller handles errors (typer's test runner)
+            return super().main(args, prog_name, complete_var, standalone_mode,
+                                windows_expand_args, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False,
+                                  windows_expand_args, **extra)
+        except _click.exceptions.NoArgsIsHelpError as e:
+            sys.exit(e.exit_code)  # the help has been printed (no command given)
+        except _click.exceptions.UsageError as e:
+            ctx = e.ctx
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error_line(one_line(e.format_message()).rstrip(".") + hint)
+            sys.exit(e.exit_code)
+        except _click.exceptions.ClickException as e:
+            _error_line(one_line(e.format_message()))
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            _error_line("aborted")
+            sys.exit(EXIT_ERROR)
+        # Not standalone, click returns an Exit's code instead of exiting with it.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class _Typer(typer.Typer):
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=cls or Command, **kwargs)
+
+
+# markdown: docstrings wrapped at 88 columns reflow to the terminal instead of
+# breaking mid-sentence in the command list.
+app = _Typer(cls=Group, add_completion=False, no_args_is_help=True,
+             rich_markup_mode="markdown", help="Durable security scans on Temporal.")
 
 # Exit codes (the README lists them): 0 the command did what it says; 1 it did not
 # (the one-line reason is on stderr); 2 bad usage (typer/click); 3 `scan --wait
@@ -62,7 +123,7 @@ def run_command(coro: Coroutine[Any, Any, T]) -> T:
     except CliError as e:
         fail(str(e), e.code)
     except (InputError, DevServerError, api.RefNotResolved, api.ScanNotFound,
-            api.ScanNotRunning, api.Rejected) as e:
+            api.ScanNotRunning, api.Rejected, api.NoWorker, api.RequestConflict) as e:
         fail(str(e))
     except ConfigError as e:  # met while running: `dev`'s worker reads the backend's own
         fail(str(e))
@@ -89,9 +150,18 @@ def _check_configuration() -> None:
         fail(str(e))
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err.print(f"scanward: error: {message}", markup=False, highlight=False, soft_wrap=True)
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    _error_line(message)
     raise typer.Exit(code)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"scanward: error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr: something the output alone does not say."""
+    err.print(f"scanward: note: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def one_line(text: str) -> str:

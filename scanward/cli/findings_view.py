@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from scanward.cli.app import EXIT_GATE, CliError, open_store, out
-from scanward.contract import Severity
+from scanward.cli.app import EXIT_GATE, CliError, note, one_line, open_store, out
+from scanward.contract import ScannerStatus, ScanStatus, Severity
 
 if TYPE_CHECKING:
-    from scanward.store import FindingRecord, Store
+    from scanward.store import FindingRecord, ScanRecord, Store
 
 
 class FindingsFormat(StrEnum):
@@ -91,11 +91,36 @@ def _record_json(r: FindingRecord) -> dict[str, Any]:
     }
 
 
+def _unfinished(scan: ScanRecord) -> str | None:
+    """Why the stored findings of ``scan`` are not all its findings (None: they are).
+    Raises :class:`CliError` for a failed or cancelled scan: it has no result, and an
+    empty list (or SARIF run) would read as a clean one."""
+    summary = scan.summary
+    if scan.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
+        why = one_line(summary.reason or "")[:300] if summary else ""
+        raise CliError(f"scan {scan.scan_id} {scan.status.value}"
+                       + (f" ({why})" if why else "")
+                       + ": it has no result, so no findings to report (not: none found)")
+    if scan.status is ScanStatus.PARTIAL:
+        abandoned = [r.scanner for r in summary.scanners
+                     if r.status is ScannerStatus.ABANDONED] if summary else []
+        what = f" ({', '.join(abandoned)} abandoned)" if abandoned else ""
+        return (f"scan {scan.scan_id} ended partial{what}: these are the findings of the "
+                "scanners that finished")
+    if scan.status in (ScanStatus.RUNNING, ScanStatus.DEAD):
+        return (f"scan {scan.scan_id} has not ended (stored as {scan.status.value}): these "
+                "are the findings of the scanners finished so far")
+    return None
+
+
 def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
                     view: FindingsView = FindingsView.open,
                     severities: tuple[Severity, ...] = ()) -> list[FindingRecord]:
     """The scan's stored findings in ``view``; a scan the store has never heard of is an
-    error, not an empty list. Returns the findings shown."""
+    error, not an empty list, and so is a failed or cancelled one (in every format: a
+    SARIF upload must not read it as clean). The findings of a partial (or unfinished)
+    scan are shown with a note saying so: under the table, or on stderr for JSON and
+    SARIF, whose output stays the document. Returns the findings shown."""
     from scanward.sarif_export import to_sarif
     from scanward.store.tracking import select_records
 
@@ -105,6 +130,7 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
         if scan is None:
             raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
                            "of it has finished yet; see `scanward status`)")
+        caveat = _unfinished(scan)
         if view is FindingsView.fixed:
             records = store.fixed_findings(scan_id)
         else:
@@ -117,13 +143,7 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
         summary = _lifecycle_line(store, scan_id)
     finally:
         store.close()
-    if fmt is FindingsFormat.json:
-        print(json.dumps([_record_json(r) for r in shown], indent=2))
-    elif fmt is FindingsFormat.sarif:
-        doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
-                       repository=scan.repository, commit=scan.commit, ref=scan.ref)
-        print(json.dumps(doc, indent=2))
-    else:
+    if fmt is FindingsFormat.table:
         what = {FindingsView.open: "open (new and existing)", FindingsView.new: "new",
                 FindingsView.fixed: "fixed (gone since the previous scan)",
                 FindingsView.all: "all, suppressed ones too"}[view]
@@ -132,6 +152,17 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
         hint = " (not shown: --all shows them)" if hidden and view is FindingsView.open else ""
         out.print(f"{scan_id}: {summary}{hint}", markup=False, highlight=False,
                   soft_wrap=True)
+        if caveat:
+            out.print(f"note: {caveat}", markup=False, highlight=False, soft_wrap=True)
+        return shown
+    if fmt is FindingsFormat.json:
+        print(json.dumps([_record_json(r) for r in shown], indent=2))
+    else:
+        doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
+                       repository=scan.repository, commit=scan.commit, ref=scan.ref)
+        print(json.dumps(doc, indent=2))
+    if caveat:  # stdout stays the document
+        note(caveat)
     return shown
 
 

@@ -10,29 +10,43 @@ from temporalio.client import WorkflowExecutionStatus
 
 from scanward import client as api
 from scanward.cli.app import CliError, out, run_command
-from scanward.contract import AbandonSignal, RetrySignal
+from scanward.contract import AbandonSignal, RetrySignal, ScanStatus
 
 
 def retry(
     scan_id: Annotated[str | None, typer.Argument()] = None,
-    scanner: Annotated[str | None, typer.Option(help="Only this dead scanner.")] = None,
+    scanner: Annotated[str | None, typer.Option(
+        help="Only this dead scanner (with --all-dead: only the scans in which it is "
+             "dead).")] = None,
     memory_mib: Annotated[int | None, typer.Option(help="Memory for the retry.")] = None,
     all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead scan, in one "
-                                           "batch.")] = False,
+                                           "batch (not with a scan id).")] = False,
+    tenant: Annotated[str | None, typer.Option(help="With --all-dead: only this tenant's "
+                                               "scans.")] = None,
 ) -> None:
     """Retry dead scanners of a scan (refused, with the reason, if none would be), or of
     every dead scan (one batch signal)."""
 
     async def go() -> None:
         signal = RetrySignal(scanner=scanner, memory_mib=memory_mib)
+        if all_dead and scan_id is not None:
+            # The id used to be ignored: every dead scan in the namespace was retried.
+            raise CliError("give a scan id or --all-dead, not both")
         if not (all_dead or scan_id):
             raise CliError("give a scan id or --all-dead")
-        client = await api.connect()
+        if tenant is not None and not all_dead:
+            raise CliError("--tenant selects scans for --all-dead; a scan id names one")
         if all_dead:
-            job = await api.retry_all_dead(client, signal)
-            out.print(f"batch {job} signalled every dead scan", highlight=False)
+            # Checked before connecting: they become part of a visibility query.
+            api.status_query(ScanStatus.DEAD, tenant, dead_scanner=scanner)
+            client = await api.connect()
+            job = await api.retry_all_dead(client, signal, tenant=tenant)
+            which = " ".join(filter(None, [f"of tenant {tenant}" if tenant else "",
+                                           f"with {scanner} dead" if scanner else ""]))
+            out.print(f"batch {job} signalled every dead scan{' ' + which if which else ''}",
+                      highlight=False)
         elif scan_id is not None:
-            retried = await api.retry(client, scan_id, signal)
+            retried = await api.retry(await api.connect(), scan_id, signal)
             out.print(f"{scan_id}: retrying {', '.join(retried)}", highlight=False)
 
     run_command(go())
@@ -41,14 +55,18 @@ def retry(
 def abandon(
     scan_id: str,
     scanner: Annotated[str | None, typer.Option(help="Only this dead scanner.")] = None,
-    reason: str = "abandoned by operator",
+    reason: Annotated[str, typer.Option(help="Why (the scan shows it).")
+                      ] = "abandoned by operator",
 ) -> None:
     """Give up on dead scanners (refused, with the reason, if none is dead); the scan
     ends partial."""
 
     async def go() -> None:
+        if not reason.strip():
+            raise CliError("--reason must say why (the scan shows it as the scanners' "
+                           "reason)")
         abandoned = await api.abandon(await api.connect(), scan_id,
-                                      AbandonSignal(scanner=scanner, reason=reason))
+                                      AbandonSignal(scanner=scanner, reason=reason.strip()))
         out.print(f"{scan_id}: abandoned {', '.join(abandoned)}", highlight=False)
 
     run_command(go())

@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+from datetime import timedelta
 from enum import StrEnum
 
 from rich.live import Live
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError
+from rich.text import Text
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.service import RPCError
 
 from scanward import client as api
 from scanward.cli.app import EXIT_DEAD, CliError, err, one_line, out
-from scanward.contract import ScannerRun, ScannerStatus, ScanSummary
+from scanward.contract import ScannerRun, ScannerStatus, ScanStatus, ScanSummary
 
 
 class Format(StrEnum):
@@ -22,10 +29,12 @@ class Format(StrEnum):
     json = "json"
 
 
-def progress_table(summary: ScanSummary, *, reasons: bool = True) -> Table:
+def progress_table(summary: ScanSummary, *, reasons: bool = True,
+                   title: str | None = None) -> Table:
     """Per-scanner progress; with ``reasons``, each reason's first line (the live view:
     ``status`` prints them in full below the table instead)."""
-    table = Table(title=f"{summary.scan_id}: {summary.status.value}", title_justify="left")
+    table = Table(title=title or f"{summary.scan_id}: {summary.status.value}",
+                  title_justify="left")
     columns = ["scanner", "status", "attempts", "memory", "findings", "failure"]
     for col in columns + (["reason"] if reasons else []):
         table.add_column(col)
@@ -63,6 +72,7 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
     if fmt is Format.json:
         print(json.dumps({
             "scan_id": state.scan_id,
+            "status": state.status,  # the scan's state now, "terminated" included
             "workflow_status": workflow,
             "scan_status": state.scan_status.value if state.scan_status else None,
             "failure": state.failure,
@@ -71,12 +81,18 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
         }, indent=2))
         return
     if summary is not None:
-        out.print(progress_table(summary, reasons=False))
+        title = None
+        if not state.running and summary.status in (ScanStatus.RUNNING, ScanStatus.DEAD):
+            # The workflow closed (terminated, timed out) before the scan ended: its
+            # last answer still says running or dead.
+            title = (f"{state.scan_id}: {state.closed_as} (workflow {workflow} while the "
+                     f"scan was {summary.status.value})")
+        out.print(progress_table(summary, reasons=False, title=title))
         _print_reasons(summary)
     else:
         scan_status = state.scan_status.value if state.scan_status else "unknown"
-        out.print(f"{state.scan_id}: workflow {workflow}, ScanStatus {scan_status}",
-                  markup=False, highlight=False)
+        out.print(f"{state.scan_id}: {state.status} (workflow {workflow}, ScanStatus "
+                  f"{scan_status})", markup=False, highlight=False)
         out.print(f"no progress from the workflow: {report.query_error}", markup=False,
                   highlight=False)
     if state.failure and not (summary and summary.reason and state.failure in summary.reason):
@@ -98,6 +114,16 @@ def ended_reason(summary: ScanSummary) -> str:
                  for r in summary.scanners if r.status is ScannerStatus.ABANDONED]
     parts = ([summary.reason] if summary.reason else []) + abandoned
     return one_line("; ".join(parts)) or "no reason recorded"
+
+
+async def _final_view(client: Client, scan_id: str) -> Table | Text:
+    """A closed scan's final table (its progress query, answered by a worker replaying
+    it), or, when no worker answers, how Temporal says it closed."""
+    try:
+        return progress_table(await api.progress(client, scan_id, timedelta(seconds=5)))
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        state = await api.describe(client, scan_id)
+        return Text(f"{scan_id}: {state.closed_as}")
 
 
 async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> ScanSummary:
@@ -129,6 +155,9 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> 
             try:
                 summary = result.result()
             except WorkflowFailureError as e:
+                # The table shows the last live answer (running, pending): show how the
+                # scan ended instead, before the error.
+                live.update(await _final_view(client, scan_id))
                 cause = e.cause
                 raise CliError(f"scan {scan_id} failed: "
                                f"{getattr(cause, 'message', cause)}") from e

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus
 
 from scanward import client as api
 from scanward.cli.app import (
@@ -73,15 +72,18 @@ def scan(
         request = await api.with_commit(client, request, task_queue=settings.task_queue)
         handle = await api.start_scan(client, request, task_queue=settings.task_queue)
         what = f"{request.ref} at {(request.commit or '')[:12]}"
-        state = (await handle.describe()).status
-        if state is WorkflowExecutionStatus.RUNNING:
+        state = await api.describe(client, handle.id)
+        if state.running:
             out.print(f"scan {handle.id} of {what} running", highlight=False)
         else:  # this commit was scanned already with these scanners: that is the answer
-            out.print(f"scan {handle.id} of {what} already ended "
-                      f"({state.name.lower() if state else 'unknown'}); --key scans again",
-                      highlight=False)
+            # The scan's own word (partial, failed ...), not its workflow's (completed).
+            out.print(f"scan {handle.id} of {what} already ended ({state.closed_as}); "
+                      "--key scans again", highlight=False)
         if wait:
             summary = await watch(client, handle.id, stop_on_dead=not wait_dead)
+            if summary.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
+                # Its stored findings (if any scanner finished) are not the scan's.
+                raise CliError(f"scan ended {summary.status.value}: {ended_reason(summary)}")
             shown = print_findings(handle.id)
             if summary.status is not ScanStatus.COMPLETED:
                 raise CliError(f"scan ended {summary.status.value}: {ended_reason(summary)}")
@@ -240,22 +242,25 @@ def logs(
 
 def list_scans(
     status: Annotated[ScanStatus | None, typer.Option(help="Only scans in this state.")] = None,
-    tenant: str | None = None,
-    limit: int = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's scans.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many scans.")] = 50,
 ) -> None:
-    """Scans by their ScanStatus search attribute (e.g. --status dead)."""
+    """Scans by their ScanStatus search attribute (e.g. --status dead), newest first,
+    each once (as its latest run is)."""
 
     async def go() -> None:
+        if tenant is not None:  # before connecting: it becomes part of a visibility query
+            api.check_tenant(tenant)
         client = await api.connect()
         table = Table()
         for col in ("scan", "status", "workflow"):
             table.add_column(col)
         async for scan_id, scan_status, wf_status in api.list_scans(client, status, tenant,
                                                                      limit):
-            table.add_row(scan_id, scan_status.value if scan_status else "",
-                          wf_status.name if wf_status else "")
+            # A workflow closed without a final ScanStatus (terminated while running or
+            # dead) shows how it closed.
+            state = api.ScanState(scan_id, wf_status, scan_status, ())
+            table.add_row(scan_id, state.status, wf_status.name if wf_status else "")
         out.print(table)
 
     run_command(go())
-
-
