@@ -16,6 +16,9 @@ MANAGER = "scanward"
 LABEL_SCAN = "scanward.dev/scan"  # a hash: label values are limited to 63 characters
 LABEL_SCANNER = "scanward.dev/scanner"
 LABEL_ATTEMPT = "scanward.dev/attempt"
+# The workflow run the Job belongs to (a hash): a scan id started again after a cancel or
+# a failure is a new run, whose attempt 1 must not adopt the earlier run's Job.
+LABEL_RUN = "scanward.dev/run"
 ANNOTATION_SCAN_ID = "scanward.dev/scan-id"
 ANNOTATION_WORKFLOW = "scanward.dev/workflow-id"
 ANNOTATION_RESULTS = "scanward.dev/results-subpath"
@@ -77,7 +80,13 @@ def job_name(scan_id: str, scanner: str, attempt: int) -> str:
     """Deterministic, DNS-1123 and at most 63 characters (the ``job-name`` pod label):
     creating it twice names the same Job."""
     digest = hashlib.sha256(scan_id.encode()).hexdigest()[:12]
-    return f"sw-{digest}-{scanner[:30]}-a{attempt}"
+    if len(scanner) > 30:  # cut, and told apart from others cut the same (names go to 32)
+        scanner = f"{scanner[:21]}-{hashlib.sha256(scanner.encode()).hexdigest()[:8]}"
+    return f"sw-{digest}-{scanner}-a{attempt}"
+
+
+def run_label(run_id: str) -> str:
+    return hashlib.sha256(run_id.encode()).hexdigest()[:40]
 
 
 def scan_label(scan_id: str) -> str:
@@ -98,8 +107,9 @@ def tee_log_command(command: list[str], log: str = f"{RESULTS_MOUNT}/{LOG_FILE}"
 
 def build_job(job: ScannerJobInput, spec: ScannerSpec, cfg: KubeJobConfig, *,
               deadline_seconds: int | None = None,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The Job manifest for one attempt of one scanner."""
+              env: dict[str, str] | None = None,
+              run_id: str | None = None) -> dict[str, Any]:
+    """The Job manifest for one attempt of one scanner (of workflow run ``run_id``)."""
     sarif = f"{RESULTS_MOUNT}/{SARIF_FILE}"
     command = [a.format(source=SOURCE_MOUNT, sarif=sarif) for a in spec.command]
     if spec.pod_annotations.get(ANNOTATION_TEE_LOG, "true").lower() != "false":
@@ -109,6 +119,7 @@ def build_job(job: ScannerJobInput, spec: ScannerSpec, cfg: KubeJobConfig, *,
         LABEL_SCAN: scan_label(job.scan_id),
         LABEL_SCANNER: job.scanner,
         LABEL_ATTEMPT: str(job.attempt),
+        **({LABEL_RUN: run_label(run_id)} if run_id else {}),
     }
     annotations = {
         ANNOTATION_SCAN_ID: job.scan_id,

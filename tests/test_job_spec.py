@@ -3,6 +3,7 @@ server-side dry-run test validates the same specs against a real API server)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -139,3 +140,14 @@ def test_bad_image_is_read_from_the_pod() -> None:
     transient = _pod(containerStatuses=[{"name": "scanner", "state": {
         "waiting": {"reason": "ErrImagePull"}}}])
     assert pod_bad_image(transient) is None  # the kubelet retries that one
+
+
+def test_long_scanner_names_cut_to_the_same_prefix_stay_apart() -> None:
+    """Scanner names go to 32 characters, Job names keep 30 of them: two that share
+    those 30 named the same Job, and one scanner went dead ("not created by scanward for
+    this attempt"). Names of 30 characters or less are as they always were."""
+    a, b = "longscanner-name-for-collision-a", "longscanner-name-for-collision-b"
+    assert job_name(SCAN, a, 1) != job_name(SCAN, b, 1)
+    assert len(job_name(SCAN, a, 1)) <= 63
+    digest = hashlib.sha256(SCAN.encode()).hexdigest()[:12]
+    assert job_name(SCAN, "x" * 30, 7) == f"sw-{digest}-{'x' * 30}-a7"

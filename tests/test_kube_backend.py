@@ -28,7 +28,7 @@ from temporalio.exceptions import CancelledError
 
 import worker as scan_worker
 from activities.backends import ScannerFailed
-from activities.backends.kubernetes import KubernetesBackend, KubeSettings
+from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
 from scanward import client as api
 from scanward.catalog import Catalog
 from scanward.contract import (
@@ -40,7 +40,8 @@ from scanward.contract import (
     ScannerStatus,
     ScanStatus,
 )
-from scanward.job_spec import LOG_FILE, job_name, tee_log_command
+from scanward.devserver import free_port
+from scanward.job_spec import LABEL_RUN, LOG_FILE, job_name, run_label, tee_log_command
 from scanward.load import stand_in as shared
 from scanward.load.stand_in import JobView, PodPlay
 from scanward.settings import Settings
@@ -417,3 +418,74 @@ def _pods(plane: Any, namespace: str) -> list[dict[str, Any]]:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+@pytest.mark.usefixtures("kube_worker")
+async def test_a_scan_started_again_runs_its_own_job(
+        client: Client, kube_settings: Settings, control_plane: Any, kube_namespace: str,
+        flawed_repo: Path) -> None:
+    """A scan id started again after its run ended without cleaning up (terminated
+    here; a cancel whose delete failed leaves the same) is a new run, and its attempt 1
+    must not adopt the earlier run's Job of the same name: it did, and the scanner went
+    dead when that Job's results had been removed with the earlier run."""
+    request = scan_request(flawed_repo, "k-slow")
+    first = await api.start_scan(client, request, task_queue=kube_settings.task_queue)
+    await eventually(lambda: _async(bool(jobs_of(control_plane, kube_namespace))),
+                     what="the first run's Job")
+    (old,) = jobs_of(control_plane, kube_namespace)
+    first_run = (await first.describe()).run_id
+    await first.terminate(reason="test: the run ends, its Job stays")
+    again = await api.start_scan(client, request, task_queue=kube_settings.task_queue)
+    assert again.id == first.id
+    run_id = (await again.describe()).run_id
+    assert run_id and run_id != first_run  # a new run, same id
+
+    async def replaced() -> bool:
+        jobs = jobs_of(control_plane, kube_namespace)
+        return bool(jobs) and jobs[0]["metadata"]["uid"] != old["metadata"]["uid"]
+
+    await eventually(replaced, timeout=60, what="the new run's own Job")
+    (new,) = jobs_of(control_plane, kube_namespace)
+    assert new["metadata"]["name"] == old["metadata"]["name"]
+    assert new["metadata"]["labels"][LABEL_RUN] == run_label(run_id)
+    # The terminated run's activity ends too (its Job was replaced): whatever it cleans
+    # up, the new run's Job of the same name runs on (deletes name the uid they mean).
+    await asyncio.sleep(5)
+    assert [j["metadata"]["uid"] for j in jobs_of(control_plane, kube_namespace)] == [
+        new["metadata"]["uid"]]
+    (run,) = (await api.progress(client, again.id)).scanners
+    assert (run.status, run.attempts) == (ScannerStatus.RUNNING, 1)
+    await api.cancel(client, again.id)
+    await eventually(lambda: _async(not jobs_of(control_plane, kube_namespace)),
+                     timeout=30, what="the Job to be deleted on cancel")
+
+
+async def test_stop_does_not_report_a_delete_that_did_not_happen(
+        kube_settings: Settings, control_plane: Any, tmp_path: Path) -> None:
+    """stop_scanner said "deleted" whatever the API answered: with the API server
+    unreachable (or the delete forbidden) the Job ran on, unreported, to its deadline."""
+    job = ScannerJobInput(
+        scan_id=f"scan-default-{uuid.uuid4().hex[:20]}", scanner="k-ok", attempt=1,
+        checkout=Checkout(scan_id="x", source_subpath="x/src", commit="0" * 40,
+                          size_bytes=1, file_count=1),
+        resources=Resources(cpu_millis=100, memory_mib=128))
+    backend = KubernetesBackend(KubeSettings.from_env(kube_settings.env),
+                                kube_settings.results_root)
+    try:  # no Job of that name: gone already, and said so
+        assert (await backend.stop(job)).endswith(" already gone")
+    finally:
+        backend.close()
+    # The same cluster's kubeconfig, its address one where nothing listens.
+    config = json.loads(control_plane.kubeconfig.read_text())  # the plane writes JSON
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    dead = tmp_path / "unreachable.kubeconfig"
+    dead.write_text(json.dumps(config))
+    unreachable = KubernetesBackend(
+        KubeSettings.from_env({**kube_settings.env, "SCANWARD_KUBECONFIG": str(dead)}),
+        kube_settings.results_root)
+    try:
+        with pytest.raises(ClusterError, match="cannot reach the Kubernetes API"):
+            await unreachable.stop(job)
+    finally:
+        unreachable.close()

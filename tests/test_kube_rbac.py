@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from activities.backends import ScannerFailed
 from activities.backends import kubernetes as kube_backend
 from activities.backends.kubernetes import ClusterError, KubernetesBackend, KubeSettings
 from scanward.catalog import Catalog
@@ -166,7 +167,7 @@ def test_backend_works_as_the_service_account(control_plane: testenv.ControlPlan
         outcome = run_async(asyncio.wait_for(tracker.wait(name), timeout=60))
         assert outcome.succeeded, outcome
 
-        pods = backend._pods(name)  # returns [] on any error, 403 included
+        pods = backend._pods(name)
         assert [p["metadata"]["labels"]["job-name"] for p in pods] == [name]
         # The log read is authorized (the API server then finds no kubelet behind the
         # kwok node: any error but 403 is fine here).
@@ -199,7 +200,7 @@ def test_backend_works_as_the_service_account(control_plane: testenv.ControlPlan
 
 def test_backend_delete_path(control_plane: testenv.ControlPlane, kube_namespace: str,
                              worker_identity: tuple[str, Path], tmp_path: Path) -> None:
-    """The backend's own _delete (errors swallowed) removes a running attempt's Job."""
+    """The backend's own _delete removes a running attempt's Job."""
     ns = kube_namespace
     _, kubeconfig = worker_identity
     backend = backend_for(kubeconfig, ns, tmp_path / "results")
@@ -259,3 +260,37 @@ def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.Co
     message = str(error.value)
     assert f"forbidden to {verb} {resource} in namespace {ns!r}" in message
     assert "deploy/rbac.yaml" in message
+
+
+def test_refused_requests_are_errors_not_empty_answers(control_plane: testenv.ControlPlane,
+                                                       kube_namespace: str,
+                                                       tmp_path: Path) -> None:
+    """A pod list or a Job delete the API server refuses was read as "no pods" (an OOM
+    kill then looked like a crash, retried without more memory) or as done (a cancelled
+    scan's Job ran on to its deadline, unreported). Both are errors now."""
+    ns = kube_namespace
+    apply_rbac(control_plane, ns, without(without(rbac_objects(ns), "", "pods", "list"),
+                                          "batch", "jobs", "delete"))
+    token = service_account_token(control_plane, ns, ACCOUNT)
+    kept = [p for p in PERMISSIONS if p not in (("", "pods", "list"),
+                                                ("batch", "jobs", "delete"))]
+    wait_for_grants(control_plane, token, ns, kept)
+    backend = backend_for(token_kubeconfig(tmp_path / "kubeconfig", control_plane.server,
+                                           token, control_plane.ca_file), ns,
+                          tmp_path / "results")
+    try:
+        job = attempt(f"scan-default-{uuid.uuid4().hex[:20]}")
+        spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("600s"))
+        manifest = build_job(job, spec, KubeJobConfig(namespace=ns))
+        name = manifest["metadata"]["name"]
+        backend._create_or_adopt(manifest, job)
+        with pytest.raises(ScannerFailed, match="forbidden to list pods"):
+            backend._pods(name, tries=1)
+        with pytest.raises(ScannerFailed, match="forbidden to delete jobs"):
+            backend._delete(name)
+        # Still there: nothing claimed otherwise.
+        assert control_plane.request(
+            "GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")["metadata"]["name"] == name
+    finally:
+        backend.close()
+        control_plane.request("DELETE", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -439,6 +439,11 @@ async def test_dead_then_operator_abandon_ends_partial(client: Client) -> None:
             await until_dead(client, handle.id, "beta")
             await eventually(lambda: _succeeded(client, handle.id, "alpha"), timeout=10,
                              what="alpha to succeed")
+            # From Temporal's CLI or the Web UI (not our client, which refuses it too): a
+            # blank reason would be all the scan says of why.
+            with pytest.raises(WorkflowUpdateFailedError) as blank:
+                await handle.execute_update("abandon", {"scanner": "beta", "reason": "  "})
+            assert "an abandon needs a reason" in str(blank.value.cause)
             abandoned = await api.abandon(client, handle.id,
                                           AbandonSignal(scanner="beta", reason="tool broken"))
             assert abandoned == ["beta"]

@@ -28,7 +28,7 @@ from tests.chromium import Chromium
 from tests.conftest import eventually, fake_catalog, scan_request
 
 REPO_ROOT = Path(__file__).parent.parent
-DEAD_QUERY = 'ScanStatus="dead"'
+DEAD_QUERY = 'ScanStatus="dead" AND ExecutionStatus="Running"'
 DEAD_VIEW = "Dead scans"
 
 # The rendered markdown of the User Metadata tab (same-origin iframes): the rows of the

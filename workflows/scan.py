@@ -170,7 +170,13 @@ class ScanWorkflow:
 
     @abandon_update.validator
     def _validate_abandon(self, raw: RawValue = NO_INPUT) -> None:
-        self._targets(decode(raw, AbandonSignal, "abandon"))
+        verdict = decode(raw, AbandonSignal, "abandon")
+        # Here, not in the model: validators do not run on replay, so an abandon with a
+        # blank reason accepted before still replays.
+        if not verdict.reason.strip():
+            raise ApplicationError("an abandon needs a reason: it is what the scan shows",
+                                   type="InvalidInput")
+        self._targets(verdict)
 
     @workflow.signal(name="retry")
     def retry(self, raw: RawValue = NO_INPUT) -> None:
@@ -395,8 +401,12 @@ class ScanWorkflow:
             ) for job in jobs), return_exceptions=True)
         for job, stop in zip(jobs, stops, strict=True):
             if isinstance(stop, BaseException):
+                why = _failure_of(stop)[1] if isinstance(stop, ActivityError) else str(stop)
                 workflow.logger.warning("could not stop %s attempt %d: %s", job.scanner,
-                                        job.attempt, stop)
+                                        job.attempt, why)
+                # The scan still ends cancelled, but says what may still be running.
+                self._reason = (f"{self._reason}; could not stop {job.scanner} attempt "
+                                f"{job.attempt}: {why.splitlines()[0][:300]}")
 
     async def _dead_until_verdict(self, name: str, failure: FailureClass,
                                   reason: str) -> RetrySignal | AbandonSignal:

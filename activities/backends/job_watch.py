@@ -151,11 +151,14 @@ class JobTracker:
     def __init__(self, api_client: k8s.ApiClient, namespace: str, *,
                  resync_seconds: float = 300.0, watch_timeout: int = 240) -> None:
         self._lock = threading.Lock()
-        self._ended: dict[str, JobOutcome] = {}  # Jobs seen ended and not yet deleted
+        # Jobs seen ended and not yet deleted, with their uid.
+        self._ended: dict[str, tuple[str | None, JobOutcome]] = {}
         # Usually one waiter a Job; two when an activity is retried on this worker while
-        # its first try still waits.
+        # its first try still waits. A waiter may name the uid of the Job it waits for:
+        # events of an earlier Job of the same name (replaced) are not its.
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
-                                            asyncio.Future[JobOutcome], float]]] = {}
+                                            asyncio.Future[JobOutcome], float,
+                                            str | None]]] = {}
         batch = k8s.BatchV1Api(api_client)
         core = k8s.CoreV1Api(api_client)
         self.jobs = ResourceWatch(api_client, batch.list_namespaced_job, namespace,
@@ -180,15 +183,16 @@ class JobTracker:
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
 
-    async def wait(self, name: str) -> JobOutcome:
-        """Until the Job ``name`` ends (or is deleted, or its image cannot be pulled)."""
+    async def wait(self, name: str, uid: str | None = None) -> JobOutcome:
+        """Until the Job ``name`` (the one with ``uid``, when given) ends, or is deleted,
+        or its image cannot be pulled."""
         loop = asyncio.get_running_loop()
         with self._lock:
             ended = self._ended.get(name)
-            if ended is not None:
-                return ended
+            if ended is not None and _same(uid, ended[0]):
+                return ended[1]
             future: asyncio.Future[JobOutcome] = loop.create_future()
-            self._waiters.setdefault(name, []).append((loop, future, time.monotonic()))
+            self._waiters.setdefault(name, []).append((loop, future, time.monotonic(), uid))
         try:
             return await future
         finally:
@@ -199,30 +203,45 @@ class JobTracker:
                 else:
                     self._waiters.pop(name, None)
 
+    def remember(self, outcome: JobOutcome, uid: str | None) -> None:
+        """Keep ``outcome`` for a later :meth:`wait` (a retry of the activity that read it
+        and could not finish), until the Job is deleted."""
+        with self._lock:
+            self._ended.setdefault(outcome.name, (uid, outcome))
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._ended.pop(name, None)
 
     # ------------------------------------------------------------ watch threads
 
-    def _resolve(self, outcome: JobOutcome) -> None:
-        # Called with the lock held.
-        for loop, future, _ in self._waiters.pop(outcome.name, []):
+    def _resolve(self, outcome: JobOutcome, uid: str | None = None) -> None:
+        """Hand ``outcome`` (of the Job with ``uid``, if known) to its waiters. Called with
+        the lock held."""
+        waiters = self._waiters.pop(outcome.name, [])
+        rest = [w for w in waiters if not _same(w[3], uid)]
+        for loop, future, _, _ in (w for w in waiters if _same(w[3], uid)):
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_set, future, outcome)
+        if rest:
+            self._waiters[outcome.name] = rest
 
     def _on_job(self, event: str, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
+        uid = job["metadata"].get("uid")
         with self._lock:
             if event == "DELETED":
-                ended = self._ended.pop(name, None)
-                if ended is None and name in self._waiters:
-                    self._resolve(JobOutcome(name, DELETED))
+                ended = self._ended.get(name)
+                if ended is not None and _same(ended[0], uid):
+                    del self._ended[name]
+                elif name in self._waiters:
+                    self._resolve(JobOutcome(name, DELETED), uid)
                 return
             outcome = terminal_outcome(job)
-            if outcome is not None and name not in self._ended:
-                self._ended[name] = outcome
-                self._resolve(outcome)
+            ended = self._ended.get(name)
+            if outcome is not None and (ended is None or not _same(ended[0], uid)):
+                self._ended[name] = (uid, outcome)
+                self._resolve(outcome, uid)
 
     def _jobs_relisted(self, names: set[str], started: float) -> None:
         with self._lock:
@@ -238,12 +257,21 @@ class JobTracker:
     def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
         if event == "DELETED":
             return
-        job = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
+        meta = pod.get("metadata") or {}
+        job = (meta.get("labels") or {}).get("job-name")
         message = pod_bad_image(pod)
         if job and message:
+            owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
+                          if o.get("kind") == "Job"), None)
             with self._lock:
                 if job in self._waiters and job not in self._ended:
-                    self._resolve(JobOutcome(job, BAD_IMAGE, message))
+                    self._resolve(JobOutcome(job, BAD_IMAGE, message), owner)
+
+
+def _same(wanted: str | None, uid: str | None) -> bool:
+    """Whether an event of the Job with ``uid`` is for a waiter of ``wanted`` (either
+    unknown: yes, as before uids were compared)."""
+    return wanted is None or uid is None or wanted == uid
 
 
 def _set(future: asyncio.Future[JobOutcome], outcome: JobOutcome) -> None:

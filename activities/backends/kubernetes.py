@@ -25,6 +25,7 @@ from typing import Any, cast
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from temporalio import activity
 from urllib3.exceptions import HTTPError
 
 from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating, worker_leaving
@@ -41,6 +42,7 @@ from scanward.contract import (
 from scanward.job_spec import (
     CONTAINER,
     LABEL_ATTEMPT,
+    LABEL_RUN,
     LABEL_SCAN,
     LABEL_SCANNER,
     LOG_FILE,
@@ -249,14 +251,15 @@ class KubernetesBackend:
     async def run(self, job: ScannerJobInput, spec: ScannerSpec, heartbeat: Heartbeat,
                   heartbeat_every: float) -> ScannerJobResult:
         started = time.monotonic()
+        run_id = activity.info().workflow_run_id if activity.in_activity() else None
         manifest = build_job(job, spec, self._cfg, deadline_seconds=job.deadline_seconds,
-                             env=traceparent_env())
+                             env=traceparent_env(), run_id=run_id)
         name = manifest["metadata"]["name"]
         # The kubelet would create a missing subPath directory as root, which a non-root
         # scanner cannot write to: the worker (same uid, same volume) creates it first.
         (self._results_root / results_subpath(job)).mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._create_or_adopt, manifest, job)
-        waiter = asyncio.ensure_future(self._tracker.wait(name))
+        uid = await asyncio.to_thread(self._create_or_adopt, manifest, job)
+        waiter = asyncio.ensure_future(self._tracker.wait(name, uid))
         try:
             outcome = await wait_heartbeating(waiter, heartbeat, heartbeat_every)
         except BaseException:
@@ -268,20 +271,28 @@ class KubernetesBackend:
                 log.info("worker shutting down: Job %s left running for the next worker",
                          name)
                 raise
-            # Cancelled, or failed here: no orphans.
-            await asyncio.shield(asyncio.to_thread(self._delete, name))
+            # Cancelled, or failed here: no orphans. A delete that fails is said; on a
+            # cancel the workflow's stop_scanner deletes it again, with retries.
+            await asyncio.shield(asyncio.to_thread(self._delete_or_warn, name, uid))
             raise
         finally:
             self._tracker.forget(name)
         pods = None
         if not outcome.succeeded and outcome.reason not in ("PodFailurePolicy",
                                                             "DeadlineExceeded", BAD_IMAGE):
-            pods = await asyncio.to_thread(self._pods, name)
+            try:
+                pods = await asyncio.to_thread(self._pods, name)
+            except ClusterError:
+                # Without its pods the failure cannot be told (an OOM kill looked like a
+                # crash, and was retried without more memory): the retried activity adopts
+                # the Job, finds it ended, and reads them again.
+                self._tracker.remember(outcome, uid)
+                raise
         failure, message = classify(outcome, spec, pods)
         out_dir = self._results_root / results_subpath(job)
         if failure is not None:
             if failure is FailureClass.BAD_IMAGE:
-                await asyncio.to_thread(self._delete, name)
+                await asyncio.to_thread(self._delete_or_warn, name, uid)
             await asyncio.to_thread(self._save_pod_log, name, pods, out_dir / LOG_FILE)
             raise ScannerFailed(failure, with_log_tail(f"{spec.name}: {message}", out_dir))
         sarif = f"{results_subpath(job)}/{SARIF_FILE}"
@@ -297,18 +308,21 @@ class KubernetesBackend:
     async def stop(self, job: ScannerJobInput) -> str:
         """Delete the attempt's Job (its pods follow): its waiting ``run`` sees it go."""
         name = job_name(job.scan_id, job.scanner, job.attempt)
-        await asyncio.to_thread(self._delete, name)
-        return f"Job {self._cfg.namespace}/{name} deleted"
+        gone = await asyncio.to_thread(self._delete, name)
+        return f"Job {self._cfg.namespace}/{name} {'deleted' if gone else 'already gone'}"
 
     # ------------------------------------------------------------ API requests
 
-    def _create_or_adopt(self, manifest: dict[str, Any], job: ScannerJobInput) -> None:
+    def _create_or_adopt(self, manifest: dict[str, Any], job: ScannerJobInput) -> str | None:
+        """Create the attempt's Job, or adopt the one an earlier try of this activity
+        created; its uid (what the watch's events are matched with)."""
         name = manifest["metadata"]["name"]
         ns = self._cfg.namespace
         try:
             self.requests += 1
-            self._batch.create_namespaced_job(ns, cast(Any, manifest), _request_timeout=30)
-            return
+            created = self._batch.create_namespaced_job(ns, cast(Any, manifest),
+                                                        _request_timeout=30)
+            return _uid(created)
         except ApiException as e:
             if e.status != 409:
                 raise self._failure(e, "create jobs") from e
@@ -316,12 +330,15 @@ class KubernetesBackend:
             raise self._unreachable(e) from e
         # 409: an earlier try of this activity created it (a retry after a crash): adopt
         # it, once we are sure it is ours.
-        try:
-            self.requests += 1
-            existing = self._batch.read_namespaced_job(name, ns, _request_timeout=30)
-        except ApiException as e:
-            raise self._failure(e, "read jobs") from e
-        labels = (existing.metadata.labels if existing.metadata else None) or {}
+        existing = self._read(name)
+        labels = dict((existing.metadata.labels if existing.metadata else None) or {})
+        ours = manifest["metadata"]["labels"].get(LABEL_RUN)
+        if ours and labels.get(LABEL_RUN) not in (None, ours) and labels.get(
+                LABEL_SCAN) == scan_label(job.scan_id):
+            # An earlier run of this scan id (cancelled or failed, then started again)
+            # left it: this run's attempt starts afresh, it does not inherit that one.
+            log.info("Job %s/%s is an earlier run's: replacing it", ns, name)
+            return self._replace(manifest)
         expected = {MANAGED_BY: MANAGER, LABEL_SCAN: scan_label(job.scan_id),
                     LABEL_SCANNER: job.scanner, LABEL_ATTEMPT: str(job.attempt)}
         if any(labels.get(k) != v for k, v in expected.items()):
@@ -329,22 +346,82 @@ class KubernetesBackend:
                                 f"Job {ns}/{name} exists but was not created by scanward for "
                                 f"this attempt (labels {labels})")
         log.info("adopted existing Job %s/%s", ns, name)
+        return _uid(existing)
 
-    def _delete(self, name: str) -> None:
-        with contextlib.suppress(ApiException, HTTPError, OSError):
-            self.requests += 1
-            self._batch.delete_namespaced_job(name, self._cfg.namespace,
-                                              propagation_policy="Background",
-                                              _request_timeout=30)
-
-    def _pods(self, name: str) -> list[dict[str, Any]]:
+    def _read(self, name: str) -> Any:
         try:
             self.requests += 1
-            pods = self._core.list_namespaced_pod(self._cfg.namespace,
-                                                  label_selector=f"job-name={name}",
-                                                  _request_timeout=30)
-        except (ApiException, HTTPError, OSError):
-            return []
+            return self._batch.read_namespaced_job(name, self._cfg.namespace,
+                                                   _request_timeout=30)
+        except ApiException as e:
+            raise self._failure(e, "read jobs") from e
+        except (HTTPError, OSError) as e:
+            raise self._unreachable(e) from e
+
+    def _replace(self, manifest: dict[str, Any], patience: float = 60.0) -> str | None:
+        """Delete the Job of this name and create ``manifest`` once it is gone."""
+        name, ns = manifest["metadata"]["name"], self._cfg.namespace
+        self._delete(name)
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.requests += 1
+                created = self._batch.create_namespaced_job(ns, cast(Any, manifest),
+                                                            _request_timeout=30)
+                return _uid(created)
+            except ApiException as e:
+                if e.status != 409:
+                    raise self._failure(e, "create jobs") from e
+            except (HTTPError, OSError) as e:
+                raise self._unreachable(e) from e
+            if time.monotonic() > deadline:
+                raise ClusterError(f"Job {ns}/{name} of an earlier run was deleted but is "
+                                   f"still there after {patience:.0f}s")
+            time.sleep(0.5)
+
+    def _delete(self, name: str, uid: str | None = None) -> bool:
+        """Delete the Job (its pods follow), only the one with ``uid`` when given (a later
+        run may have replaced it under the same name); False if it was already gone. Any
+        other failure raises (ClusterError, retried; ScannerFailed for a refusal): a
+        delete that did not happen must not be reported as done."""
+        options = k8s.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=k8s.V1Preconditions(uid=uid) if uid else None)
+        try:
+            self.requests += 1
+            self._batch.delete_namespaced_job(name, self._cfg.namespace, body=options,
+                                              _request_timeout=30)
+            return True
+        except ApiException as e:
+            if e.status == 404 or (uid and e.status == 409):  # gone, or not that one
+                return False
+            raise self._failure(e, "delete jobs") from e
+        except (HTTPError, OSError) as e:
+            raise self._unreachable(e) from e
+
+    def _delete_or_warn(self, name: str, uid: str | None = None) -> None:
+        try:
+            self._delete(name, uid)
+        except (ClusterError, ScannerFailed) as e:
+            log.warning("could not delete Job %s/%s: %s", self._cfg.namespace, name, e)
+
+    def _pods(self, name: str, tries: int = 3) -> list[dict[str, Any]]:
+        """The Job's pods (what tells an OOM kill or an eviction from a crash); a request
+        that keeps failing raises rather than read as "no pods"."""
+        for attempt in range(1, tries + 1):
+            try:
+                self.requests += 1
+                pods = self._core.list_namespaced_pod(self._cfg.namespace,
+                                                      label_selector=f"job-name={name}",
+                                                      _request_timeout=30)
+                break
+            except ApiException as e:
+                if e.status in (401, 403, 404) or attempt == tries:
+                    raise self._failure(e, "list pods") from e
+            except (HTTPError, OSError) as e:
+                if attempt == tries:
+                    raise self._unreachable(e) from e
+            time.sleep(1.0)
         result: list[dict[str, Any]] = self._client.sanitize_for_serialization(pods)["items"]
         return result
 
@@ -383,6 +460,11 @@ class KubernetesBackend:
 
     def _unreachable(self, e: BaseException) -> ClusterError:
         return ClusterError(f"cannot reach the Kubernetes API at {self.server}: {_reason(e)}")
+
+
+def _uid(job: Any) -> str | None:
+    uid = job.metadata.uid if getattr(job, "metadata", None) is not None else None
+    return uid if isinstance(uid, str) else None
 
 
 def _reason(e: BaseException) -> str:
