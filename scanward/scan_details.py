@@ -21,10 +21,13 @@ def _cell(text: str) -> str:
 
 
 def _reason(run: ScannerRun) -> str:
-    if not run.reason:
+    """The reason's first line; for a scanner that succeeded, what it said it could not
+    do (its warning)."""
+    text = (run.reason or run.warning or "").strip()
+    if not text:
         return ""
-    first = run.reason.strip().splitlines()[0] if run.reason.strip() else ""
-    more = " …" if len(first) > REASON_CHARS or "\n" in run.reason.strip() else ""
+    first = text.splitlines()[0]
+    more = " …" if len(first) > REASON_CHARS or "\n" in text else ""
     return _cell(first[:REASON_CHARS]) + more
 
 
@@ -42,6 +45,9 @@ def current_details(summary: ScanSummary) -> str:
         found = "" if run.finding_count is None else str(run.finding_count)
         lines.append(f"| {run.scanner} | {run.status.value} | {run.attempts} | {memory} | "
                      f"{found} | {_reason(run)} |")
+    if summary.undelivered_webhooks:
+        lines += ["", "Webhooks not delivered: "
+                  + "; ".join(_cell(w) for w in summary.undelivered_webhooks)]
     dead = [r.scanner for r in summary.scanners if r.status.value == "dead"]
     if dead:
         lines += ["", f"Dead: {', '.join(dead)}. Retry with `scanward retry "

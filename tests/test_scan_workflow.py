@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
+from temporalio.testing import WorkflowEnvironment
 
 import worker as scan_worker
 from scanward import client as api
@@ -28,6 +29,8 @@ from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import eventually, scan_request, start
 from tests.helpers.pids import process_alive
+from tests.helpers.processes import cli_env, scanward
+from tests.helpers.workflows import current_details
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
 
@@ -292,7 +295,8 @@ async def test_a_scan_started_again_is_news_to_its_webhook(
 
 
 async def test_a_file_bandit_cannot_parse_is_named_in_the_summary(
-        client: Client, settings: Settings, flawed_repo: Path) -> None:
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path) -> None:
     """bandit skips a file it cannot parse, says so only in its SARIF's notifications,
     and exits as usual: the scan succeeded, but it must not look clean where it is blind."""
     from scanward.example import git
@@ -306,3 +310,9 @@ async def test_a_file_bandit_cannot_parse_is_named_in_the_summary(
     assert run.status is ScannerStatus.SUCCEEDED and run.finding_count
     assert run.warning == ("1 error(s) the tool reported (not scanned, or not fully): "
                            "syntax error while parsing AST from file: legacy.py"), run.warning
+    # Where operators look: `scanward status`, and the Web UI's scan page.
+    code, out, err = await scanward("status", handle.id, env=cli_env(temporal_env, settings))
+    assert code == 0, err
+    assert "bandit (succeeded, with errors of its own):" in out and "legacy.py" in out, out
+    assert "syntax error while parsing AST from file: legacy.py" in await current_details(
+        handle)

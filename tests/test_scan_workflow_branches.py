@@ -64,7 +64,12 @@ from scanward.policy import backoff
 from scanward.settings import control_queue_for
 from scanward.webhook import WebhookFailed
 from tests.conftest import FAST, eventually
-from tests.helpers.workflows import ends_failed, scan_status_attribute, temporal_cli
+from tests.helpers.workflows import (
+    current_details,
+    ends_failed,
+    scan_status_attribute,
+    temporal_cli,
+)
 from workflows.resolve import ResolveRefWorkflow
 from workflows.scan import ScanWorkflow
 
@@ -519,6 +524,7 @@ async def test_webhook_down_does_not_fail_the_scan(client: Client) -> None:
             handle = await api.start_scan(
                 client, request("alpha", notify=(HOOK, SPARE_HOOK)), task_queue=queue)
             summary = await handle.result()
+            details = await current_details(handle)  # the Web UI's scan page
 
     assert summary.status is ScanStatus.COMPLETED
     notes = [(c.arg.target.url, c.attempt) for c in stubs.calls
@@ -531,6 +537,7 @@ async def test_webhook_down_does_not_fail_the_scan(client: Client) -> None:
     # Not failed, and not silent: the result names the receiver given up on, and why.
     (undelivered,) = summary.undelivered_webhooks
     assert undelivered.startswith(f"{HOOK.url}: ") and "503" in undelivered
+    assert f"Webhooks not delivered: {HOOK.url}: " in details
     # Each delivery carries the run it belongs to (part of its Idempotency-Key).
     run_id = (await handle.describe()).run_id
     assert {c.arg.run_id for c in stubs.calls if c.activity == "notify_webhook"} == {run_id}

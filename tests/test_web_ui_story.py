@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -17,14 +16,9 @@ from scanward import client as api
 from scanward.contract import ScannerStatus, ScanStatus
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
+from tests.helpers.workflows import current_details
 
 pytestmark = pytest.mark.usefixtures("scan_worker_task")
-
-
-async def details(handle: WorkflowHandle[object, object]) -> str:
-    meta: WorkflowMetadata = await handle.query("__temporal_workflow_metadata",
-                                                result_type=WorkflowMetadata)
-    return meta.current_details
 
 
 async def activity_summaries(handle: WorkflowHandle[object, object]) -> list[str]:
@@ -48,7 +42,7 @@ async def test_the_scan_page_tells_the_story(client: Client, settings: Settings,
         return runs["flaky"].status is ScannerStatus.DEAD
 
     await eventually(flaky_dead, what="flaky dead")
-    table = await details(handle)
+    table = await current_details(handle)
     assert table.startswith("**dead** at `"), table
     assert "| scanner | status | attempts | memory | findings | reason |" in table
     assert "| flaky | dead | 2 |" in table and "crashed after 2 attempt(s)" in table, table
@@ -63,4 +57,4 @@ async def test_the_scan_page_tells_the_story(client: Client, settings: Settings,
 
     await api.abandon(client, handle.id)
     assert (await handle.result()).status is ScanStatus.PARTIAL
-    assert (await details(handle)).startswith("**partial**")
+    assert (await current_details(handle)).startswith("**partial**")

@@ -506,6 +506,7 @@ class ScanWorkflow:
                 # but the result says so (the URL's credentials and query never).
                 why = _failure_of(e)[1].splitlines()[0][:300]
                 self._undelivered.append(f"{redact_url(target.url)}: {why}")
+                self._show()
                 workflow.logger.warning("webhook %s not delivered: %s",
                                         redact_url(target.url), why)
         await workflow.execute_activity_method(

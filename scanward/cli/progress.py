@@ -55,7 +55,10 @@ def _print_reasons(summary: ScanSummary) -> None:
     """The scan's and each scanner's reason in full (log lines included), each under a
     heading, wrapped with an indent."""
     reasons = [("scan", summary.status.value, summary.reason)] + [
-        (run.scanner, run.status.value, run.reason) for run in summary.scanners]
+        (run.scanner, run.status.value, run.reason) for run in summary.scanners] + [
+        (run.scanner, f"{run.status.value}, with errors of its own", run.warning)
+        for run in summary.scanners if run.warning] + [
+        ("webhook", "not delivered", hook) for hook in summary.undelivered_webhooks]
     for name, state, reason in reasons:
         if reason:
             out.print(f"{name} ({state}):", markup=False, highlight=False)

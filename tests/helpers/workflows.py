@@ -1,12 +1,18 @@
 """A scan as an operator sees it from outside: Temporal's own CLI, the ScanStatus search
-attribute, and the failure a workflow ended with."""
+attribute, the Web UI's current details, and the failure a workflow ended with."""
 
 from __future__ import annotations
 
 import subprocess
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from scanward import search_attributes as sa
@@ -38,3 +44,10 @@ async def ends_failed(client: Client, scan_id: str) -> str:
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     return str(failure.value.cause)
+
+
+async def current_details(handle: WorkflowHandle[object, object]) -> str:
+    """The workflow's current details, read the way the Web UI reads them."""
+    meta: WorkflowMetadata = await handle.query("__temporal_workflow_metadata",
+                                                result_type=WorkflowMetadata)
+    return meta.current_details
