@@ -354,6 +354,7 @@ class ScanState:
     scan_status: ScanStatus | None  # the ScanStatus search attribute
     dead_scanners: tuple[str, ...]
     failure: str | None = None  # why the workflow closed unsuccessfully, if it did
+    task_queue: str | None = None  # where its workflow tasks go (a worker must poll it)
 
     @property
     def running(self) -> bool:
@@ -385,7 +386,8 @@ def _state(scan_id: str, desc: WorkflowExecutionDescription,
     except ValueError:
         scan_status = None
     dead = desc.typed_search_attributes.get(sa.SCAN_DEAD_SCANNERS) or []
-    return ScanState(scan_id, desc.status, scan_status, tuple(dead), failure)
+    return ScanState(scan_id, desc.status, scan_status, tuple(dead), failure,
+                     desc.task_queue or None)
 
 
 async def describe(client: Client, scan_id: str) -> ScanState:
@@ -434,6 +436,13 @@ async def report(client: Client, scan_id: str,
     try:
         return ScanReport(state, await progress(client, scan_id, query_timeout), None)
     except RPCError as e:
+        if state.running and e.status in (RPCStatusCode.DEADLINE_EXCEEDED,
+                                          RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN):
+            # The query waited for a worker that never took it.
+            return ScanReport(state, None, (
+                f"no worker answered within {query_timeout.total_seconds():g}s on task "
+                f"queue {state.task_queue!r}: start a worker for that queue (or cluster)"
+                f" ({e.message})"))
         return ScanReport(state, None, e.message)
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
         return ScanReport(state, None, str(e))

@@ -282,10 +282,16 @@ async def test_retry_and_abandon_without_a_worker_fail_naming_the_task_queue(
     try:
         results = await asyncio.gather(
             scanward("retry", handle.id, env=env, timeout=45),
-            scanward("abandon", handle.id, "--reason", "gone", env=env, timeout=45))
+            scanward("abandon", handle.id, "--reason", "gone", env=env, timeout=45),
+            scanward("status", handle.id, env=env, timeout=45))
     finally:
         await handle.terminate(reason="test over")
     assert time.monotonic() - started < 40
+    # status answers what Temporal knows, and why the workflow does not (it said only
+    # "Timeout expired" or "h2 protocol error").
+    code, out, err = results.pop()
+    assert code == 0, err
+    assert f"no worker answered within 10s on task queue '{queue}'" in out, out
     for command, (code, out, err) in zip(("retry", "abandon"), results, strict=True):
         assert code == 1 and out == "", (command, out, err)
         assert len(err.strip().splitlines()) == 1, err
