@@ -280,10 +280,10 @@ async def test_retry_and_abandon_without_a_worker_fail_naming_the_task_queue(
     env = cli_env(temporal_env, settings)
     started = time.monotonic()
     try:
-        results = await asyncio.gather(
+        results = list(await asyncio.gather(
             scanward("retry", handle.id, env=env, timeout=45),
             scanward("abandon", handle.id, "--reason", "gone", env=env, timeout=45),
-            scanward("status", handle.id, env=env, timeout=45))
+            scanward("status", handle.id, env=env, timeout=45)))
     finally:
         await handle.terminate(reason="test over")
     assert time.monotonic() - started < 40
