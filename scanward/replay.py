@@ -14,10 +14,14 @@ the others replaying.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -158,10 +162,56 @@ def save_name(workflow_id: str, run_id: str) -> str:
 
 
 def save(history: WorkflowHistory, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / save_name(history.workflow_id, history.run_id)
-    path.write_text(history.to_json())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(history.to_json())
+    except OSError as e:
+        raise ReplayError(f"cannot save {path}: {e.strerror or e}") from None
     return path
+
+
+def prepare_save_dir(directory: Path) -> None:
+    """Create ``directory`` for :func:`save` (before replaying anything): a path that
+    cannot be one is a :class:`ReplayError` naming it."""
+    if directory.exists() and not directory.is_dir():
+        raise ReplayError(f"{directory}: exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReplayError(f"{directory}: {e.strerror or e}") from None
+
+
+# While a history replays, the SDK logs each failed activation with its traceback
+# ("Failed handling activation on workflow ...", "Failed activation on workflow ...");
+# the replay reports the same failure once, as an Outcome. These loggers are silenced
+# for what the replay runs only: its tasks (a context variable they inherit) and its
+# workflow threads (named), not a worker running in the same process meanwhile.
+SDK_LOGGERS = ("temporalio.worker._workflow", "temporalio.worker._workflow_instance",
+               "temporalio.worker._replayer")
+_THREADS = "scanward-replay"
+_replaying: contextvars.ContextVar[bool] = contextvars.ContextVar("scanward_replaying",
+                                                                  default=False)
+
+
+class _ReplayOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_replaying.get() or (record.threadName or "").startswith(_THREADS))
+
+
+@contextlib.contextmanager
+def _sdk_logs_silenced() -> Iterator[None]:
+    token = _replaying.set(True)
+    quiet = _ReplayOnly()
+    loggers = [logging.getLogger(name) for name in SDK_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+        _replaying.reset(token)
 
 
 def default_workflows() -> list[type]:
@@ -208,6 +258,9 @@ async def replay(
         runtime = Runtime(telemetry=TelemetryConfig(logging=None))
     report = Report()
     lanes = max(1, concurrency)
+    # The lanes' workflow threads, named for the log filter (and shut down at the end:
+    # a Replayer's own executor never is).
+    executor = ThreadPoolExecutor(thread_name_prefix=_THREADS)
     queue: asyncio.Queue[Source | None] = asyncio.Queue(maxsize=lanes * 2)
     started = time.monotonic()
 
@@ -224,7 +277,8 @@ async def replay(
 
     async def lane() -> None:
         replayer = Replayer(workflows=workflows, data_converter=pydantic_data_converter,
-                            interceptors=chain, runtime=runtime)
+                            interceptors=chain, runtime=runtime,
+                            workflow_task_executor=executor)
         origins: dict[int, tuple[Source, Path | None]] = {}
 
         async def histories() -> AsyncIterator[WorkflowHistory]:
@@ -249,14 +303,18 @@ async def replay(
                                None if failure is None else _one_line(failure), saved))
 
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(feed())
-            for _ in range(lanes):
-                group.create_task(lane())
+        with _sdk_logs_silenced():
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feed())
+                for _ in range(lanes):
+                    group.create_task(lane())
     except BaseExceptionGroup as eg:
-        # Listing the namespace failed (or a replayer could not start): the caller gets
-        # that error itself, e.g. an RPCError, not a group of one.
+        # Listing the namespace failed (or a replayer could not start, or a history
+        # could not be saved): the caller gets that error itself, e.g. an RPCError, not
+        # a group of one.
         raise eg.exceptions[0] from None
+    finally:
+        executor.shutdown(wait=False)
     report.seconds = time.monotonic() - started
     return report
 

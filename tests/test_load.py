@@ -6,18 +6,28 @@ produced replays. No timing is asserted."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from temporalio.client import Client
+from temporalio.api.history.v1 import History
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
+from scanward import search_attributes as sa
 from scanward.load import report as rpt
+from scanward.load.dead_watch import DeadWatch
 from scanward.load.runner import (
     LoadError,
     LoadOptions,
@@ -27,9 +37,12 @@ from scanward.load.runner import (
     parse_rate,
     run_load,
 )
-from scanward.load.scenarios import mixed_kinds
+from scanward.load.scenarios import OK, LoadContext, mixed_kinds, run_scan
+from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.sarif import read_findings
+from scanward.settings import Settings
 from scanward.synthetic_scanner import attempt_of, sarif_document
+from tests.conftest import eventually
 
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -152,11 +165,38 @@ async def test_webhook_scenario_delivers_once_despite_an_outage(
     assert scans["completed"] == 3
     assert hook["answers"].get("503", 0) >= 1  # the receiver was down at first
     assert hook["delivered_scans"] == 3 and hook["answers"].get("200") == 3
+    assert hook["undelivered_scans"] == 0 and hook["undelivered"] == []
+    assert report.failures() == []
     # The table's line says the same, in words.
     (line,) = (ln for ln in _rendered(report).splitlines() if ln.startswith("webhook"))
     assert line.startswith("webhook: receiver down 2 s, then 0.1 s per answer;"), line
     assert f"; {hook['requests']} requests (3x 200, " in line, line
     assert line.endswith("); 3 scans delivered"), line
+
+
+async def test_webhook_scenario_fails_when_scans_complete_undelivered(
+        temporal_env: WorkflowEnvironment, client: Client, tmp_path: Path) -> None:
+    """The receiver down longer than the notify retries: the scans complete (a webhook
+    does not fail a scan) but none was delivered, which is what the scenario exists to
+    catch: counted and named in the report, and a failure of the run."""
+    report = await run_load(_opts(temporal_env, tmp_path, scenario="webhook", iterations=2,
+                                  webhook_down=40.0, webhook_delay=0.0), print, client)
+    scans = _consistent(report)
+    assert scans["completed"] == 2
+    hook = report.extra["webhook"]
+    ids = sorted(r.scan_id for r in report.records)
+    assert hook["delivered_scans"] == 0 and hook["answers"] == {"503": hook["requests"]}
+    assert hook["undelivered_scans"] == 2 and hook["undelivered"] == ids
+    assert report.as_json()["webhook"]["undelivered"] == ids
+    assert report.failures() == [
+        "2 scan(s) completed without their webhook delivered: the receiver was down "
+        "longer than the notify retries (503 for 40 s)"]
+    rendered = _rendered(report)
+    assert "webhooks: scans delivered / completed undelivered" in rendered
+    assert " 0 / 2 " in rendered, rendered
+    (line,) = (ln for ln in rendered.splitlines() if ln.startswith("webhook:"))
+    assert line.endswith(f"; 0 scans delivered; 2 completed scans not delivered: "
+                         f"{', '.join(ids)}"), line
 
 
 async def test_tenants_scenario_reports_idle_fifo_and_fair(
@@ -208,3 +248,238 @@ def test_cli_load_refuses_unknown_scenario() -> None:
                           check=False)
     assert done.returncode == 1
     assert "unknown scenario 'nope'" in done.stderr
+
+
+# ------------------------------------------ refusals, before anything starts
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"scan_seconds": float("inf")}, "--scan-seconds inf: expected a finite number"),
+    ({"scenario": "webhook", "webhook_delay": float("nan")},
+     "--webhook-delay nan: expected a finite number"),
+    ({"scenario": "mixed", "crash_share": float("nan")},
+     "--crash-share nan: expected a share from 0 to 1"),
+    ({"scenario": "mixed", "dead_share": 1.5}, "--dead-share 1.5: expected a share from 0 to 1"),
+    ({"scenario": "mixed", "dead_share": 0.5, "cancel_share": 0.5},
+     "mixed: --crash-share, --dead-share, --cancel-share and --oom-share add up to 1.2"),
+    ({"run_id": "x/y"}, "--run-id 'x/y': expected 1 to 64 letters, digits"),
+    ({"run_id": "r" * 300}, "--run-id 'rrrr"),
+    ({"run_id": "-x"}, "--run-id '-x'"),
+    ({"run_id": ""}, "--run-id ''"),
+    ({"scenario": "tenants", "rate": 5.0},
+     "--rate: the tenants scenario queues all its scans at once; size it with --iterations"),
+    ({"scenario": "tenants", "max_concurrent": 4, "duration": 60.0},
+     "--duration, --max-concurrent: the tenants scenario queues all its scans at once"),
+])
+async def test_bad_options_are_one_line_before_the_stack_starts(
+        tmp_path: Path, fields: dict[str, Any], message: str) -> None:
+    """Refused before the dev server, the worker or even the work dir: no server address
+    is given, so getting past the checks would start a dev server."""
+    opts = LoadOptions(start_local_server=True, home=tmp_path / "load", **fields)
+    began = time.monotonic()
+    with pytest.raises(LoadError) as refused:
+        await run_load(opts, print)
+    assert message in str(refused.value), str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "load").exists() and time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize("fields", [{"tenant_max_jobs": "4"}, {"worker_activities": 2}])
+async def test_worker_options_need_the_worker_this_command_starts(
+        tmp_path: Path, fields: dict[str, Any]) -> None:
+    (option,) = (f"--{name.replace('_', '-')}" for name in fields)
+    with pytest.raises(LoadError, match=f"^{option}: configures the worker process this "
+                                        "command starts: it needs --start-local-server"):
+        await run_load(LoadOptions(home=tmp_path / "load", **fields), print)
+
+
+def test_cli_refuses_bad_options_in_one_line() -> None:
+    for args, message in ((["--run-id", "x/y"], "--run-id 'x/y'"),
+                          (["mixed", "--crash-share", "nan"], "--crash-share nan"),
+                          (["--scan-seconds", "inf"], "--scan-seconds inf")):
+        done = subprocess.run([sys.executable, "-m", "starter", "load", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.startswith(f"scanward: error: {message}"), (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+
+
+async def test_no_worker_polling_the_task_queue_is_one_line_and_leaves_nothing(
+        client: Client) -> None:
+    """A deployment's task queue that no worker polls: named, with its namespace and what
+    to do, after the patience; no work dir kept (it holds no log) and no scan started."""
+    queue = f"nobody-polls-{uuid.uuid4().hex[:8]}"
+    run_id = f"nopoller{uuid.uuid4().hex[:6]}"
+    said: list[str] = []
+    opts = LoadOptions(task_queue=queue, run_id=run_id, iterations=1, poller_patience=1.0)
+    async with asyncio.timeout(60):  # it used to wait here for ever
+        with pytest.raises(LoadError) as refused:
+            await run_load(opts, said.append, client)
+    assert str(refused.value).startswith(
+        f"no worker polls task queue {queue} in namespace default after 1s: start the "
+        "deployment's workers"), str(refused.value)
+    assert "--start-local-server" in str(refused.value)
+    assert not any("kept" in line for line in said), said
+    assert not list(Path(tempfile.gettempdir()).glob(f"scanward-load-{run_id}-*"))
+    assert (await client.count_workflows(f'TaskQueue="{queue}"')).count == 0
+
+
+# ------------------------------------------------------------------ dead, unexpectedly
+
+
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_a_scan_dead_when_its_kind_is_not_fails_and_is_terminated(
+        client: Client, settings: Settings, tmp_path: Path) -> None:
+    """Two "ok" scans whose scanner always crashes: they go dead and wait for an operator
+    that the load is not going to be. The dead watch ends the wait (one visibility query
+    per round for both), records each as failed with the scanner's reason, and
+    terminates it."""
+    repo = LoadRepo(tmp_path / "repo")
+    repo.add(OK, Behaviour("crash"))
+    interval = 0.5
+    async with DeadWatch(client, settings.task_queue, interval=interval) as watch:
+        ctx = LoadContext(client, settings.task_queue, f"dead{uuid.uuid4().hex[:6]}", repo,
+                          dead_watch=watch)
+        began = time.monotonic()
+        async with asyncio.timeout(120):  # without the watch: for ever
+            records = await asyncio.gather(run_scan(ctx, 0, OK), run_scan(ctx, 1, OK))
+        elapsed = time.monotonic() - began
+    for record in records:
+        assert record.outcome == "failed", record
+        assert record.error is not None and record.error.startswith(
+            "went dead (ok scan: no operator will retry or abandon it): synthetic: "), record
+        described = await client.get_workflow_handle(record.scan_id).describe()
+        assert described.status is WorkflowExecutionStatus.TERMINATED
+    # One query per round, not one per scan.
+    assert 1 <= watch.polls <= elapsed / interval + 2, (watch.polls, elapsed)
+
+
+# ------------------------------------------------------------------ interrupted
+
+
+async def test_a_cancelled_load_terminates_its_scans_and_keeps_its_logs(
+        temporal_env: WorkflowEnvironment, client: Client) -> None:
+    """The load's task cancelled (what Ctrl-C does) while its scans run: each is
+    terminated before the cancellation goes on, and the work dir is kept, naming its
+    log, since it holds one."""
+    run_id = f"cancel{uuid.uuid4().hex[:6]}"
+    said: list[str] = []
+    opts = LoadOptions(start_local_server=True, run_id=run_id, iterations=2,
+                       scan_seconds=60.0,
+                       server_address=temporal_env.client.service_client.config.target_host)
+    load = asyncio.create_task(run_load(opts, said.append, client))
+    running = f'TaskQueue="load-{run_id}" AND ExecutionStatus="Running"'
+
+    async def both_running() -> bool:
+        return (await client.count_workflows(running)).count == 2
+
+    await eventually(both_running, timeout=90, what="the load's two scans running")
+    await asyncio.sleep(1)
+    load.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await load
+    terminated = f'TaskQueue="load-{run_id}" AND ExecutionStatus="Terminated"'
+
+    async def both_terminated() -> bool:
+        return (await client.count_workflows(terminated)).count == 2
+
+    await eventually(both_terminated, what="the load's scans terminated")
+    (kept,) = [line for line in said if line.startswith("kept ")]
+    home = Path(kept.split()[1].rstrip(":"))
+    assert kept == f"kept {home}: worker.log", kept
+    assert (home / "worker.log").is_file()
+    shutil.rmtree(home)
+
+
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings) -> None:
+    """``scanward load`` against a deployment's task queue (this test's worker), SIGINT
+    while its scans run: it exits 1 "interrupted", its scans are terminated, and nothing
+    holds a client past the session (client.run's warning)."""
+    run_id = f"sigint{uuid.uuid4().hex[:6]}"
+    argv = ["scanward", "load", "--task-queue", settings.task_queue, "--iterations", "2",
+            "--scan-seconds", "60", "--run-id", run_id]
+    # The child handles SIGINT as a terminal's Ctrl-C, whatever this process inherited.
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+            f" sys.argv = {argv!r}; runpy.run_module('starter', run_name='__main__')")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+           "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200",
+           "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "TEMPORAL_NAMESPACE": "default"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=REPO_ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    queue = f'TaskQueue="{settings.task_queue}"'
+
+    async def both_running() -> bool:
+        return (await client.count_workflows(
+            f'{queue} AND ExecutionStatus="Running"')).count == 2
+
+    try:
+        await eventually(both_running, timeout=60, what="the load's two scans running")
+        await asyncio.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().endswith("scanward: error: interrupted"), stderr
+    assert "outlived its session" not in stderr, stderr
+    assert "Traceback" not in stderr and "kept" not in stderr, stderr
+
+    async def both_terminated() -> bool:
+        return (await client.count_workflows(
+            f'{queue} AND ExecutionStatus="Terminated"')).count == 2
+
+    await eventually(both_terminated, what="the load's scans terminated")
+    assert (await client.count_workflows(f'{queue} AND ExecutionStatus="Running"')).count == 0
+
+
+# ------------------------------------------------------------------ history bytes
+
+
+def _as_persisted(events: Any) -> History:
+    """The events with each custom search attribute under a name as long as its field
+    name on the server (``Keyword06`` for ``ScanStatus``, ``KeywordList01`` for
+    ``ScanDeadScanners``: the SQL visibility store's columns). The server persists and
+    counts them under those names and maps them back to the aliases when it returns the
+    history."""
+    custom = {key.name for key in sa.ALL}
+    history = History(events=events)
+    for event in history.events:
+        for attrs in (event.workflow_execution_started_event_attributes,
+                      event.upsert_workflow_search_attributes_event_attributes):
+            fields = attrs.search_attributes.indexed_fields
+            for n, name in enumerate(sorted(n for n in fields if n in custom), start=1):
+                payload = fields[name]
+                kind = payload.metadata["type"].decode()  # Keyword, KeywordList
+                fields[f"{kind}{n:02d}"].CopyFrom(payload)
+                del fields[name]
+    return history
+
+
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_history_bytes_are_the_servers_history_size(
+        client: Client, settings: Settings, tmp_path: Path) -> None:
+    """``history bytes`` is the size of the events as one History message (each event
+    with its field tag and length prefix), as the server counts ``history_size_bytes``.
+    Exactly equal once the custom search attributes are named as the server persists
+    them (_as_persisted); as returned, the aliases' extra length is counted too. The old
+    sum of the events' own sizes was below the server's count by the prefixes."""
+    repo = LoadRepo(tmp_path / "repo")
+    repo.add(OK, Behaviour("ok", findings=3))
+    ctx = LoadContext(client, settings.task_queue, f"bytes{uuid.uuid4().hex[:6]}", repo)
+    record = await run_scan(ctx, 0, OK)
+    assert record.outcome == "completed", record
+    handle = client.get_workflow_handle(record.scan_id)
+    history = await handle.fetch_history()
+    info = (await handle.describe()).raw_description.workflow_execution_info
+    assert info.history_length == len(history.events)
+    size = rpt.size_of(history)
+    assert size.bytes == History(events=history.events).ByteSize()
+    assert _as_persisted(history.events).ByteSize() == info.history_size_bytes
+    assert size.bytes > info.history_size_bytes > sum(e.ByteSize() for e in history.events)

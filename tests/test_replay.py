@@ -5,6 +5,7 @@ against the corpus, against an edited history, and against a live dev server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import uuid
@@ -191,6 +192,91 @@ async def test_cli_names_the_history_that_does_not_replay(tmp_path: Path) -> Non
     assert f"1 of 2 histories do not replay against this code: {bad_id}" in err, err
     assert replay.load_history(good).workflow_id not in err
     assert "replayed 2 histories" in out and "1 failed" in out, out
+
+
+def _edited(source: Path, target: Path, edit: Any) -> Path:
+    """``source`` with ``edit(data)`` applied to its JSON, written to ``target``."""
+    data = json.loads(source.read_text())
+    edit(data)
+    target.write_text(json.dumps(data))
+    return target
+
+
+def _other_workflow_type(data: dict[str, Any]) -> None:
+    data["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"] = \
+        "OtherWorkflow"
+
+
+def _other_scanners(data: dict[str, Any]) -> None:
+    """The start input names another scanner than the one the history ran: the workflow
+    code raises (a KeyError) when the recorded events reach it."""
+    payload = data["events"][0]["workflowExecutionStartedEventAttributes"]["input"][
+        "payloads"][0]
+    request = json.loads(base64.b64decode(payload["data"]))
+    assert request["scanners"] == ["bandit"]
+    request["scanners"] = ["semgrep"]
+    payload["data"] = base64.b64encode(json.dumps(request).encode()).decode()
+
+
+async def test_cli_reports_workflow_code_that_raises_once(tmp_path: Path) -> None:
+    """Workflow code that raises while replaying (an unknown workflow type, a start input
+    the history does not match): one FAILED line each, without the SDK's tracebacks
+    ("Failed handling activation ...") on top."""
+    single = CORPUS / "v1" / "completed_single.json"
+    other_type = _edited(single, tmp_path / "other_type.json", _other_workflow_type)
+    other_scanners = _edited(single, tmp_path / "other_scanners.json", _other_scanners)
+    code, out, err = await scanward("replay", str(other_type), str(other_scanners), str(single))
+    assert code == 1, (out, err)
+    failed = [line for line in err.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 2, err
+    assert any(str(other_type) in line and "OtherWorkflow is not registered" in line
+               for line in failed), failed
+    assert any(str(other_scanners) in line for line in failed), failed
+    for noise in ("Traceback", "Failed handling activation", "Failed activation"):
+        assert noise not in err, err
+    assert "replayed 3 histories" in out and "2 failed" in out, out
+
+
+async def test_sdk_logs_are_silenced_for_the_replay_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The replay silences the SDK's worker loggers for what it runs (its tasks and its
+    workflow threads), not for the rest of the process meanwhile (a worker's failures
+    must still be logged), and not after it."""
+    import logging
+    import threading
+
+    name = "temporalio.worker._workflow_instance"
+    other = _edited(CORPUS / "v1" / "completed_single.json", tmp_path / "other.json",
+                    _other_scanners)
+
+    def meanwhile(_: replay.Outcome) -> None:  # runs inside the replay's lane
+        logging.getLogger(name).warning("inside the replay")
+        thread = threading.Thread(
+            target=lambda: logging.getLogger(name).warning("another thread, meanwhile"))
+        thread.start()
+        thread.join()
+
+    with caplog.at_level(logging.WARNING, logger="temporalio"):
+        report = await replay.replay(replay.file_sources([other]), on_outcome=meanwhile)
+        logging.getLogger(name).warning("after the replay")
+    assert len(report.failures) == 1
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("temporalio")]
+    assert logged == ["another thread, meanwhile", "after the replay"], logged
+
+
+async def test_cli_save_that_cannot_be_a_directory_is_one_line(tmp_path: Path) -> None:
+    """--save naming a file (or a path under one): one line naming --save and the path,
+    before anything is replayed."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    for target, why in ((taken, "exists and is not a directory"),
+                        (taken / "sub", "Not a directory")):
+        code, out, err = await scanward("replay", str(CORPUS / "v1" / "bad_input.json"),
+                                        "--save", str(target))
+        assert code == 1, (out, err)
+        assert err.strip() == f"scanward: error: --save {target}: {why}", err
+        assert out == ""
+    assert taken.read_text() == "not a directory"
 
 
 async def test_cli_finding_nothing_is_an_error(tmp_path: Path) -> None:

@@ -111,10 +111,9 @@ def load(
             print(json.dumps(result.as_json(), indent=2))
         else:
             load_report.render(result, out)
-        scans, replayed = load_report.counts(result.records), result.replay
-        if scans["failed"] or replayed.get("failures"):
-            raise CliError(f"{scans['failed']} scan(s) failed, {replayed.get('failures', 0)} "
-                           "history(ies) did not replay")
+        failures = result.failures()
+        if failures:
+            raise CliError("; ".join(failures))
 
     run_command(go())
 

@@ -52,6 +52,11 @@ def replay(
             sources: list[replaying.Source] = replaying.file_sources(paths or [])
         except replaying.ReplayError as e:
             raise CliError(str(e)) from e
+        if save is not None:  # before replaying anything: a bad --save fails first
+            try:
+                replaying.prepare_save_dir(save)
+            except replaying.ReplayError as e:
+                raise CliError(f"--save {e}") from e
         total = len(sources)
         where = [", ".join(str(p) for p in paths)] if paths else []
         stream: Any = sources
@@ -82,9 +87,12 @@ def replay(
                             rate=f"{completed / max(time.monotonic() - started, 1e-6):.1f}")
 
         with progress:
-            report = await replaying.replay(stream, workflows=workflows,
-                                            concurrency=concurrency, save_dir=save,
-                                            on_outcome=done)
+            try:
+                report = await replaying.replay(stream, workflows=workflows,
+                                                concurrency=concurrency, save_dir=save,
+                                                on_outcome=done)
+            except replaying.ReplayError as e:  # a history could not be saved
+                raise CliError(f"--save: {e}") from e
         if as_json:
             print(json.dumps(report.as_json(), indent=2))
         if not report.outcomes:

@@ -28,6 +28,16 @@ class FlakyReceiver(WebhookReceiver):
     def refusal(self) -> int | None:
         return 503 if time.monotonic() < self._up_at else None
 
+    def delivered_scan_ids(self) -> set[str]:
+        """The scans whose webhook the receiver accepted (2xx), from the bodies
+        (``{"event": ..., "scan": <ScanSummary>}``, scanward.webhook.body_for)."""
+        ids = set()
+        for delivery in self.accepted:
+            scan = delivery.body.get("scan") if isinstance(delivery.body, dict) else None
+            if isinstance(scan, dict) and isinstance(scan.get("scan_id"), str):
+                ids.add(scan["scan_id"])
+        return ids
+
     def summary(self) -> dict[str, Any]:
         answers = Counter(self.statuses)
         return {"down_seconds": self.down_seconds, "delay_seconds": self.delay_s,

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHistory
 
 from scanward import replay as replaying
@@ -85,10 +86,20 @@ class HistorySize:
     activities: int  # activities scheduled
 
 
+def history_bytes(history: WorkflowHistory) -> int:
+    """The history's size as Temporal counts it (``history_size_bytes``, what its
+    history size limits apply to): its events serialized as one ``History`` message,
+    so each event also counts its field tag and length prefix. The server persists
+    custom search attributes under their field names (``Keyword06`` for
+    ``ScanStatus`` on the SQL visibility store) and returns them under their aliases,
+    so the history as returned here counts the difference of those names' lengths once
+    per custom attribute written (tests/test_load.py checks the exact relation)."""
+    return History(events=history.events).ByteSize()
+
+
 def size_of(history: WorkflowHistory) -> HistorySize:
     scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    return HistorySize(history.workflow_id, len(history.events),
-                       sum(e.ByteSize() for e in history.events),
+    return HistorySize(history.workflow_id, len(history.events), history_bytes(history),
                        sum(1 for e in history.events if e.event_type == scheduled))
 
 
@@ -115,12 +126,22 @@ def queue_seconds(history: WorkflowHistory) -> tuple[float, float]:
 async def fetch_histories(client: Client, workflow_ids: Iterable[str],
                           concurrency: int = 8) -> list[WorkflowHistory]:
     gate = asyncio.Semaphore(concurrency)
+    return list(await asyncio.gather(*(_fetch(client, gate, w) for w in workflow_ids)))
 
-    async def one(workflow_id: str) -> WorkflowHistory:
-        async with gate:
-            return await client.get_workflow_handle(workflow_id).fetch_history()
 
-    return list(await asyncio.gather(*(one(w) for w in workflow_ids)))
+async def _fetch(client: Client, gate: asyncio.Semaphore, workflow_id: str
+                 ) -> WorkflowHistory:
+    # Not a closure over the client: see runner._released.
+    async with gate:
+        return await client.get_workflow_handle(workflow_id).fetch_history()
+
+
+def undelivered(records: Iterable[ScanRecord], delivered: set[str]) -> dict[str, Any]:
+    """The webhook scenario: scans that completed without the receiver accepting their
+    webhook (count, and the first ids)."""
+    missing = sorted(r.scan_id for r in records
+                     if r.outcome == "completed" and r.scan_id not in delivered)
+    return {"undelivered_scans": len(missing), "undelivered": missing[:20]}
 
 
 def history_stats(sizes: Sequence[HistorySize]) -> dict[str, Any]:
@@ -171,6 +192,27 @@ class LoadReport:
     extra: dict[str, Any] = field(default_factory=dict)  # webhook, fairness
     notes: list[str] = field(default_factory=list)
 
+    def failures(self) -> list[str]:
+        """Why the run failed (``scanward load`` exits 1), one reason each; empty if it
+        did not."""
+        reasons = []
+        failed = counts(self.records)["failed"]
+        if failed:
+            reasons.append(f"{failed} scan(s) failed")
+        if self.replay.get("failures"):
+            reasons.append(f"{self.replay['failures']} history(ies) did not replay")
+        hook = self.extra.get("webhook") or {}
+        if hook.get("undelivered_scans"):
+            if hook["answers"].get("503"):
+                why = (f"the receiver was down longer than the notify retries (503 for "
+                       f"{hook['down_seconds']:g} s)")
+            else:
+                answers = ", ".join(f"{n}x {status}" for status, n in hook["answers"].items())
+                why = f"the receiver answered {answers or 'nothing'}"
+            reasons.append(f"{hook['undelivered_scans']} scan(s) completed without their "
+                           f"webhook delivered: {why}")
+        return reasons
+
     @property
     def scans_per_second(self) -> float:
         ended = counts(self.records)["started"]
@@ -211,11 +253,18 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def webhook_line(hook: dict[str, Any]) -> str:
-    """The webhook scenario's receiver: its outage, its answers, the scans delivered."""
+    """The webhook scenario's receiver: its outage, its answers, the scans delivered
+    (and the completed scans it never accepted a webhook of, by id)."""
     answers = ", ".join(f"{n}x {status}" for status, n in hook["answers"].items()) or "none"
-    return (f"webhook: receiver down {hook['down_seconds']:g} s, then "
+    line = (f"webhook: receiver down {hook['down_seconds']:g} s, then "
             f"{hook['delay_seconds']:g} s per answer; {hook['requests']} requests "
             f"({answers}); {hook['delivered_scans']} scans delivered")
+    if hook.get("undelivered_scans"):
+        shown = hook["undelivered"]
+        more = hook["undelivered_scans"] - len(shown)
+        line += (f"; {hook['undelivered_scans']} completed scans not delivered: "
+                 + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
+    return line
 
 
 def fairness_lines(fairness: dict[str, Any]) -> list[str]:
@@ -268,6 +317,10 @@ def render(report: LoadReport, console: Console) -> None:
         table.add_row("replayed / failures, replays/s",
                       f"{replay['replayed']} / {replay['failures']}, "
                       f"{replay['replays_per_second']}")
+    hook = data.get("webhook")
+    if hook is not None and "undelivered_scans" in hook:
+        table.add_row("webhooks: scans delivered / completed undelivered",
+                      f"{hook['delivered_scans']} / {hook['undelivered_scans']}")
     base = data["baseline"]
     if base:
         table.add_row("baseline (MinimalWorkflow, "

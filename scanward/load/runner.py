@@ -4,6 +4,8 @@ run of ``scanward load`` (stack, scenario, histories, baseline, replay, report).
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import os
 import re
 import secrets
@@ -21,8 +23,10 @@ from temporalio.common import Priority
 
 from scanward import client as api
 from scanward.contract import NotifyTarget
+from scanward.inputs import InputError
 from scanward.load import kube
 from scanward.load import report as rpt
+from scanward.load.dead_watch import DeadWatch
 from scanward.load.kube import KubeTarget
 from scanward.load.receiver import FlakyReceiver
 from scanward.load.report import LoadReport, ScanRecord
@@ -30,15 +34,18 @@ from scanward.load.scenarios import (
     OK,
     SCENARIOS,
     LoadContext,
+    Started,
     behaviours,
     finish,
     mixed_kinds,
     run_scan,
     start,
+    terminate,
 )
-from scanward.load.stack import Cpu, LocalStack, Meter
+from scanward.load.stack import Cpu, LocalStack, Meter, NoPoller, wait_for_poller
 from scanward.load.synthetic import LoadRepo
 from scanward.settings import Settings, task_queue_for
+from scanward.tenants import parse_job_caps
 
 HOOK_SECRET_REF = "loadhook"  # noqa: S105 - a secret's name, not its value
 HOOK_SECRET_ENV = "SCANWARD_SECRET_LOADHOOK"  # noqa: S105 - where the worker finds it
@@ -81,7 +88,8 @@ class Pace:
 async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
                 ) -> tuple[list[ScanRecord], float]:
     """Run iterations ``one(0)``, ``one(1)``, ... as ``pace`` says; returns their records
-    and the seconds from the first start to the last end."""
+    and the seconds from the first start to the last end. Cancelled, it cancels the
+    iterations in flight and waits for them (each stops its scan)."""
     if pace.iterations is None and pace.duration is None:
         raise LoadError("give --iterations or --duration")
     gate = asyncio.Semaphore(max(1, pace.max_concurrent))
@@ -93,22 +101,33 @@ async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
             return True
         return pace.duration is not None and time.monotonic() - began >= pace.duration
 
-    async def guarded(i: int) -> ScanRecord:
-        try:
-            return await one(i)
-        finally:
-            gate.release()
-
-    while not over():
-        if pace.rate:
-            await asyncio.sleep(max(0.0, began + len(tasks) / pace.rate - time.monotonic()))
-        await gate.acquire()
-        if over():  # the duration ran out while waiting for a slot
-            gate.release()
-            break
-        tasks.append(asyncio.create_task(guarded(len(tasks))))
-    records = list(await asyncio.gather(*tasks))
+    try:
+        while not over():
+            if pace.rate:
+                await asyncio.sleep(max(0.0, began + len(tasks) / pace.rate - time.monotonic()))
+            await gate.acquire()
+            if over():  # the duration ran out while waiting for a slot
+                gate.release()
+                break
+            tasks.append(asyncio.create_task(_released(gate, one, len(tasks))))
+        records = list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        raise
     return records, time.monotonic() - began
+
+
+async def _released(gate: asyncio.Semaphore, one: Callable[[int], Awaitable[ScanRecord]],
+                    i: int) -> ScanRecord:
+    # Not a closure: a frame in an interrupted run's traceback keeps its function, and a
+    # closure's cells (the client) with it, past the end of the session (client.run).
+    try:
+        return await one(i)
+    finally:
+        gate.release()
 
 
 @dataclass
@@ -140,6 +159,7 @@ class LoadOptions:
     stamps: Path | None = None  # the synthetic scanner's start/stop stamps go here
     kube: KubeTarget | None = None  # the local worker's Jobs run on this cluster
     oom_share: float | None = None  # mixed: OOM-killed then succeed (None: some with kube)
+    poller_patience: float = 10.0  # without a local worker: seconds to wait for a poller
 
     def oom(self) -> float:
         """mixed's share of oom_then_ok scans: only a cluster's memory limit OOM-kills."""
@@ -174,14 +194,81 @@ def _extra_catalog(path: Path, count: int) -> Path:
     return path
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def validate(opts: LoadOptions) -> None:
+    """Every option checked before anything starts (dev server, worker, scans): each
+    problem is one line naming the option."""
+    if opts.scenario not in SCENARIOS:
+        raise LoadError(f"unknown scenario {opts.scenario!r} (known: {', '.join(SCENARIOS)})")
+    if not _RUN_ID.fullmatch(opts.run_id):
+        raise LoadError(f"--run-id {opts.run_id[:80]!r}: expected 1 to 64 letters, digits, "
+                        "'.', '_' or '-', starting with a letter or digit")
+    for option, value in (("--scan-seconds", opts.scan_seconds),
+                          ("--webhook-delay", opts.webhook_delay),
+                          ("--webhook-down", opts.webhook_down)):
+        if not (math.isfinite(value) and value >= 0):
+            raise LoadError(f"{option} {value}: expected a finite number of seconds, 0 or more")
+    shares = [("--crash-share", opts.crash_share), ("--dead-share", opts.dead_share),
+              ("--cancel-share", opts.cancel_share), ("--oom-share", opts.oom_share)]
+    for option, share in shares:
+        if share is not None and not 0.0 <= share <= 1.0:  # NaN fails this too
+            raise LoadError(f"{option} {share}: expected a share from 0 to 1")
+    if opts.scenario == "mixed":
+        try:
+            mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share, oom=opts.oom())
+        except ValueError as e:
+            total = opts.crash_share + opts.dead_share + opts.cancel_share + opts.oom()
+            raise LoadError(f"mixed: --crash-share, --dead-share, --cancel-share and "
+                            f"--oom-share add up to {total:g}: {e}") from e
+    if opts.scenario == "tenants":
+        given = [option for option, value in (
+            ("--duration", opts.duration), ("--max-concurrent", opts.max_concurrent),
+            ("--rate", opts.rate)) if value is not None]
+        if given:
+            raise LoadError(f"{', '.join(given)}: the tenants scenario queues all its scans "
+                            "at once; size it with --iterations (the bulk tenant's scans) "
+                            "and --small-scans")
+    if not opts.start_local_server:
+        if opts.baseline:
+            raise LoadError("--baseline measures worker processes: it needs "
+                            "--start-local-server")
+        if opts.kube is not None:
+            raise LoadError("--kube runs this machine's worker against the cluster: it "
+                            "needs --start-local-server")
+        given = [option for option, value in (
+            ("--tenant-max-jobs", opts.tenant_max_jobs),
+            ("--worker-activities", opts.worker_activities)) if value is not None]
+        if given:
+            raise LoadError(f"{', '.join(given)}: configures the worker process this "
+                            "command starts: it needs --start-local-server (the "
+                            "deployment's workers keep their own settings)")
+        if opts.scenario == "webhook" and not os.environ.get(HOOK_SECRET_ENV):
+            raise LoadError(f"the webhook scenario needs the workers' secret "
+                            f"{HOOK_SECRET_REF!r} in {HOOK_SECRET_ENV} (or "
+                            "--start-local-server)")
+    elif opts.oom() and opts.kube is None:
+        raise LoadError("--oom-share: the local backend cannot OOM-kill (no memory limit); "
+                        "run the worker's Jobs on a cluster with --kube")
+    if opts.tenant_max_jobs is not None:
+        try:
+            parse_job_caps(opts.tenant_max_jobs, "--tenant-max-jobs")
+        except InputError as e:
+            raise LoadError(str(e)) from e
+
+
+# Files of a load's work dir worth keeping when it fails (what the worker, the server
+# and the pod stand-in said); the rest (repository, worker home) is not.
+LOG_GLOB = "*.log"
+
+
 async def run_load(opts: LoadOptions, say: Say, client: Client | None = None) -> LoadReport:
     """Run the load ``opts`` describes and return its report. With
     ``start_local_server`` the dev server (unless ``server_address``) and the workers
-    are started here and stopped at the end, whatever happens."""
-    if opts.scenario not in SCENARIOS:
-        raise LoadError(f"unknown scenario {opts.scenario!r} (known: {', '.join(SCENARIOS)})")
-    if opts.baseline and not opts.start_local_server:
-        raise LoadError("--baseline measures worker processes: it needs --start-local-server")
+    are started here and stopped at the end, whatever happens. A work dir of its own
+    is removed at the end, unless ``keep``, or the run failed and it holds logs."""
+    validate(opts)
     home = opts.home or Path(tempfile.mkdtemp(prefix=f"scanward-load-{opts.run_id}-"))
     home.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(home, opts.server_address) if opts.start_local_server else None
@@ -193,21 +280,19 @@ async def run_load(opts: LoadOptions, say: Say, client: Client | None = None) ->
     finally:
         if stack is not None:
             await asyncio.to_thread(stack.close)
-        if ok and not opts.keep and opts.home is None:
-            shutil.rmtree(home, ignore_errors=True)
-        elif not ok:
-            say(f"kept {home} (worker and server logs)")
+        if opts.home is None:  # a work dir of its own
+            logs = sorted(p.name for p in home.glob(LOG_GLOB))
+            if opts.keep:
+                say(f"kept {home}" + (f" ({', '.join(logs)})" if logs else ""))
+            elif not ok and logs:
+                say(f"kept {home}: {', '.join(logs)}")
+            else:
+                shutil.rmtree(home, ignore_errors=True)
 
 
 async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None,
                client: Client | None) -> LoadReport:
     notes: list[str] = []
-    if opts.kube is not None and stack is None:
-        raise LoadError("--kube runs this machine's worker against the cluster: it needs "
-                        "--start-local-server")
-    if opts.oom() and stack is not None and opts.kube is None:
-        raise LoadError("--oom-share: the local backend cannot OOM-kill (no memory limit); "
-                        "run the worker's Jobs on a cluster with --kube")
     hook_secret = os.environ.get(HOOK_SECRET_ENV, "")
     if stack is not None:
         if stack.server is None and opts.server_address is None:
@@ -217,9 +302,6 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
         if client is None:
             os.environ["TEMPORAL_ADDRESS"] = stack.address
             os.environ["TEMPORAL_NAMESPACE"] = "default"
-    elif opts.scenario == "webhook" and not hook_secret:
-        raise LoadError(f"the webhook scenario needs the workers' secret {HOOK_SECRET_REF!r} "
-                        f"in {HOOK_SECRET_ENV} (or --start-local-server)")
     client = client or await api.connect()
     base_queue = opts.task_queue or (f"load-{opts.run_id}" if stack is not None
                                      else Settings.from_env().task_queue)
@@ -245,6 +327,13 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
         say(f"starting a scanward-worker process on task queue {task_queue} (log {log})")
         _, meter = await stack.start_worker(client, ["-m", "worker"], worker_env,
                                             task_queue, log)
+    else:
+        try:
+            await wait_for_poller(client, task_queue, patience=opts.poller_patience)
+        except NoPoller as e:
+            raise LoadError(f"{e}: start the deployment's workers, or name their task "
+                            "queue with --task-queue (and --cluster), or run a worker here "
+                            "with --start-local-server") from e
     repo = LoadRepo(home / "repo")
     stamps = str(opts.stamps) if opts.stamps else None
     for kind, behaviour in behaviours(opts.scan_seconds, opts.findings, stamps,
@@ -262,14 +351,18 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     if meter is not None:
         meter.start()
     try:
-        if opts.scenario == "tenants":
-            records, seconds, extra["fairness"] = await _tenants(ctx, opts, say)
-        else:
-            records, seconds = await _scenario(ctx, opts, say)
+        async with DeadWatch(client, task_queue) as ctx.dead_watch:
+            if opts.scenario == "tenants":
+                records, seconds, extra["fairness"] = await _tenants(ctx, opts, say)
+            else:
+                records, seconds = await _scenario(ctx, opts, say)
     finally:
+        ctx.dead_watch = None
         if receiver is not None:
             extra["webhook"] = receiver.summary()
             receiver.stop()
+    if receiver is not None:
+        extra["webhook"] |= rpt.undelivered(records, receiver.delivered_scan_ids())
     spent = meter.stop() if meter is not None else {}
     report = LoadReport(opts.scenario, opts.run_id, task_queue, seconds, records,
                         extra=extra, notes=notes)
@@ -300,11 +393,8 @@ async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
                     ) -> tuple[list[ScanRecord], float]:
     pace = opts.pace()
     if opts.scenario == "mixed":
-        try:
-            order = mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share,
-                                oom=opts.oom())
-        except ValueError as e:
-            raise LoadError(str(e)) from e
+        order = mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share,
+                            oom=opts.oom())
     else:
         order = [OK]
     say(f"scenario {opts.scenario}: " + (f"{pace.iterations} iterations"
@@ -330,17 +420,18 @@ async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say
     result: dict[str, Any] = {"bulk_scans": big, "small_scans": small,
                               "idle": rpt.latency_ms(idle)}
     gate = asyncio.Semaphore(50)  # start requests in flight, not scans
-
-    async def queued(i: int, tenant: str, phase: str, priority: Priority | None) -> Any:
-        async with gate:
-            return await start(ctx, i, tenant=tenant, phase=phase, priority=priority,
-                               kind=OK)
-
     for phase, priority in (("fifo", Priority.default), ("fair", None)):
         say(f"tenants: {phase}: bulk queues {big} scans, then small queues {small}")
-        bulk = await asyncio.gather(*(queued(i, "bulk", phase, priority) for i in range(big)))
-        smalls = await asyncio.gather(*(queued(i, "small", phase, priority)
-                                        for i in range(small)))
+        started: list[Started] = []
+        try:
+            bulk = await asyncio.gather(*(_queue(ctx, gate, started, i, "bulk", phase,
+                                                 priority) for i in range(big)))
+            smalls = await asyncio.gather(*(_queue(ctx, gate, started, i, "small", phase,
+                                                   priority) for i in range(small)))
+        except asyncio.CancelledError:  # interrupted while queueing: stop what it queued
+            await asyncio.shield(asyncio.gather(*(terminate(s.handle, "load interrupted")
+                                                  for s in started)))
+            raise
         ended = await asyncio.gather(*(finish(ctx, s) for s in [*bulk, *smalls]))
         records += ended
         result[phase] = rpt.latency_ms([r for r in ended if r.tenant == "small"])
@@ -359,6 +450,14 @@ async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say
     return records, seconds, result
 
 
+async def _queue(ctx: LoadContext, gate: asyncio.Semaphore, started: list[Started], i: int,
+                 tenant: str, phase: str, priority: Priority | None) -> Started:
+    async with gate:
+        scan = await start(ctx, i, OK, tenant=tenant, phase=phase, priority=priority)
+    started.append(scan)
+    return scan
+
+
 def _queue_waits(fairness: dict[str, Any], records: list[ScanRecord],
                  histories: list[WorkflowHistory]) -> None:
     """Per phase, the small tenant's time in task queues (p95, ms): what fairness acts
@@ -370,6 +469,16 @@ def _queue_waits(fairness: dict[str, Any], records: list[ScanRecord],
         fairness[f"{phase}_queued_ms"] = {
             "workflow_tasks": rpt.spread([w for w, _ in waits], 1000.0),
             "activity_tasks": rpt.spread([a for _, a in waits], 1000.0)}
+
+
+async def _minimal(client: Client, queue: str, run_id: str, activities: int, i: int
+                   ) -> ScanRecord:
+    """One baseline iteration: a MinimalWorkflow, to its end."""
+    began = time.monotonic()
+    workflow_id = f"baseline-{run_id}-{i}"
+    await client.execute_workflow("MinimalWorkflow", activities, id=workflow_id,
+                                  task_queue=queue, result_type=int)
+    return ScanRecord(workflow_id, "baseline", "", began, time.monotonic(), "completed")
 
 
 def _per(spent: dict[str, Cpu], n: int) -> dict[str, float]:
@@ -403,15 +512,9 @@ async def _baseline(opts: LoadOptions, say: Say, stack: LocalStack, client: Clie
     if opts.scenario == "tenants":
         pace = Pace(len(report.records), None, len(report.records), None)
 
-    async def one(i: int) -> ScanRecord:
-        began = time.monotonic()
-        workflow_id = f"baseline-{opts.run_id}-{i}"
-        await client.execute_workflow("MinimalWorkflow", activities, id=workflow_id,
-                                      task_queue=queue, result_type=int)
-        return ScanRecord(workflow_id, "baseline", "", began, time.monotonic(), "completed")
-
     meter.start()
-    records, seconds = await drive(pace, one)
+    records, seconds = await drive(pace, functools.partial(_minimal, client, queue,
+                                                           opts.run_id, activities))
     spent = meter.stop()
     await asyncio.to_thread(stack.stop_worker, proc)
     cpu = _per(spent, len(records))

@@ -11,12 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.common import Priority
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
@@ -31,6 +37,7 @@ from scanward.contract import (
     ScanStatus,
     ScanSummary,
 )
+from scanward.load.dead_watch import DeadWatch
 from scanward.load.report import ScanRecord
 from scanward.load.synthetic import Behaviour, LoadRepo
 
@@ -94,11 +101,13 @@ def mixed_kinds(crash: float, dead: float, cancel: float, slots: int = 20,
                 oom: float = 0.0) -> list[str]:
     """A repeating sequence of kinds with these shares, spread evenly (smooth weighted
     round robin), so that even a short run gets every kind early."""
+    if not all(0.0 <= share <= 1.0 for share in (crash, dead, cancel, oom)):  # NaN too
+        raise ValueError("shares must be numbers from 0 to 1")
     weights = {CRASH_THEN_OK: round(crash * slots), DEAD: round(dead * slots),
                CANCEL: round(cancel * slots)}
     if oom:
         weights[OOM_THEN_OK] = round(oom * slots)
-    if sum(weights.values()) > slots or min(crash, dead, cancel, oom) < 0:
+    if sum(weights.values()) > slots:
         raise ValueError("shares must be non-negative and add up to at most 1")
     weights = {OK: slots - sum(weights.values()), **weights}
     current = dict.fromkeys(weights, 0)
@@ -126,6 +135,7 @@ class LoadContext:
     cluster: str | None = None
     poll_seconds: float = 0.2
     steer_timeout: float = 300.0  # waiting for a scan to go dead or to run
+    dead_watch: DeadWatch | None = None  # ends the wait for scans dead unexpectedly
 
 
 @dataclass
@@ -152,20 +162,23 @@ async def start(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",
 
 
 async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
-    """Steer a started scan as its kind asks and wait for its end."""
+    """Steer a started scan as its kind asks and wait for its end. A scan that goes dead
+    when its kind does not (``ctx.dead_watch`` sees it) is failed and terminated, like
+    one that the load could not steer; so is the scan of a load that is cancelled
+    (Ctrl-C): nothing the load started keeps running behind it."""
     handle, record = scan.handle, scan.record
+    watch = ctx.dead_watch if record.kind != DEAD else None
+    dead = watch.watch(handle.id) if watch is not None else None
     try:
-        async with asyncio.timeout(ctx.steer_timeout):
-            if record.kind == DEAD:
-                await _retry_then_abandon(ctx, handle.id)
-                record.went_dead = True
-            elif record.kind == CANCEL:
-                await _cancel_when_running(ctx, handle.id)
-        summary: ScanSummary = await handle.result()
-        record.outcome = {ScanStatus.COMPLETED: "completed",
-                          ScanStatus.PARTIAL: "dead"}.get(summary.status, "failed")
-        if record.outcome == "failed":
-            record.error = f"ended {summary.status.value}: {summary.reason}"
+        summary = await _first(_steer_and_wait(ctx, scan), dead)
+        if summary is None:  # went dead, and nobody is going to retry or abandon it
+            record.error = await _dead_reason(ctx, record)
+            await terminate(handle, record.error)
+        else:
+            record.outcome = {ScanStatus.COMPLETED: "completed",
+                              ScanStatus.PARTIAL: "dead"}.get(summary.status, "failed")
+            if record.outcome == "failed":
+                record.error = f"ended {summary.status.value}: {summary.reason}"
     except WorkflowFailureError as e:
         cancelled = isinstance(e.cause, CancelledError)
         record.outcome = "cancelled" if cancelled else "failed"
@@ -174,10 +187,71 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     except (TimeoutError, RPCError, api.Rejected, api.ScanNotRunning) as e:
         record.error = f"{type(e).__name__}: {e}"
         # Leave nothing running behind the load: the next run must not inherit it.
-        with contextlib.suppress(RPCError):
-            await handle.terminate(reason=f"scanward load: {record.error}")
+        await terminate(handle, record.error)
+    except asyncio.CancelledError:
+        # The load was interrupted: its scans go with it, on an external deployment too.
+        await asyncio.shield(terminate(handle, "load interrupted"))
+        raise
+    finally:
+        if watch is not None:
+            watch.forget(handle.id)
     record.ended = time.monotonic()
     return record
+
+
+async def _steer_and_wait(ctx: LoadContext, scan: Started) -> ScanSummary:
+    handle, record = scan.handle, scan.record
+    async with asyncio.timeout(ctx.steer_timeout):
+        if record.kind == DEAD:
+            await _retry_then_abandon(ctx, handle.id)
+            record.went_dead = True
+        elif record.kind == CANCEL:
+            await _cancel_when_running(ctx, handle.id)
+    summary: ScanSummary = await handle.result()
+    return summary
+
+
+async def _first(body: Coroutine[Any, Any, ScanSummary],
+                 dead: asyncio.Future[None] | None) -> ScanSummary | None:
+    """``body``'s result, or None if ``dead`` resolves first (``body`` is then
+    cancelled). ``body``'s exceptions propagate."""
+    if dead is None:
+        return await body
+    task = asyncio.ensure_future(body)
+    either: set[asyncio.Future[Any]] = {task, dead}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and dead.cancelled():  # no longer watched: wait for the end
+            await asyncio.wait({task})
+    finally:
+        if not task.done():  # dead first, or we are cancelled
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled() and dead.done() and not dead.cancelled():
+        return None
+    return task.result()
+
+
+async def _dead_reason(ctx: LoadContext, record: ScanRecord) -> str:
+    """Why an unexpectedly dead scan is dead: its dead scanners' reasons, from one
+    progress query (of this scan only)."""
+    why = f"went dead ({record.kind} scan: no operator will retry or abandon it)"
+    try:
+        summary = await _progress(ctx, record.scan_id)
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as e:
+        return f"{why}; its progress query failed: {e}"
+    if summary is None:
+        return why
+    reasons = [f"{r.scanner}: {r.reason or r.failure_class or 'dead'}"
+               for r in summary.scanners if r.status is ScannerStatus.DEAD]
+    return f"{why}: {'; '.join(reasons)}" if reasons else why
+
+
+async def terminate(handle: WorkflowHandle[Any, ScanSummary], why: str) -> None:
+    """Stop a scan the load started (``scanward load: <why>``); one that has ended
+    already is left as it is."""
+    with contextlib.suppress(RPCError):  # already closed: nothing to stop
+        await handle.terminate(reason=f"scanward load: {why}")
 
 
 async def run_scan(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",

@@ -63,22 +63,32 @@ class Meter:
         return self.spent
 
 
-async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Popen[bytes],
-                          log: Path, patience: float = 60.0) -> None:
-    """Until a worker polls ``task_queue`` (its workflow side), or fail naming its log."""
+class NoPoller(RuntimeError):
+    """No worker polls the task queue (one line)."""
+
+
+async def wait_for_poller(client: Client, task_queue: str,
+                          proc: subprocess.Popen[bytes] | None = None,
+                          log: Path | None = None, patience: float = 60.0) -> None:
+    """Until a worker polls ``task_queue`` (its workflow side), or fail: naming the
+    log of ``proc`` (a worker this command started, which must not exit meanwhile), or
+    raising :class:`NoPoller` (a deployment's workers: the caller says what to do)."""
     request = DescribeTaskQueueRequest(namespace=client.namespace,
                                        task_queue=TaskQueue(name=task_queue),
                                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
     deadline = time.monotonic() + patience
+    see = f"; see {log}" if log is not None else ""
     while True:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            where = f": {last_line(log)}" if log is not None else ""
             raise RuntimeError(f"the worker exited with {proc.returncode} before polling "
-                               f"{task_queue}: {last_line(log)}; see {log}")
+                               f"{task_queue}{where}{see}")
         described = await client.workflow_service.describe_task_queue(request)
         if described.pollers:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no worker polls {task_queue} after {patience:.0f}s; see {log}")
+            raise NoPoller(f"no worker polls task queue {task_queue} in namespace "
+                           f"{client.namespace} after {patience:.0f}s{see}")
         await asyncio.sleep(0.2)
 
 
