@@ -76,6 +76,16 @@ def attempt(scan_id: str = "scan-default-0123456789abcdef0123") -> ScannerJobInp
         resources=Resources(cpu_millis=100, memory_mib=64))
 
 
+def running_job(backend: KubernetesBackend, namespace: str) -> str:
+    """Create a long-running attempt's Job through ``backend``; its name."""
+    job = attempt(f"scan-default-{uuid.uuid4().hex[:20]}")
+    spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("600s"))
+    manifest = build_job(job, spec, KubeJobConfig(namespace=namespace))
+    backend._create_or_adopt(manifest, job)
+    name: str = manifest["metadata"]["name"]
+    return name
+
+
 def backend_for(kubeconfig: Path, namespace: str, results: Path) -> KubernetesBackend:
     return KubernetesBackend(
         KubeSettings(kubeconfig=str(kubeconfig), job=KubeJobConfig(namespace=namespace)),
@@ -205,11 +215,7 @@ def test_backend_delete_path(control_plane: testenv.ControlPlane, kube_namespace
     _, kubeconfig = worker_identity
     backend = backend_for(kubeconfig, ns, tmp_path / "results")
     try:
-        job = attempt(f"scan-default-{uuid.uuid4().hex[:20]}")
-        spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("600s"))
-        manifest = build_job(job, spec, KubeJobConfig(namespace=ns))
-        name = manifest["metadata"]["name"]
-        backend._create_or_adopt(manifest, job)
+        name = running_job(backend, ns)
         backend._delete(name)
         with pytest.raises(testenv.ApiError) as gone:
             control_plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
@@ -279,11 +285,7 @@ def test_refused_requests_are_errors_not_empty_answers(control_plane: testenv.Co
                                            token, control_plane.ca_file), ns,
                           tmp_path / "results")
     try:
-        job = attempt(f"scan-default-{uuid.uuid4().hex[:20]}")
-        spec = Catalog.load().get("bandit").model_copy(update=kwok_complete("600s"))
-        manifest = build_job(job, spec, KubeJobConfig(namespace=ns))
-        name = manifest["metadata"]["name"]
-        backend._create_or_adopt(manifest, job)
+        name = running_job(backend, ns)
         with pytest.raises(ScannerFailed, match="forbidden to list pods"):
             backend._pods(name, tries=1)
         with pytest.raises(ScannerFailed, match="forbidden to delete jobs"):

@@ -765,16 +765,7 @@ def test_real_semgrep_raw_paths_are_the_files_scanned(tmp_path: Path) -> None:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text('import subprocess\nsubprocess.call("ls", shell=True)\n')
     out = tmp_path / "semgrep.sarif"
-    exe = Path(sys.executable).parent / "semgrep"
-    assert exe.exists(), "semgrep is installed by tools/setup.sh (the semgrep extra)"
-    proc = subprocess.run(
-        [str(exe), "scan", "--config", "semgrep-python.yml", "--metrics", "off",
-         "--disable-version-check", "--quiet", "--sarif", "--output", str(out), str(src)],
-        cwd=Path(__file__).parent.parent / "scanward" / "rules", capture_output=True,
-        text=True, timeout=300, check=False,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEMGREP_SEND_METRICS": "off",
-             "SEMGREP_ENABLE_VERSION_CHECK": "0"})
-    assert proc.returncode in (0, 1), proc.stderr
+    run_semgrep(src, out, tmp_path)
     assert f"{src}/pct%41.py" in out.read_text()  # raw, as the tool wrote it
     stream = read_findings(out, scanner="semgrep", source_root=src, checkout=src)
     findings = list(stream)

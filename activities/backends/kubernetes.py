@@ -318,16 +318,9 @@ class KubernetesBackend:
         created; its uid (what the watch's events are matched with)."""
         name = manifest["metadata"]["name"]
         ns = self._cfg.namespace
-        try:
-            self.requests += 1
-            created = self._batch.create_namespaced_job(ns, cast(Any, manifest),
-                                                        _request_timeout=30)
-            return _uid(created)
-        except ApiException as e:
-            if e.status != 409:
-                raise self._failure(e, "create jobs") from e
-        except (HTTPError, OSError) as e:
-            raise self._unreachable(e) from e
+        created, uid = self._create(manifest)
+        if created:
+            return uid
         # 409: an earlier try of this activity created it (a retry after a crash): adopt
         # it, once we are sure it is ours.
         existing = self._read(name)
@@ -358,22 +351,30 @@ class KubernetesBackend:
         except (HTTPError, OSError) as e:
             raise self._unreachable(e) from e
 
+    def _create(self, manifest: dict[str, Any]) -> tuple[bool, str | None]:
+        """(True, its uid) once created; (False, None) if a Job of that name exists."""
+        try:
+            self.requests += 1
+            created = self._batch.create_namespaced_job(self._cfg.namespace,
+                                                        cast(Any, manifest),
+                                                        _request_timeout=30)
+            return True, _uid(created)
+        except ApiException as e:
+            if e.status != 409:
+                raise self._failure(e, "create jobs") from e
+            return False, None
+        except (HTTPError, OSError) as e:
+            raise self._unreachable(e) from e
+
     def _replace(self, manifest: dict[str, Any], patience: float = 60.0) -> str | None:
         """Delete the Job of this name and create ``manifest`` once it is gone."""
         name, ns = manifest["metadata"]["name"], self._cfg.namespace
         self._delete(name)
         deadline = time.monotonic() + patience
         while True:
-            try:
-                self.requests += 1
-                created = self._batch.create_namespaced_job(ns, cast(Any, manifest),
-                                                            _request_timeout=30)
-                return _uid(created)
-            except ApiException as e:
-                if e.status != 409:
-                    raise self._failure(e, "create jobs") from e
-            except (HTTPError, OSError) as e:
-                raise self._unreachable(e) from e
+            created, uid = self._create(manifest)
+            if created:
+                return uid
             if time.monotonic() > deadline:
                 raise ClusterError(f"Job {ns}/{name} of an earlier run was deleted but is "
                                    f"still there after {patience:.0f}s")
