@@ -177,7 +177,9 @@ def browse(tmp_path: Path, ui: str, dead_id: str, fine_id: str, static: str) -> 
                          what="the saved view in the menu")
         browser.evaluate(f"[...document.querySelectorAll('[role=menu] *, [role=listbox] *')]"
                          f".filter(e => e.innerText?.trim() === {js(DEAD_VIEW)}).pop().click()")
-        browser.wait_for(f"decodeURIComponent(location.search).includes({js(DEAD_QUERY)})",
+        # URLSearchParams decodes the '+' the UI writes for the query's spaces.
+        browser.wait_for(f"(new URLSearchParams(location.search).get('query') || '')"
+                         f".includes({js(DEAD_QUERY)})",
                          what="the saved view's query in the URL")
         rows = browser.wait_for(f"(r => r.some(c => c.includes({js(dead_id)})) && r)"
                                 f"({LIST_ROWS})", what="the dead scan in the view")

@@ -124,10 +124,11 @@ async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(
 async def test_webhook_credentials_stay_out_of_the_worker_log(
         temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
         flawed_repo: Path, receiver: WebhookReceiver, tmp_path: Path) -> None:
-    """A webhook URL's userinfo and query carry credentials: delivering to it logs
-    neither (httpx would log every request's full URL at INFO)."""
+    """A webhook URL's query (or path) can carry a token: delivering to it logs neither
+    (httpx would log every request's full URL at INFO). Credentials in the userinfo are
+    refused before the scan starts (contract.request_problems)."""
     token, password = f"tok{uuid.uuid4().hex}", f"pw{uuid.uuid4().hex}"
-    url = receiver.url.replace("http://", f"http://hookuser:{password}@") + f"?token={token}"
+    url = f"{receiver.url}?token={token}&password={password}"
     log = tmp_path / "worker.log"
     proc = spawn_worker(worker_env(temporal_env, settings), log)
     try:
