@@ -413,6 +413,9 @@ class ScanSummary(Message):
     # Webhooks given up on (the URL without credentials or query, and why): in the
     # workflow's result and its progress query, never in a webhook's body.
     undelivered_webhooks: tuple[str, ...] = ()
+    # Scanner attempts a cancel could not stop ("<scanner> attempt <n>: why"): the scan
+    # ended cancelled, but they may still be running (a Job the API would not delete).
+    not_stopped: tuple[str, ...] = ()
 
     def with_lifecycle(self, lifecycle: ScanLifecycle) -> ScanSummary:
         """This summary with ``lifecycle``, counting open findings only."""

@@ -64,6 +64,7 @@ from scanward.policy import backoff
 from scanward.settings import control_queue_for
 from scanward.webhook import WebhookFailed
 from tests.conftest import FAST, eventually
+from tests.helpers.processes import scanward
 from tests.helpers.workflows import (
     current_details,
     ends_failed,
@@ -118,7 +119,7 @@ class Stubs:
                  plan_memory: int = PLAN_MEMORY_MIB,
                  clone_error: Callable[[], ApplicationError] | None = None,
                  down: frozenset[str] = frozenset(), hang: bool = False,
-                 store_down: int = 0) -> None:
+                 store_down: int = 0, stop_fails: bool = False) -> None:
         self.calls: list[Call] = []
         self.scanner_failures = {k: list(v) for k, v in (scanner_failures or {}).items()}
         self.persist_failures = {k: list(v) for k, v in (persist_failures or {}).items()}
@@ -130,6 +131,7 @@ class Stubs:
         self.scanner_cancelled = asyncio.Event()
         self.persisted = 0  # persist_results calls that stored findings
         self.store_down = store_down  # persist_results calls the store is down for
+        self.stop_fails = stop_fails  # stop_scanner fails as the API's refusal would
 
     def _record(self, name: str, arg: Any) -> None:
         info = activity.info()
@@ -184,6 +186,9 @@ class Stubs:
     @activity.defn(name="stop_scanner")
     async def stop_scanner(self, job: ScannerJobInput) -> str:
         self._record("stop_scanner", job)
+        if self.stop_fails:  # what the kubernetes backend raises for a 403 on delete
+            raise ApplicationError("forbidden to delete jobs in namespace 'scans'",
+                                   type="cluster_error", non_retryable=True)
         return "deleted"
 
     @activity.defn(name="persist_results")
@@ -659,3 +664,24 @@ async def test_store_down_holds_the_scan_at_persist_without_rerunning_the_scanne
     assert len(stubs.of("run_scanner", ScannerJobInput)) == 1
     persists = [c.attempt for c in stubs.calls if c.activity == "persist_results"]
     assert persists == list(range(1, FAST.io_attempts + 4))
+
+
+async def test_cancel_that_could_not_stop_a_scanner_says_so(
+        temporal_env: WorkflowEnvironment, client: Client) -> None:
+    """The scan ends cancelled either way; `scanward cancel` said "cancelled" (exit 0)
+    while a Job the API would not delete ran on. It fails now, naming what still runs."""
+    stubs = Stubs(hang=True, stop_fails=True)
+    async with stub_worker(client, stubs) as queue:
+        handle = await api.start_scan(client, request("alpha"), task_queue=queue)
+        await asyncio.wait_for(stubs.scanner_running.wait(), 10)
+        code, out, err = await scanward(
+            "cancel", handle.id,
+            env={"TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host})
+        live = await api.progress(client, handle.id)
+    assert live.status is ScanStatus.CANCELLED
+    (not_stopped,) = live.not_stopped
+    assert not_stopped.startswith("alpha attempt 1: forbidden to delete jobs"), not_stopped
+    assert code == 1 and out == "", (code, out, err)
+    assert err.startswith(f"scanward: error: scan {handle.id} cancelled, but could not stop "
+                          "alpha attempt 1: forbidden to delete jobs"), err
+    assert err.rstrip().endswith("it may still be running"), err

@@ -145,6 +145,7 @@ class ScanWorkflow:
         self._reason: str | None = None
         self._lifecycle: ScanLifecycle | None = None
         self._undelivered: list[str] = []
+        self._not_stopped: list[str] = []
 
     # ----------------------------------------------------------- queries/updates/signals
 
@@ -405,8 +406,9 @@ class ScanWorkflow:
                 workflow.logger.warning("could not stop %s attempt %d: %s", job.scanner,
                                         job.attempt, why)
                 # The scan still ends cancelled, but says what may still be running.
-                self._reason = (f"{self._reason}; could not stop {job.scanner} attempt "
-                                f"{job.attempt}: {why.splitlines()[0][:300]}")
+                what = f"{job.scanner} attempt {job.attempt}: {why.splitlines()[0][:300]}"
+                self._not_stopped.append(what)
+                self._reason = f"{self._reason}; could not stop {what}"
 
     async def _dead_until_verdict(self, name: str, failure: FailureClass,
                                   reason: str) -> RetrySignal | AbandonSignal:
@@ -457,6 +459,7 @@ class ScanWorkflow:
             finding_count=sum(r.finding_count or 0 for r in self._runs.values()),
             by_severity=dict(self._by_severity), checkout_bytes=self._checkout_bytes,
             reason=self._reason, undelivered_webhooks=tuple(self._undelivered),
+            not_stopped=tuple(self._not_stopped),
         )
         return summary if self._lifecycle is None else summary.with_lifecycle(self._lifecycle)
 

@@ -93,6 +93,11 @@ def cancel(
         if state.workflow_status is not WorkflowExecutionStatus.CANCELED:
             raise CliError(f"scan {scan_id} ended {state.closed_as} before the cancel took "
                            "effect")
+        summary = (await api.report(client, scan_id)).summary
+        if summary is not None and summary.not_stopped:
+            # Cancelled, but not everything it started has stopped: not done.
+            raise CliError(f"scan {scan_id} cancelled, but could not stop "
+                           f"{'; '.join(summary.not_stopped)}: it may still be running")
         out.print(f"scan {scan_id} cancelled", highlight=False)
 
     run_command(go())
