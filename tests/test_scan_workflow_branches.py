@@ -681,6 +681,7 @@ async def test_cancel_that_could_not_stop_a_scanner_says_so(
     assert live.status is ScanStatus.CANCELLED
     (not_stopped,) = live.not_stopped
     assert not_stopped.startswith("alpha attempt 1: forbidden to delete jobs"), not_stopped
+    assert live.reason == f"cancelled; could not stop {not_stopped}"
     assert code == 1 and out == "", (code, out, err)
     assert err.startswith(f"scanward: error: scan {handle.id} cancelled, but could not stop "
                           "alpha attempt 1: forbidden to delete jobs"), err

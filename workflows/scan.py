@@ -406,9 +406,8 @@ class ScanWorkflow:
                 workflow.logger.warning("could not stop %s attempt %d: %s", job.scanner,
                                         job.attempt, why)
                 # The scan still ends cancelled, but says what may still be running.
-                what = f"{job.scanner} attempt {job.attempt}: {why.splitlines()[0][:300]}"
-                self._not_stopped.append(what)
-                self._reason = f"{self._reason}; could not stop {what}"
+                self._not_stopped.append(
+                    f"{job.scanner} attempt {job.attempt}: {why.splitlines()[0][:300]}")
 
     async def _dead_until_verdict(self, name: str, failure: FailureClass,
                                   reason: str) -> RetrySignal | AbandonSignal:
@@ -458,7 +457,10 @@ class ScanWorkflow:
             scanners=tuple(self._runs[n] for n in sorted(self._runs)),
             finding_count=sum(r.finding_count or 0 for r in self._runs.values()),
             by_severity=dict(self._by_severity), checkout_bytes=self._checkout_bytes,
-            reason=self._reason, undelivered_webhooks=tuple(self._undelivered),
+            reason="; ".join([*filter(None, [self._reason]),
+                              *(f"could not stop {what}" for what in self._not_stopped)])
+                   or None,
+            undelivered_webhooks=tuple(self._undelivered),
             not_stopped=tuple(self._not_stopped),
         )
         return summary if self._lifecycle is None else summary.with_lifecycle(self._lifecycle)

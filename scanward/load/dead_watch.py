@@ -21,16 +21,16 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from scanward import search_attributes as sa
+from scanward.client import status_query
 from scanward.contract import ScanStatus
 
 log = logging.getLogger("scanward.load")
 
 
 def dead_query(task_queue: str) -> str:
-    """Running scans of ``task_queue`` that wait for an operator (a dead scanner)."""
-    return (f'TaskQueue = "{task_queue}" AND {sa.SCAN_STATUS.name} = "{ScanStatus.DEAD.value}"'
-            ' AND ExecutionStatus = "Running"')
+    """Running scans of ``task_queue`` that wait for an operator (a dead scanner): the
+    CLI's ``list --status dead`` query, on one task queue."""
+    return f'{status_query(ScanStatus.DEAD)} AND TaskQueue = "{task_queue}"'
 
 
 class DeadWatch:
