@@ -71,7 +71,7 @@ def build_worker(client: Client, settings: Settings, store: Store,
     one for its control activities on the control queue beside it."""
     catalog = Catalog.load(settings.catalog_file)
     metrics.initialize(catalog.names(), backend.name)
-    secrets = SecretStore(settings.env, settings.secrets_dir)
+    secrets = SecretStore(settings.env, settings.secrets_dir)  # its hosts: checked in settings
     workspace = WorkspaceActivities(settings, catalog, secrets)
     try:
         caps = tenants.parse_job_caps(settings.env.get(tenants.MAX_JOBS_ENV))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
 
 RETRYABLE_KIND = "GitError"
 
@@ -55,8 +56,12 @@ class GitFailure:
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without the given secrets, URL credentials or authorization headers."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
+    # A server or git may print a secret URL-quoted (%3A or %3a, '+' for a space) as
+    # well as raw: each form is removed, the longest first.
+    forms = {form for s in secrets if s
+             for form in (s, quote(s, safe=""), quote(s), quote_plus(s), quote_plus(s, "/"))}
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(re.escape(form), "***", text, flags=re.I)
     text = re.sub(r"(?i)(authorization:\s*)\S+(?:[ \t]+\S+)?", r"\1***", text)
     text = re.sub(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", r"\1***@", text)
     return re.sub(r"(?i)x-access-token(?::[^@\s'\"]*)?", "***", text)

@@ -34,10 +34,10 @@ class NotifyActivities:
         outcome: str | None = None  # None: cancelled, not a delivery attempt
         try:
             try:
-                secret = self._secrets.resolve(req.target.secret_ref)
+                secret = self._secrets.resolve_for(req.target.secret_ref, req.target.url)
             except SecretNotFound as e:
                 outcome = "rejected"
-                raise ApplicationError(str(e), type="SecretNotFound",
+                raise ApplicationError(str(e), type=type(e).__name__,
                                        non_retryable=True) from e
             try:
                 status = await deliver(req.target.url, secret, req.summary,

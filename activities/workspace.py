@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -101,11 +102,38 @@ def tree_size(path: Path) -> tuple[int, int]:
     return total, files
 
 
+def remove_escaping_symlinks(root: Path) -> list[str]:
+    """Remove every symlink below ``root`` that resolves outside it (absolute, climbing
+    out with ``..``, or dangling there); returns their paths relative to ``root``.
+
+    The repository is hostile: a scanner that follows a symlinked file (bandit does)
+    would read the worker's files (``~/.ssh``, another scan's checkout) and store their
+    text in findings. A symlink that stays inside the checkout is kept: its target is
+    in the tree anyway."""
+    real_root = os.path.realpath(root)
+    removed: list[str] = []
+    for dirpath, dirs, names in os.walk(root):  # does not descend into symlinked dirs
+        for name in (*dirs, *names):
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                continue
+            target = os.path.realpath(full)
+            if target != real_root and not target.startswith(real_root + os.sep):
+                os.unlink(full)
+                removed.append(os.path.relpath(full, root))
+    return removed
+
+
 def publish_checkout(work: Path, src: Path) -> tuple[int, int]:
     """Remove ``.git`` (scanners see the tree, not the object store: smaller, and no
-    history to leak), size the tree and make it ``src``; returns (bytes, files). One
-    thread hop for the three."""
+    history to leak) and the symlinks leaving the tree, size the tree and make it
+    ``src``; returns (bytes, files). One thread hop for all of it."""
     shutil.rmtree(work / ".git")
+    removed = remove_escaping_symlinks(work)
+    if removed:
+        activity.logger.warning(
+            "removed %d symlink(s) pointing outside the checkout (not scanned): %s",
+            len(removed), ", ".join(repr(p) for p in removed[:20]))
     sized = tree_size(work)
     replace_dir(work, src)
     return sized
@@ -184,7 +212,8 @@ class WorkspaceActivities:
         self._secrets = secrets
         self._next_sweep = 0.0  # time.monotonic() of the next expired-log sweep
 
-    def _git_env(self, credentials_ref: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    def _git_env(self, credentials_ref: str | None,
+                 repository: str) -> tuple[dict[str, str], tuple[str, ...]]:
         """git's environment, and the secret strings that must never leave the worker."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -195,10 +224,15 @@ class WorkspaceActivities:
         }
         if not credentials_ref:
             return env, ()
+        if urlsplit(repository).scheme.lower() not in ("https", "http"):
+            raise ApplicationError(
+                f"credentials_ref {credentials_ref!r}: the token is sent as an HTTP header, "
+                "so it applies to https:// repositories only", type="SecretNotAllowed",
+                non_retryable=True)
         try:
-            token = self._secrets.resolve(credentials_ref).decode()
+            token = self._secrets.resolve_for(credentials_ref, repository).decode()
         except SecretNotFound as e:
-            raise ApplicationError(str(e), type="SecretNotFound", non_retryable=True) from e
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         # Passed through the environment, not argv, so it shows in no process list.
         env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
@@ -256,7 +290,7 @@ class WorkspaceActivities:
         self._check_source(req.repository, req.ref)
         if FULL_SHA.fullmatch(req.ref):
             return ResolvedRef(ref=req.ref, commit=req.ref)
-        env, secrets = self._git_env(req.credentials_ref)
+        env, secrets = self._git_env(req.credentials_ref, req.repository)
         listing = await self._git("ls-remote", "--", req.repository, *ref_candidates(req.ref),
                                   env=env, secrets=secrets)
         found = pick_ref(listing, req.ref)
@@ -277,7 +311,7 @@ class WorkspaceActivities:
             specs = [self._catalog.get(name) for name in req.scanners]
         except UnknownScanner as e:
             raise ApplicationError(str(e), type="UnknownScanner", non_retryable=True) from e
-        env, secrets = self._git_env(req.credentials_ref)
+        env, secrets = self._git_env(req.credentials_ref, req.repository)
         base = scan_dir(self._settings.workspace_root, req.scan_id)
         src = base / "src"
         activity.logger.info("clone of %s attempt %d starting", req.scan_id,

@@ -235,12 +235,14 @@ def _check_retention(env: Mapping[str, str]) -> None:
 
 def _check_others(env: Mapping[str, str]) -> None:
     # Parsed where they are used (tenant fairness by the client and the scanner
-    # activities, the push interval by the worker's metrics), and checked here as well,
-    # so that each is a configuration error at start for the worker and every command.
-    from scanward import metrics, tenants
+    # activities, the push interval by the worker's metrics, where secrets may go by its
+    # activities), and checked here as well, so that each is a configuration error at
+    # start for the worker and every command.
+    from scanward import metrics, secrets, tenants
     from scanward.inputs import InputError
 
     try:
+        secrets.parse_hosts(env.get(secrets.HOSTS_ENV))
         tenants.parse_weights(env.get(tenants.WEIGHTS_ENV))
         tenants.parse_job_caps(env.get(tenants.MAX_JOBS_ENV))
         metrics.interval_from_env(env)

@@ -14,6 +14,10 @@ into the repositories it scans; absent, the scanner succeeds at once with one fi
      "findings": 1,              # results in the SARIF (each distinct)
      "stamps": "/dir"}           # optional: append start/stop lines to /dir/stamps.log
 
+The repository is untrusted even here (any request may name this scanner): it only
+appends to a ``stamps.log`` its observer created (:func:`prepare_stamps`), never creates
+a file, and holds at most ``MAX_MEMORY_MIB`` (the catalog's memory cap).
+
 The attempt number comes from the SARIF path (``.../attempt-N/results.sarif``) or, in a
 Kubernetes pod (whose results volume is mounted at the attempt's directory), from the
 pod's name (its Job's ``...-a<N>`` plus a suffix), so "crash then succeed" needs no
@@ -32,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +50,8 @@ EXIT_BAD_INPUT = 2
 EXIT_OOM_KILLED = 137  # 128 + SIGKILL, as the kubelet reports an OOM-killed container
 STAMPS_FILE = "stamps.log"
 MIB = 1024 * 1024
+MAX_MEMORY_MIB = 1024  # the catalog entry's max_memory_mib: no limit could hold more
+MAX_FINDINGS = 100_000
 # A Job pod's name: its Job's (``sw-<hash>-<scanner>-a<N>``, job_spec.job_name) and the
 # 5-character suffix the Job controller adds.
 _POD_NAME = re.compile(r"-a(\d+)-[a-z0-9]{5}")
@@ -75,6 +82,12 @@ def read_config(source: Path) -> dict[str, Any]:
     if not isinstance(memory, int) or memory < 0:
         raise ValueError(f"{CONFIG_FILE}: memory_mib {memory!r}: expected a whole number "
                          "of MiB, 0 or more")
+    if memory > MAX_MEMORY_MIB:
+        raise ValueError(f"{CONFIG_FILE}: memory_mib {memory} is above {MAX_MEMORY_MIB}")
+    findings = config.get("findings", 1)
+    if not isinstance(findings, int) or not 0 <= findings <= MAX_FINDINGS:
+        raise ValueError(f"{CONFIG_FILE}: findings {findings!r}: expected 0 to "
+                         f"{MAX_FINDINGS:,}")
     if outcome == "oom_then_ok" and memory == 0:
         raise ValueError(f"{CONFIG_FILE}: oom_then_ok needs memory_mib (what the scan "
                          "needs; a memory limit at or below it OOM-kills the attempt)")
@@ -133,15 +146,34 @@ def sarif_document(findings: int, path: str) -> dict[str, Any]:
                       "results": results}]}
 
 
+def prepare_stamps(directory: Path) -> Path:
+    """Create the (empty) ``stamps.log`` in ``directory`` that scans may then append to."""
+    path = directory / STAMPS_FILE
+    path.touch()
+    return path
+
+
 def _stamp(stamps: str | None, what: str, sarif: Path) -> None:
     """One line per event, appended with O_APPEND (atomic for lines this short), so that
-    concurrent scanners can be observed from outside: ``start|stop <time> <scan> <n>``."""
+    concurrent scanners can be observed from outside: ``start|stop <time> <scan> <n>``.
+    Only to a regular ``stamps.log`` that exists: the directory comes from the scanned
+    repository, which must not make the worker create files where it likes."""
     if not stamps:
         return
     scan_id = sarif.parents[2].name if len(sarif.parents) > 2 else "?"
     line = f"{what} {time.time():.6f} {scan_id} {attempt_of(sarif)}\n".encode()
-    fd = os.open(Path(stamps) / STAMPS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        # O_NONBLOCK: a FIFO there fails at once instead of blocking the scanner.
+        fd = os.open(Path(stamps) / STAMPS_FILE,
+                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        print(f"synthetic scanner: not stamping: {e}", file=sys.stderr)
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            print(f"synthetic scanner: not stamping: {stamps}/{STAMPS_FILE} is not a file",
+                  file=sys.stderr)
+            return
         os.write(fd, line)
     finally:
         os.close(fd)

@@ -26,6 +26,7 @@ from scanward.contract import RetryTuning, ScanRequest
 from scanward.devserver import FAIRNESS_ARGS, temporal_binary
 from scanward.example import create_example_repo
 from scanward.settings import Settings
+from scanward.store import Store, sqlite_url
 from scanward.webhook_receiver import WebhookReceiver
 
 pytest_plugins = ["tests.postgres_fixture", "tests.k8s_fixture", "tests.prometheus_fixture"]
@@ -34,6 +35,8 @@ HERE = Path(__file__).parent
 T = TypeVar("T")
 FAKE_SCANNER = HERE / "scanners" / "fake_scanner.py"
 WEBHOOK_SECRET = "test-webhook-key"
+# Where the worker may send it: the tests' receivers listen on 127.0.0.1.
+SECRET_HOSTS = {"SCANWARD_HOSTS_FOR_SECRETS": "hook=127.0.0.1"}
 
 # Real durations, shortened by configuration (the request's tuning), never by patching.
 FAST = RetryTuning(
@@ -106,7 +109,7 @@ def settings(tmp_path: Path, state_dir: Path) -> Settings:
         # Test workers run ScanWorkflow in the sandbox: its determinism checks catch
         # mistakes here, before a deploy (production workers skip its cost).
         workflow_sandbox=True,
-        env={"SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin"},
+        env={"SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin", **SECRET_HOSTS},
     )
 
 
@@ -115,6 +118,22 @@ async def scan_worker_task(client: Client, settings: Settings) -> AsyncIterator[
     """An in-process worker on the test's own task queue."""
     async with scan_worker.running(settings, client, stop_timeout=30):
         yield
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store database of each backend ("state/" does not exist yet)."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "state" / "scanward.db")
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A store opened (migrated) on ``db_url``."""
+    with Store.open(db_url) as s:
+        yield s
 
 
 @pytest.fixture

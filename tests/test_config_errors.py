@@ -46,6 +46,8 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_SECRETS_DIR", A_FILE, {}, "a directory"),
     # Nothing creates it: missing, every scan naming a secret would fail.
     ("SCANWARD_SECRETS_DIR", "/nonexistent/secrets", {}, "an existing directory"),
+    ("SCANWARD_HOSTS_FOR_SECRETS", "github.com", {}, "is not SECRET=HOST"),
+    ("SCANWARD_HOSTS_FOR_SECRETS", "gh=https://github.com", {}, "is not a host or host:port"),
     ("SCANWARD_DATABASE_URL", "mysql://u@db/scans", {}, "use sqlite:// or postgresql://"),
     ("SCANWARD_DATABASE_URL", "not a url", {}, "expected sqlite:////abs/path.db"),
     ("SCANWARD_DATABASE_URL", "postgresql://u:hunter2@/scans", {}, "names no host"),

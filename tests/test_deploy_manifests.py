@@ -35,7 +35,8 @@ DEFAULT_SET = {"namespace.yaml", "rbac.yaml", "storage.yaml", "configmap.yaml",
 OPTIONAL = {"keda-scaledobject.yaml"}
 # Where the worker's SCANWARD_* variables are read: a renamed variable breaks this test.
 SETTINGS_SOURCES = (ROOT / "scanward" / "settings.py",
-                    ROOT / "activities" / "backends" / "kubernetes.py")
+                    ROOT / "activities" / "backends" / "kubernetes.py",
+                    ROOT / "scanward" / "secrets.py")
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -504,3 +505,47 @@ def test_server_side_dry_run(control_plane: testenv.ControlPlane) -> None:
     finally:
         if created:
             control_plane.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}")
+
+
+# ------------------------------------------------------- what the files say vs. the code
+
+
+def _comment_above(name: str, key: str) -> str:
+    """The comment lines directly above ``key:`` in deploy/<name>, joined."""
+    lines = (DEPLOY / name).read_text().splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")]
+    block: list[str] = []
+    for line in reversed(lines[:at]):
+        if not line.strip().startswith("#"):
+            break
+        block.insert(0, line.strip().lstrip("#").strip())
+    return " ".join(block)
+
+
+def test_grace_period_comment_says_what_a_drain_does_to_jobs() -> None:
+    """A worker whose drain runs out leaves its scanners' Jobs running for the next
+    worker to adopt (activities/backends/__init__.py worker_leaving; checked for real by
+    tests/test_kube_backend.py::test_a_deploy_leaves_the_job_running_for_the_next_worker).
+    The comment said the cancellation deletes them, which sized the grace period on Job
+    deletes that never happen and told operators a drained scan restarts from zero."""
+    comment = re.sub(r"\s+", " ", _comment_above("worker.yaml",
+                                                  "terminationGracePeriodSeconds"))
+    assert "deletes their Jobs" not in comment and "Job delete" not in comment, comment
+    assert "left running" in comment and "adopt" in comment, comment
+
+
+def test_readme_memory_sizing_matches_the_policy() -> None:
+    """deploy/README.md's sizing formula gives what size_resources gives (and so what
+    the Job's memory request and limit say): it rounds up to 64 MiB, so a tiny checkout
+    gets base + 64 MiB, not base."""
+    from scanward.policy import size_resources
+
+    readme = re.sub(r"\s+", " ", (DEPLOY / "README.md").read_text())
+    spec = Catalog.load().get("bandit")
+    small = size_resources(spec, 4096).memory_mib  # a one-file repository
+    large = size_resources(spec, 3 << 30).memory_mib  # 3 GiB
+    assert (small, large) == (spec.base.memory_mib + 64,
+                              spec.base.memory_mib + 3 * spec.memory_mib_per_gib)
+    assert "rounded up to a multiple of 64 MiB" in readme
+    assert f"{spec.base.memory_mib + 64} MiB" in readme  # the worked small example
+    assert f"{large} MiB" in readme  # the worked large example

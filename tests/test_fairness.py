@@ -29,7 +29,7 @@ from scanward.contract import ScannerStatus, ScanRequest, ScanStatus, ScanSummar
 from scanward.inputs import InputError
 from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.settings import Settings, available_cpus
-from scanward.synthetic_scanner import STAMPS_FILE
+from scanward.synthetic_scanner import STAMPS_FILE, prepare_stamps
 from scanward.tenants import (
     REQUEUE_MOST,
     JobCaps,
@@ -262,6 +262,7 @@ async def test_tenant_cap_limits_concurrent_jobs_and_heartbeats_while_waiting(
         tmp_path: Path) -> None:
     stamps = tmp_path / "stamps"
     stamps.mkdir()
+    prepare_stamps(stamps)
     repo = LoadRepo(tmp_path / "repo")
     # 6 scans of 1.5 s each through 2 slots: the last waits ~4.5 s for its slot, more
     # than FAST's 2 s heartbeat timeout: it goes back to the queue once (FAST's 3
@@ -307,6 +308,7 @@ async def test_a_capped_tenant_waiting_for_its_slot_does_not_keep_others_out(
     first job to end.) No history event per wait: every scan's history is as long."""
     stamps = tmp_path / "stamps"
     stamps.mkdir()
+    prepare_stamps(stamps)
     repo = LoadRepo(tmp_path / "repo")
     repo.add("slow", Behaviour(seconds=6, findings=1, stamps=str(stamps)))
     repo.add("quick", Behaviour(seconds=0.2, findings=1, stamps=str(stamps)))
@@ -321,7 +323,7 @@ async def test_a_capped_tenant_waiting_for_its_slot_does_not_keep_others_out(
         return await api.start_scan(client, request, task_queue=settings.task_queue)
 
     async def busy_running() -> bool:
-        return (stamps / STAMPS_FILE).exists()
+        return (stamps / STAMPS_FILE).stat().st_size > 0
 
     try:
         busy = [await scan("busy", "slow") for _ in range(2)]

@@ -1037,3 +1037,33 @@ def test_tool_errors_are_read_leniently() -> None:
         "rule pack failed to load",
         "error (no message): a.py",
     ]
+
+
+_DEEP_SARIF_PROBE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from scanward.sarif import SarifError, parse_findings
+depth = int(sys.argv[1])
+doc = (b'{"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "t"}}, "results": ['
+       b'{"ruleId": "R", "message": {"text": "m"}, "properties": {"x": '
+       + b"[" * depth + b"]" * depth + b'}}]}]}')
+try:
+    print(len(parse_findings(doc, scanner="s", origin="deep.sarif")))
+except SarifError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize(("depth", "expected"), [
+    (200_000, "deep.sarif: nests JSON deeper than 256 levels"),
+    (200, "1"),  # deep, but within what the reader accepts
+])
+def test_deeply_nested_sarif_is_refused_within_bounded_memory(depth: int,
+                                                              expected: str) -> None:
+    """A few hundred KB of ``[[[...`` took a worker to 23 GB (ijson's prefixes grow with
+    the nesting) and persist retried it for ever. Run under a 1 GiB address-space limit,
+    in a child process, so that a regression fails here rather than exhausting the host."""
+    done = subprocess.run([sys.executable, "-c", _DEEP_SARIF_PROBE, str(depth)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith(expected)

@@ -42,7 +42,7 @@ from scanward import search_attributes as sa  # noqa: E402
 from scanward.devserver import temporal_binary  # noqa: E402
 from scanward.example import create_example_repo  # noqa: E402
 from scanward.settings import Settings  # noqa: E402
-from tests.conftest import WEBHOOK_SECRET, fake_catalog  # noqa: E402
+from tests.conftest import SECRET_HOSTS, WEBHOOK_SECRET, fake_catalog  # noqa: E402
 
 OUT = ROOT / "tests" / "histories" / "v1"
 
@@ -53,7 +53,7 @@ def local_settings(home: Path, catalog: Path, task_queue: str) -> Settings:
         home=home, workspace_root=home / "workspace", results_root=home / "results",
         database_url=f"sqlite:///{home / 'scanward.db'}", task_queue=task_queue,
         allow_local_repositories=True, catalog_file=catalog, graceful_shutdown_seconds=10,
-        env={"SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin"})
+        env={"SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin", **SECRET_HOSTS})
 
 
 @asynccontextmanager

@@ -44,7 +44,9 @@ from scanward.load.scenarios import (
 )
 from scanward.load.stack import Cpu, LocalStack, Meter, NoPoller, wait_for_poller
 from scanward.load.synthetic import LoadRepo
+from scanward.secrets import HOSTS_ENV
 from scanward.settings import Settings, task_queue_for
+from scanward.synthetic_scanner import prepare_stamps
 from scanward.tenants import parse_job_caps
 
 HOOK_SECRET_REF = "loadhook"  # noqa: S105 - a secret's name, not its value
@@ -246,7 +248,8 @@ def validate(opts: LoadOptions) -> None:
                             "deployment's workers keep their own settings)")
         if opts.scenario == "webhook" and not os.environ.get(HOOK_SECRET_ENV):
             raise LoadError(f"the webhook scenario needs the workers' secret "
-                            f"{HOOK_SECRET_REF!r} in {HOOK_SECRET_ENV} (or "
+                            f"{HOOK_SECRET_REF!r} in {HOOK_SECRET_ENV}, with this "
+                            f"machine's address listed for it in {HOSTS_ENV} (or "
                             "--start-local-server)")
     elif opts.oom() and opts.kube is None:
         raise LoadError("--oom-share: the local backend cannot OOM-kill (no memory limit); "
@@ -308,7 +311,9 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     task_queue = task_queue_for(opts.cluster, base_queue)
     meter: Meter | None = None
     if stack is not None:
-        worker_env = stack.base_env(task_queue) | {HOOK_SECRET_ENV: hook_secret}
+        # Its receiver listens on 127.0.0.1: the only host the key may be sent to.
+        worker_env = stack.base_env(task_queue) | {
+            HOOK_SECRET_ENV: hook_secret, HOSTS_ENV: f"{HOOK_SECRET_REF}=127.0.0.1"}
         if opts.scanners > 1:
             worker_env["SCANWARD_CATALOG"] = str(_extra_catalog(home / "catalog.json",
                                                                  opts.scanners))
@@ -336,6 +341,8 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                             "with --start-local-server") from e
     repo = LoadRepo(home / "repo")
     stamps = str(opts.stamps) if opts.stamps else None
+    if opts.stamps:
+        prepare_stamps(opts.stamps)
     for kind, behaviour in behaviours(opts.scan_seconds, opts.findings, stamps,
                                       kube.oom_memory_mib()).items():
         repo.add(kind, behaviour)

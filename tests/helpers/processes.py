@@ -12,7 +12,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from scanward.settings import Settings
-from tests.conftest import WEBHOOK_SECRET
+from tests.conftest import SECRET_HOSTS, WEBHOOK_SECRET
 
 REPO_ROOT = Path(__file__).parent.parent.parent
 
@@ -66,6 +66,7 @@ def worker_env(env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
         "SCANWARD_ALLOW_LOCAL_REPOS": "1",
         "SCANWARD_CATALOG": str(settings.catalog_file),
         "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET,
+        **SECRET_HOSTS,
         "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "20",
         "SCANWARD_WORKFLOW_SANDBOX": "1",  # tests run workflows sandboxed (conftest)
     }
