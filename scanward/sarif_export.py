@@ -38,10 +38,12 @@ Item = tuple[Finding, FindingState | None, Triage | None]
 
 
 def to_sarif(items: Iterable[Item], *, repository: str, commit: str | None,
-             ref: str | None) -> dict[str, Any]:
+             ref: str | None, scanners: Iterable[str] = ()) -> dict[str, Any]:
     """The SARIF 2.1.0 log (as JSON-ready dicts) of ``items``: (finding, its lifecycle
-    state or None, its triage or None)."""
-    by_scanner: dict[str, list[Item]] = {}
+    state or None, its triage or None). Each of ``scanners`` (those that ran) gets a
+    run even without results: a code-scanning upload closes the alerts of the runs it
+    has, and would keep a scanner's fixed alerts open if its run were missing."""
+    by_scanner: dict[str, list[Item]] = {name: [] for name in scanners}
     for item in items:
         by_scanner.setdefault(item[0].scanner, []).append(item)
     runs = [_run(scanner, found, repository, commit, ref)

@@ -212,6 +212,18 @@ async def test_new_existing_fixed_triage_gate_and_webhook(
     code, _, err = await scanward("history", str(tmp_path / "nothing"), env=env)
     assert code == 1 and "no scans of" in err
 
+    # --- scan 5 (CLI): everything fixed. Its SARIF still has bandit's run, empty: a
+    # code-scanning upload closes only the alerts of the runs it has (it had no run).
+    commit(repo, "VALUE = 1\n", "fix everything")
+    code, id5, out, err = await cli_scan(env, repo, "five")
+    assert code == 0 and "0 new, 0 existing, 1 fixed" in out, out + err
+    code, out, err = await scanward("findings", id5, "--format", "sarif", env=env)
+    assert code == 0, err
+    doc = json.loads(out)
+    check_sarif(doc)
+    assert [(run["tool"]["driver"]["name"], run["results"]) for run in doc["runs"]] == [
+        ("bandit", [])]
+
     # The recorded history (with the patch's marker) replays against this code.
     history = await client.get_workflow_handle(id2).fetch_history()
     replayer = Replayer(workflows=[ScanWorkflow], data_converter=pydantic_data_converter)

@@ -5,12 +5,14 @@ the previous schema."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy.pool import NullPool
 
 from scanward.contract import (
     Finding,
@@ -23,8 +25,10 @@ from scanward.contract import (
 from scanward.example import git
 from scanward.lifecycle import NEW_FINDINGS_CAP, FindingState, TriageState
 from scanward.sarif import load_findings
-from scanward.store import Store, UnknownFingerprint, sqlite_url
+from scanward.sarif_export import to_sarif
+from scanward.store import Store, UnknownFingerprint, normalize_url
 from tests.helpers import schema
+from tests.test_lifecycle import check_sarif
 from tests.test_sarif import APP, MULTI, O_FUNCTION, STORED_BANDIT, run_bandit
 
 REPO = "https://github.com/acme/app"
@@ -75,20 +79,6 @@ class Scans:
             scan_id=scan_id, tenant="acme", repository=repository, ref=ref, commit=commit,
             status=status, scanners=tuple(runs)))
         return scan_id
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "scanward.db")
-    url: str = request.getfixturevalue("postgres_database")
-    return url
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    with Store.open(db_url) as s:
-        yield s
 
 
 @pytest.fixture
@@ -404,3 +394,130 @@ def test_findings_stored_before_the_snippet_check_still_match(
     triaged = [r for r in store.scan_findings(s2) if r.triage is not None]
     assert [(r.finding.rule_id, r.finding.start_line, r.first_seen_commit)
             for r in triaged] == [("B602", 14, commit)]
+
+
+# ------------------------------------------------------------------ triage
+
+
+def test_a_finding_stored_before_0003_can_be_triaged_by_the_fingerprint_shown(
+        db_url: str) -> None:
+    """`findings` shows a pre-0003 finding under its exact fingerprint (it has no match
+    fingerprint) and the lifecycle reads triage by that key; `triage` refused it."""
+    with schema.database_at(db_url, "0002") as engine, engine.begin() as conn:
+        schema.insert_scan(conn, "scan-old", repository=REPO, commit=COMMITS[0],
+                           status="completed", finding_count=1)
+        conn.execute(text(
+            "INSERT INTO findings (scan_id, fingerprint, scanner, rule_id, severity, path, "
+            "start_line, end_line, message) VALUES ('scan-old', :fp, 'bandit', 'B602', "
+            "'high', 'app.py', 3, 3, 'shell=True')"), {"fp": "ab" * 32})
+    with Store.open(db_url) as store:
+        (record,) = store.scan_findings("scan-old")
+        shown = record.key[:12]
+        assert shown == "abababababab"
+        done = store.set_triage(shown, TriageState.FALSE_POSITIVE, reason="test", by="ana")
+        assert (done.tenant, done.repository, done.match_fingerprint, done.findings) == (
+            "acme", REPO, "ab" * 32, 1)
+        (record,) = store.scan_findings("scan-old")
+        assert record.suppressed
+        assert record.triage is not None
+        assert record.triage.state is TriageState.FALSE_POSITIVE
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def _summary(scan_id: str, commit: str, count: int) -> ScanSummary:
+    return ScanSummary(scan_id=scan_id, tenant="acme", repository=REPO, ref="main",
+                       commit=commit, status=ScanStatus.COMPLETED,
+                       scanners=(ScannerRun(scanner="bandit", status=ScannerStatus.SUCCEEDED,
+                                            attempts=1, finding_count=count),))
+
+
+def test_scans_of_a_ref_finishing_at_once_are_compared_in_finish_order(
+        postgres_database: str) -> None:
+    """Two pushes scanned at once, finalized by two workers on one PostgreSQL. Scan A
+    takes its finish time, then is slow to write it (here: a row lock held elsewhere);
+    scan B finishes later meanwhile. Before the fix B was compared with the scan before
+    A (the lock that orders scans of a ref was taken after the finish time was chosen
+    and written), so a finding A introduced was "new" again in B, first seen at B's
+    commit, and `history` listed A before B with B "since" the scan before A."""
+    url = postgres_database
+    with Store.open(url) as store, Store.open(url) as other:
+        scans = Scans(store)
+        base = scans.run({"bandit": [finding("A", 1)]})
+        assert store.compute_lifecycle(base) is not None
+        found = [finding("A", 1), finding("X", 5)]  # X: introduced by commit 1
+        for scan_id, commit in (("scan-a", COMMITS[1]), ("scan-b", COMMITS[2])):
+            store.record_scanner_result(scan_id=scan_id, tenant="acme", repository=REPO,
+                                        ref="main", commit=commit, scanner="bandit",
+                                        attempt=1, findings=found)
+        locker = create_engine(normalize_url(url), poolclass=NullPool)
+        errors: list[BaseException] = []
+
+        def finish(s: Store, scan_id: str, commit: str) -> None:
+            try:
+                s.finish_and_track(_summary(scan_id, commit, 2))
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        try:
+            with locker.connect() as conn:
+                tx = conn.begin()
+                conn.execute(text("SELECT 1 FROM scans WHERE scan_id = 'scan-a' FOR UPDATE"))
+                a = threading.Thread(target=finish, args=(store, "scan-a", COMMITS[1]))
+                a.start()
+                _wait_for_lock_waiters(conn, 1)
+                b = threading.Thread(target=finish, args=(other, "scan-b", COMMITS[2]))
+                b.start()
+                time.sleep(1.0)  # B runs to its end, or waits behind A
+                tx.rollback()
+            a.join(60)
+            b.join(60)
+        finally:
+            locker.dispose()
+        assert errors == []
+        history = store.history(REPO, ref="main")
+        order = [h.scan_id for h in reversed(history)]
+        assert order[0] == base
+        first, second = order[1], order[2]
+        by_id = {h.scan_id: h for h in history}
+        # Whichever finished second is compared with the one that finished first.
+        assert by_id[second].previous_scan_id == first
+        assert (by_id[second].new, by_id[second].existing) == (0, 2)
+        x = next(r for r in store.scan_findings(second) if r.finding.rule_id == "X")
+        assert x.state is FindingState.EXISTING
+        assert x.first_seen_scan_id == first
+
+
+def _wait_for_lock_waiters(conn: Connection, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")).scalar_one()
+        if waiting >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the finalize never waited on the row lock")
+
+
+# ------------------------------------------------------------------ SARIF
+
+
+def test_sarif_has_a_run_for_every_scanner_that_ran_even_without_findings() -> None:
+    """bandit ran and found nothing (its flaws were fixed), semgrep found one. Without a
+    bandit run a code-scanning upload never updates bandit's category, so bandit's old
+    alerts stay open; a scan with no findings at all gave `"runs": []`."""
+    semgrep = finding("S", 2, scanner="semgrep")
+    doc = to_sarif([(semgrep, FindingState.NEW, None)], repository=REPO,
+                   commit=COMMITS[1], ref="main", scanners=("bandit", "semgrep"))
+    check_sarif(doc)
+    assert [(r["tool"]["driver"]["name"], len(r["results"])) for r in doc["runs"]] == [
+        ("bandit", 0), ("semgrep", 1)]
+    assert doc["runs"][0]["automationDetails"] == {"id": "scanward/bandit/"}
+    clean = to_sarif([], repository=REPO, commit=COMMITS[1], ref="main",
+                     scanners=("bandit",))
+    check_sarif(clean)
+    assert [r["results"] for r in clean["runs"]] == [[]]
+    # Callers that pass no scanners get what they got before.
+    assert to_sarif([], repository=REPO, commit=None, ref=None)["runs"] == []

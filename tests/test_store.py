@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ from scanward.contract import (
 from scanward.store import Store, StoreError, normalize_url, sqlite_url
 from scanward.store.models import Base
 from tests.helpers import schema
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Fixtures postgres_url (session) and postgres_database (fresh database per test).
 
@@ -87,22 +91,6 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each backend ("state/" does not exist yet)."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "state" / "scanward.db")
-    url: str = request.getfixturevalue("postgres_database")
-    return url
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store.open(db_url)
-    yield s
-    s.close()
 
 
 # ---------------------------------------------------------------------- schema
@@ -553,6 +541,16 @@ def test_wrong_postgres_password_is_masked(postgres_database: str) -> None:
     assert ":***@" in msg
 
 
+def test_a_short_password_is_masked_without_garbling_the_message() -> None:
+    """The password ``p`` was replaced inside every word: "***ort 9 failed ...
+    acce***ting TCP/IP connections"."""
+    with pytest.raises(StoreError) as info:
+        Store.open("postgresql://u:p@127.0.0.1:9/db")
+    msg = str(info.value)
+    assert "port 9 failed" in msg and "accepting TCP/IP connections" in msg, msg
+    assert "u:p@" not in msg and "u:***@" in msg, msg
+
+
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
 def test_postgres_url_forms(postgres_database: str, scheme: str) -> None:
     url = make_url(postgres_database).set(drivername="postgresql+psycopg")
@@ -576,3 +574,69 @@ def test_sqlite_connection_settings(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+# ------------------------------------------------------- migrations: concurrent and newer
+
+_OPEN = """
+import sys, time
+from sqlalchemy.engine import base
+from scanward.store import Store
+url, start = sys.argv[1], float(sys.argv[2])
+# A worker paused (CPU-starved, GC) just after each COMMIT: another process may write then.
+commit = base.Transaction.commit
+def paused_commit(self):
+    commit(self)
+    time.sleep(0.3)
+base.Transaction.commit = paused_commit
+time.sleep(max(0.0, start - time.time()))
+with Store.open(url) as store:
+    print(store.schema_revision())
+"""
+
+
+def test_workers_starting_at_once_on_an_empty_database_all_migrate(
+        db_url: str, tmp_path: Path) -> None:
+    """Separate processes (workers starting together), not threads: one process
+    serialises its own migrations. Each round uses a fresh database. Before the fix,
+    SQLite took its write lock per migration step, so two processes that both read
+    "no schema" ran the same step twice ("duplicate column name: scanners")."""
+    rounds = 2
+    for n in range(rounds):
+        url = (sqlite_url(tmp_path / f"race-{n}.db") if db_url.startswith("sqlite")
+               else db_url)
+        if n and not db_url.startswith("sqlite"):
+            _drop_schema(url)
+        start = time.time() + 2.5  # every process imports first, then opens in turn
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN, url, str(start + i * 0.1)],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in range(4)]
+        results = [p.communicate(timeout=120) for p in procs]
+        errors = [err.strip().splitlines()[-1] for (_, err), p in zip(results, procs,
+                                                                      strict=True)
+                  if p.returncode != 0]
+        assert errors == [], f"round {n}: {errors}"
+        assert [out.strip() for out, _ in results] == [Store.head_revision()] * 4
+
+
+def _drop_schema(url: str) -> None:
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
+def test_database_newer_than_the_code_names_both_revisions(store: Store,
+                                                           db_url: str) -> None:
+    engine = create_engine(normalize_url(db_url), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match=r"to schema 0003: the database is at schema "
+                                         r"'0004', newer than this scanward's .*: "
+                                         r"upgrade scanward"):
+        Store.open(db_url)

@@ -141,6 +141,10 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
                                severities=severities)
         hidden = sum(r.suppressed for r in records) if view is not FindingsView.all else 0
         summary = _lifecycle_line(store, scan_id)
+        # Every scanner that ran gets a SARIF run, with no results too: a code-scanning
+        # upload closes only the alerts of the runs it has.
+        ran = [r.scanner for r in store.scanner_results(scan_id)
+               if r.status is ScannerStatus.SUCCEEDED]
     finally:
         store.close()
     if fmt is FindingsFormat.table:
@@ -159,7 +163,8 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
         print(json.dumps([_record_json(r) for r in shown], indent=2))
     else:
         doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
-                       repository=scan.repository, commit=scan.commit, ref=scan.ref)
+                       repository=scan.repository, commit=scan.commit, ref=scan.ref,
+                       scanners=ran)
         print(json.dumps(doc, indent=2))
     if caveat:  # stdout stays the document
         note(caveat)

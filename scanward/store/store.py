@@ -66,7 +66,7 @@ SEVERITY_RANK: dict[Severity, int] = {
     Severity.INFO: 4,
 }
 # Execution option that makes a SQLite transaction take the write lock up front.
-_SQLITE_IMMEDIATE = "scanward_sqlite_immediate"
+SQLITE_IMMEDIATE = "scanward_sqlite_immediate"
 _MIGRATION_LOCK = threading.Lock()
 
 
@@ -191,7 +191,7 @@ def _sqlite_enable_wal(cur: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get(_SQLITE_IMMEDIATE):
+    if conn.get_execution_options().get(SQLITE_IMMEDIATE):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
@@ -206,6 +206,12 @@ def alembic_config(url: URL) -> Config:
         "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
     )
     return cfg
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config(URL.create("sqlite")))
+    return frozenset(rev.revision for rev in script.walk_revisions())
 
 
 def _now() -> datetime:
@@ -325,11 +331,20 @@ class Store:
         # alembic.context is process-global: one migration at a time per process; other
         # processes are serialised by the database (advisory lock / BEGIN IMMEDIATE).
         with _MIGRATION_LOCK, self._guard("migrating"), self._engine.connect() as conn:
-            conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+            conn.execution_options(**{SQLITE_IMMEDIATE: True})
             cfg.attributes["connection"] = conn
             try:
                 command.upgrade(cfg, "head")
             except CommandError as exc:  # e.g. the database is newer than this code
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current is not None and current not in _known_revisions():
+                    # Alembic only says "Can't locate revision": say what to do.
+                    raise StoreError(
+                        f"cannot migrate {self._masked} to schema {self.head_revision()}: "
+                        f"the database is at schema {current!r}, newer than this "
+                        "scanward's (a newer scanward migrated it): upgrade scanward; a "
+                        "store is never downgraded on open"
+                    ) from exc
                 raise StoreError(
                     f"cannot migrate {self._masked} to schema {self.head_revision()}: "
                     f"{scrub(str(exc), self._url)}"
@@ -476,6 +491,12 @@ class Store:
         lifecycle of a completed scan is recorded with its final status, never
         without). Idempotent like both."""
         with self._write("finishing scan") as conn:
+            # The ref's lock before the finish time is chosen and written: scans of a ref
+            # then get their finish times in the order they are compared in, and each
+            # sees the one that finished before it (else two finishing at once could
+            # both be compared with the scan before them).
+            tracking.lock_ref(conn, summary.tenant, scrub_repository(summary.repository),
+                              summary.ref)
             self._finish(conn, summary)
             return tracking.compute(conn, summary.scan_id, cap=cap, progress=progress)
 
@@ -683,7 +704,7 @@ class Store:
     @contextmanager
     def _write(self, action: str) -> Iterator[Connection]:
         with self._guard(action), self._engine.connect() as conn:
-            conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+            conn.execution_options(**{SQLITE_IMMEDIATE: True})
             with conn.begin():
                 yield conn
 

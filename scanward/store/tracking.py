@@ -31,6 +31,7 @@ __all__ = [
     "compute",
     "fixed_findings",
     "history",
+    "lock_ref",
     "read_lifecycle",
     "resolve_fingerprint",
     "scan_findings",
@@ -191,11 +192,7 @@ def compute(conn: Connection, scan_id: str, *, cap: int,
         return None
     if scan.new_count is not None:  # recorded by an earlier call
         return _recorded(conn, scan, cap)
-    if conn.dialect.name == "postgresql":
-        # Scans of one ref finishing at once are compared one after the other (SQLite
-        # writers are serialised anyway).
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                     {"k": _lock_key(scan.tenant, scan.repository, scan.ref)})
+    lock_ref(conn, scan.tenant, scan.repository, scan.ref)
     counts = _record(conn, scan, progress or _no_progress)
     return _lifecycle(conn, scan, counts, cap)
 
@@ -326,6 +323,15 @@ def _triaged_keys(conn: Connection, tenant: str, repository: str) -> set[str]:
             if t.state is not TriageState.OPEN}
 
 
+def lock_ref(conn: Connection, tenant: str, repository: str, ref: str) -> None:
+    """Until the transaction ends, be the only one finishing or comparing a scan of
+    (tenant, repository, ref) on PostgreSQL: scans of one ref finishing at once are
+    compared one after the other (SQLite writers are serialised anyway). Re-entrant."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                     {"k": _lock_key(tenant, repository, ref)})
+
+
 def _lock_key(*parts: str) -> int:
     digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -406,16 +412,13 @@ def resolve_fingerprint(conn: Connection, fingerprint: str, *, tenant: str | Non
     if not (8 <= len(fp) <= 64) or any(c not in "0123456789abcdef" for c in fp):
         raise UnknownFingerprint(f"{fingerprint!r} is not a fingerprint (8 to 64 hex "
                                  "digits, as `scanward findings` shows them)")
-    match = (_F.c.match_fingerprint == fp if len(fp) == 64
-             else _F.c.match_fingerprint.like(fp + "%"))
-    stmt = (select(_S.c.tenant, _S.c.repository, _F.c.match_fingerprint, func.count())
-            .join(_S, _S.c.scan_id == _F.c.scan_id).where(match)
-            .group_by(_S.c.tenant, _S.c.repository, _F.c.match_fingerprint))
-    if tenant is not None:
-        stmt = stmt.where(_S.c.tenant == tenant)
-    if repository is not None:
-        stmt = stmt.where(_S.c.repository == repository)
-    found = [tuple(r) for r in conn.execute(stmt)]
+    found = _matching(conn, _F.c.match_fingerprint, fp, tenant=tenant,
+                      repository=repository)
+    if not found:
+        # A finding stored before schema 0003 has no match fingerprint: `findings` shows
+        # it, and the lifecycle and views look its triage up, by its exact one.
+        found = _matching(conn, _F.c.fingerprint, fp, tenant=tenant, repository=repository,
+                          legacy=True)
     if not found:
         where = "".join([f" in tenant {tenant}" if tenant else "",
                          f" of {repository}" if repository else ""])
@@ -427,6 +430,25 @@ def resolve_fingerprint(conn: Connection, fingerprint: str, *, tenant: str | Non
                                  "--repository")
     tenant_, repo_, key, count = found[0]
     return str(tenant_), str(repo_), str(key), int(count)
+
+
+def _matching(conn: Connection, column: Any, fp: str, *, tenant: str | None,
+              repository: str | None, legacy: bool = False
+              ) -> list[tuple[Any, ...]]:
+    """(tenant, repository, key, stored findings) of the findings whose ``column``
+    (the match fingerprint, or with ``legacy`` the exact one of findings without a match
+    fingerprint) is ``fp`` or starts with it."""
+    match = column == fp if len(fp) == 64 else column.like(fp + "%")
+    stmt = (select(_S.c.tenant, _S.c.repository, column, func.count())
+            .join(_S, _S.c.scan_id == _F.c.scan_id).where(match)
+            .group_by(_S.c.tenant, _S.c.repository, column))
+    if legacy:
+        stmt = stmt.where(_F.c.match_fingerprint.is_(None))
+    if tenant is not None:
+        stmt = stmt.where(_S.c.tenant == tenant)
+    if repository is not None:
+        stmt = stmt.where(_S.c.repository == repository)
+    return [tuple(r) for r in conn.execute(stmt)]
 
 
 def set_triage(conn: Connection, fingerprint: str, state: TriageState, reason: str, by: str,

@@ -41,7 +41,10 @@ def mask_url(url: str | URL) -> str:
 def scrub(text: str, url: URL) -> str:
     """Remove ``url``'s password from ``text`` and fold it onto one line."""
     if url.password:
-        text = text.replace(str(url.password), "***")
+        # Only where it stands alone: a short password replaced inside words garbled the
+        # driver's message ("***ort 9 failed ... acce***ting" for the password "p").
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(str(url.password))}(?![A-Za-z0-9])",
+                      "***", text)
     return " ".join(text.split())
 
 

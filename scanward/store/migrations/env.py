@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from scanward.store.models import Base
-from scanward.store.store import make_engine
+from scanward.store.store import SQLITE_IMMEDIATE, make_engine
 from scanward.store.urls import normalize_url
 
 # A constant key for pg_advisory_xact_lock: concurrent upgrades of one database
@@ -23,6 +23,20 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite" and not connection.in_transaction():
+        # Alembic commits SQLite (no "transactional DDL" to it) after each revision, so
+        # another process could apply the next one between two of ours, after we both
+        # read the current revision ("duplicate column name"). One BEGIN IMMEDIATE
+        # transaction around the whole upgrade (SQLite's DDL is transactional) makes
+        # concurrent upgrades run one after the other; alembic sees it as external.
+        connection.execution_options(**{SQLITE_IMMEDIATE: True})
+        with connection.begin():
+            _configure_and_run(connection)
+        return
+    _configure_and_run(connection)
+
+
+def _configure_and_run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
