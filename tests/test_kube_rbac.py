@@ -268,6 +268,24 @@ def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.Co
     assert "deploy/rbac.yaml" in message
 
 
+def test_a_missing_namespace_is_not_reported_as_a_missing_permission(
+        control_plane: testenv.ControlPlane, worker_identity: tuple[str, Path],
+        tmp_path: Path) -> None:
+    """The worker's ServiceAccount pointed at a namespace that does not exist: every
+    permission is denied, and the error said "forbidden to create jobs, ..." exactly as
+    for an RBAC gap, while deploy/README promises "namespace missing" as its own reason."""
+    _, kubeconfig = worker_identity
+    backend = backend_for(kubeconfig, "no-such-ns", tmp_path / "results")
+    try:
+        with pytest.raises(ClusterError) as error:
+            backend.preflight()
+    finally:
+        backend.close()
+    message = str(error.value)
+    assert message.startswith("no permission at all in namespace 'no-such-ns'"), message
+    assert "check that the namespace exists (SCANWARD_KUBE_NAMESPACE)" in message
+
+
 def test_refused_requests_are_errors_not_empty_answers(control_plane: testenv.ControlPlane,
                                                        kube_namespace: str,
                                                        tmp_path: Path) -> None:

@@ -232,6 +232,13 @@ class KubernetesBackend:
                                                                  _request_timeout=15)
             if not (result.status and result.status.allowed):
                 missing.append(f"{verb} {resource}{'/' + sub if sub else ''}")
+        if len(missing) == len(REQUIRED_PERMISSIONS):
+            # A Role grants nothing in a namespace that does not exist, and the worker's
+            # identity may not list namespaces: name both causes.
+            raise ClusterError(
+                f"no permission at all in namespace {self._cfg.namespace!r}: check that the "
+                "namespace exists (SCANWARD_KUBE_NAMESPACE) and that the Role in "
+                "deploy/rbac.yaml is bound there to the worker's identity")
         if missing:
             raise ClusterError(
                 f"forbidden to {', '.join(missing)} in namespace {self._cfg.namespace!r} "
