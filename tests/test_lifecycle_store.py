@@ -28,6 +28,7 @@ from scanward.sarif import load_findings
 from scanward.sarif_export import to_sarif
 from scanward.store import Store, UnknownFingerprint, normalize_url
 from tests.helpers import schema
+from tests.helpers.processes import scanward
 from tests.test_lifecycle import check_sarif
 from tests.test_sarif import APP, MULTI, O_FUNCTION, STORED_BANDIT, run_bandit
 
@@ -60,9 +61,9 @@ class Scans:
 
     def run(self, findings: dict[str, list[Finding]], *, status: ScanStatus = ScanStatus.COMPLETED,
             abandoned: tuple[str, ...] = (), ref: str = "main", repository: str = REPO,
-            commit: str | None = None) -> str:
+            commit: str | None = None, tenant: str = "acme") -> str:
         self.n += 1
-        scan_id = f"scan-acme-{self.n:020x}"
+        scan_id = f"scan-{tenant}-{self.n:020x}"
         commit = commit or COMMITS[self.n - 1]
         runs = []
         for scanner, found in sorted(findings.items()):
@@ -71,12 +72,12 @@ class Scans:
                                        attempts=3, reason="oom"))
                 continue
             count = self.store.record_scanner_result(
-                scan_id=scan_id, tenant="acme", repository=repository, ref=ref,
+                scan_id=scan_id, tenant=tenant, repository=repository, ref=ref,
                 commit=commit, scanner=scanner, attempt=1, findings=found)
             runs.append(ScannerRun(scanner=scanner, status=ScannerStatus.SUCCEEDED,
                                    attempts=1, finding_count=count))
         self.store.finish_scan(ScanSummary(
-            scan_id=scan_id, tenant="acme", repository=repository, ref=ref, commit=commit,
+            scan_id=scan_id, tenant=tenant, repository=repository, ref=ref, commit=commit,
             status=status, scanners=tuple(runs)))
         return scan_id
 
@@ -253,6 +254,25 @@ def test_history_lists_scans_with_counts(store: Store, scans: Scans) -> None:
     assert store.history(REPO, tenant="other") == []
     # Credentials in the URL asked for are dropped, as when storing.
     assert len(store.history("https://token@github.com/acme/app", ref="main")) == 2
+
+
+async def test_history_of_several_tenants_names_each_rows_tenant(
+        store: Store, scans: Scans, db_url: str) -> None:
+    """Each tenant's scans are compared among themselves: `history` without --tenant
+    interleaved two tenants' rows with no tenant column, so a row's "new" and "fixed"
+    read as if compared with the row below it, another tenant's scan."""
+    acme = scans.run({"bandit": [finding("A", 3)]})
+    store.compute_lifecycle(acme)
+    globex = scans.run({"bandit": [finding("B", 4)]}, tenant="globex")
+    store.compute_lifecycle(globex)
+    code, out, err = await scanward("history", REPO, env={"SCANWARD_DATABASE_URL": db_url})
+    assert code == 0, err
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in out.splitlines() if line.startswith("│ scan-")}
+    assert rows == {acme: "acme", globex: "globex"}, out
+    code, out, err = await scanward("history", REPO, "--tenant", "acme",
+                                    env={"SCANWARD_DATABASE_URL": db_url})
+    assert code == 0 and acme in out and globex not in out and "tenant" not in out, out
 
 
 def test_migration_0003_keeps_rows_stored_at_0002(db_url: str) -> None:

@@ -198,8 +198,11 @@ def history(
         return
     title = f"scans of {repo}" + (f" at {ref}" if ref else "")
     table = Table(title=title, title_justify="left")
-    columns = ["scan", *([] if ref else ["ref"]), "commit", "status", "finished", "open", "new",
-               "existing", "fixed", "suppressed"]
+    # Each tenant's scans are compared among themselves: with several tenants in one
+    # table, a row's counts make sense only beside its tenant.
+    tenants = len({h.tenant for h in entries}) > 1
+    columns = ["scan", *(["tenant"] if tenants else []), *([] if ref else ["ref"]), "commit",
+               "status", "finished", "open", "new", "existing", "fixed", "suppressed"]
     for col in columns:
         table.add_column(col, no_wrap=True, min_width=len(col))
 
@@ -209,7 +212,8 @@ def history(
     for h in entries:
         # Open: new + existing (not suppressed); the stored count for scans without one.
         opened = h.finding_count if h.new is None else h.new + (h.existing or 0)
-        table.add_row(h.scan_id, *([] if ref else [h.ref]), (h.commit or "")[:7],
+        table.add_row(h.scan_id, *([h.tenant] if tenants else []), *([] if ref else [h.ref]),
+                      (h.commit or "")[:7],
                       h.status.value,
                       f"{h.finished_at:%m-%d %H:%M}" if h.finished_at else "",
                       str(opened), n(h.new), n(h.existing), n(h.fixed), n(h.suppressed))
