@@ -20,11 +20,16 @@ from urllib.parse import quote
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 import worker as scan_worker
+from activities.workspace import WorkspaceActivities
 from scanward import client as api
-from scanward.contract import NotifyTarget, ScanRequest, ScanStatus
+from scanward.catalog import Catalog
+from scanward.contract import NotifyTarget, ResolveInput, ScanRequest, ScanStatus
 from scanward.example import create_example_repo, git
+from scanward.secrets import SecretStore
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.synthetic_scanner import EXIT_BAD_INPUT, STAMPS_FILE, prepare_stamps
@@ -284,3 +289,18 @@ async def test_secrets_go_only_to_the_hosts_listed_for_them(
     assert undelivered.startswith("http://localhost:"), undelivered
     assert "secret 'hook' may not be sent to localhost" in undelivered, undelivered
     assert receiver.deliveries == []
+
+
+@pytest.mark.parametrize("url", ["file:///srv/repo", "FILE:///srv/repo", "File:///srv/repo"])
+async def test_local_repositories_are_refused_whatever_the_schemes_case(
+        settings: Settings, url: str) -> None:
+    """URL schemes are case-insensitive: "FILE:///..." passes the worker's own file://
+    check, and git's protocol list (protocol.allow=never) refuses it, classed the same."""
+    strict = dataclasses.replace(settings, allow_local_repositories=False)
+    workspace = WorkspaceActivities(strict, Catalog.load(strict.catalog_file),
+                                    SecretStore(strict.env))
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(workspace.resolve_ref,
+                                        ResolveInput(repository=url, ref="main"))
+    assert refused.value.type == "LocalRepositoryRefused", refused.value
+    assert refused.value.non_retryable
