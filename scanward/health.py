@@ -63,14 +63,31 @@ class Health:
         return True, "ok"
 
     async def run(self) -> None:
-        """Tick and run the dependency checks until cancelled."""
+        """Tick and run the dependency checks until cancelled; after that, keep ticking
+        from the event loop until :meth:`close`."""
         last_check = 0.0
-        while True:
+        try:
+            while True:
+                self._tick = time.monotonic()
+                if self._tick - last_check >= self.check_every:
+                    last_check = self._tick
+                    self._problem = await self._run_checks()
+                await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            # A stopping worker cancels this first, then spends up to an interval on its
+            # last Pushgateway push while still serving probes: without ticks, /livez
+            # would report a healthy loop as blocked (and invite a restart mid-drain).
+            self._keep_ticking(asyncio.get_running_loop())
+            raise
+
+    def _keep_ticking(self, loop: asyncio.AbstractEventLoop) -> None:
+        def tick() -> None:
+            if self._server is None:  # closed (or never served): nobody asks any more
+                return
             self._tick = time.monotonic()
-            if self._tick - last_check >= self.check_every:
-                last_check = self._tick
-                self._problem = await self._run_checks()
-            await asyncio.sleep(1.0)
+            loop.call_later(1.0, tick)
+
+        tick()
 
     async def _run_checks(self) -> str | None:
         for name, check in self._checks.items():

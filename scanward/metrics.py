@@ -49,7 +49,14 @@ INTERVAL_VARIABLE = "SCANWARD_METRICS_INTERVAL_SECONDS"
 DEFAULT_INTERVAL = 30.0
 # A group not pushed for this many intervals belongs to a worker that is gone.
 STALE_INTERVALS = 20
-OUTCOMES = ("succeeded", "cancelled", *(c.value for c in FailureClass))
+# worker_shutdown: an attempt a draining worker gave up (retried elsewhere). Its series
+# is only ever pushed by a stopping worker, whose group is deleted one interval later: born
+# at 1 instead of 0, increase() would never see it.
+OUTCOMES = ("succeeded", "cancelled", "worker_shutdown", *(c.value for c in FailureClass))
+# A healthy gateway answers in milliseconds. An attempt's push runs before its activity
+# completes, without heartbeating: a hung gateway must cost it seconds, not a heartbeat
+# timeout (20 s), which would re-run a scanner that ran fine.
+PUSH_TIMEOUT = 2.0
 
 PUSHED = CollectorRegistry()
 ATTEMPTS = Counter(
@@ -164,32 +171,58 @@ class Pusher:
         self._lock = threading.Lock()
         self._last: bytes | None = None
         self._changed_at: float | None = None  # monotonic time of the last changing push
+        self._failing = False  # the last push failed: the gateway is down or hangs
+        self._failures = 0
 
     @property
     def grouping_key(self) -> dict[str, str]:
         return {"instance": self.instance}
 
-    def push(self) -> bool:
-        """Push now; a gateway that is down is logged, never raised (metrics must not
-        fail a scan)."""
-        with self._lock:
+    def push(self, *, retry: bool = False) -> bool:
+        """Push now, as an attempt or delivery ends. A gateway that is down is logged
+        once per outage, never raised (metrics must not fail a scan). While it is down
+        (the last push failed) this returns at once: the counters are cumulative, so the
+        interval's push (``retry=True``, :meth:`run`) carries them once it is back."""
+        if self._failing and not retry:
+            return False
+        # Waiting behind a push that hangs would be the hang again: give up, the push
+        # in flight or the next interval's carries this attempt's counts.
+        if not self._lock.acquire(timeout=PUSH_TIMEOUT):
+            return False
+        try:
+            if self._failing and not retry:
+                return False
             payload = generate_latest(PUSHED)
             try:
                 push_to_gateway(self.gateway, job=PUSH_JOB, registry=PUSHED,
-                                grouping_key=self.grouping_key, timeout=5)
+                                grouping_key=self.grouping_key, timeout=PUSH_TIMEOUT)
             except OSError as e:
-                log.warning("pushing metrics to %s failed: %s", self.gateway, e)
+                self._failed(e)
                 return False
+            if self._failing:
+                log.info("pushing metrics to %s works again (%d pushes failed)",
+                         self.gateway, self._failures)
+            self._failing, self._failures = False, 0
             if payload != self._last:
                 self._last = payload
                 self._changed_at = time.monotonic()
             return True
+        finally:
+            self._lock.release()
+
+    def _failed(self, error: OSError) -> None:
+        self._failures += 1
+        if not self._failing:  # once per outage, not once per attempt and interval
+            log.warning("pushing metrics to %s failed: %s; retrying every %.0fs, attempts "
+                        "and deliveries are counted meanwhile", self.gateway, error,
+                        self.interval)
+        self._failing = True
 
     def delete(self) -> bool:
         """Delete this worker's group from the gateway."""
         try:
             delete_from_gateway(self.gateway, job=PUSH_JOB, grouping_key=self.grouping_key,
-                                timeout=5)
+                                timeout=PUSH_TIMEOUT)
         except OSError as e:
             log.warning("deleting metrics group %s from %s failed: %s", self.instance,
                         self.gateway, e)
@@ -203,15 +236,16 @@ class Pusher:
         with _pushers_lock:
             _pushers.add(self)
         while True:
-            await asyncio.to_thread(self.push)
-            await asyncio.to_thread(delete_stale_groups, self.gateway,
-                                    self.interval * STALE_INTERVALS)
+            # A gateway that takes no push cannot be cleaned either: no second warning.
+            if await asyncio.to_thread(self.push, retry=True):
+                await asyncio.to_thread(delete_stale_groups, self.gateway,
+                                        self.interval * STALE_INTERVALS)
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
         """On clean shutdown: a last push, then delete the group. When that push (or one
         just before) changed values, wait one interval first so a scrape records them."""
-        await asyncio.to_thread(self.push)
+        await asyncio.to_thread(self.push, retry=True)
         if self._changed_at is not None:
             wait = self._changed_at + self.interval - time.monotonic()
             if wait > 0:

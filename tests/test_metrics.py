@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,10 @@ from temporalio.testing import WorkflowEnvironment
 import worker as scan_worker
 from scanward import client as api
 from scanward import metrics
-from scanward.contract import ScannerStatus
+from scanward.contract import ScannerStatus, ScanStatus
 from scanward.devserver import free_port
 from scanward.settings import Settings
-from tests.conftest import eventually, scan_request, start
+from tests.conftest import FAST, eventually, scan_request, start
 from tests.helpers.processes import spawn_worker, worker_env
 from tests.prometheus_fixture import PrometheusStack
 
@@ -229,3 +231,60 @@ def test_webhook_host_label_keeps_no_path_or_credentials() -> None:
     assert metrics.webhook_host("https://u:pw@hooks.example.com/T0/B1/secret?x=1") == \
         "hooks.example.com"
     assert metrics.webhook_host("http://127.0.0.1:8080/hook") == "127.0.0.1:8080"
+
+
+def hung_gateway() -> socket.socket:
+    """A real listener that never answers: the kernel completes each connection into
+    the backlog, nothing ever reads it (a Pushgateway that hangs, a dropped route)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    return listener
+
+
+async def test_a_hung_pushgateway_neither_reruns_scanners_nor_floods_the_log(
+        client: Client, settings: Settings, flawed_repo: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every attempt pushes before its activity completes, without heartbeating: against
+    a gateway that hangs, a 5 s push per attempt, queued behind each other, outlived the
+    heartbeat timeout, and Temporal re-ran scanners that had succeeded. The outage is
+    logged once, not once per attempt and interval."""
+    base = {e["name"]: e for e in json.loads((settings.catalog_file or Path())
+                                             .read_text())["scanners"]}
+    suffix = uuid.uuid4().hex[:8]
+    names = [f"hung-{n}-{suffix}" for n in range(4)]
+    catalog = tmp_path / "hung.json"
+    catalog.write_text(json.dumps({"scanners": [{**base["fake"], "name": n} for n in names]}))
+    with hung_gateway() as listener:
+        host, port = listener.getsockname()
+        hung = dataclasses.replace(settings, pushgateway=f"{host}:{port}",
+                                   catalog_file=catalog,
+                                   env={**settings.env, metrics.INTERVAL_VARIABLE: "1"})
+        tuning = FAST.model_copy(update={"heartbeat_timeout": timedelta(seconds=10)})
+        caplog.set_level(logging.INFO, logger="scanward.metrics")
+        async with scan_worker.running(hung, client, stop_timeout=60):
+            started = time.monotonic()
+            handle = await start(client, hung, scan_request(flawed_repo, *names,
+                                                            tuning=tuning))
+            summary = await asyncio.wait_for(handle.result(), 60)
+            took = time.monotonic() - started
+        assert summary.status is ScanStatus.COMPLETED
+        succeeded = {n: metrics.PUSHED.get_sample_value(
+            "scanward_scanner_attempts_total",
+            {"scanner": n, "backend": "local", "outcome": "succeeded"}) for n in names}
+        assert succeeded == dict.fromkeys(names, 1.0), "a scanner ran more than once"
+        assert took < 20, f"the scan took {took:.1f}s"
+        warnings = [r for r in caplog.records
+                    if r.name == "scanward.metrics" and r.levelno >= logging.WARNING
+                    and "pushing metrics" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_every_outcome_an_attempt_can_end_with_starts_at_zero() -> None:
+    """A draining worker records ``worker_shutdown`` and its group is deleted one
+    interval later: a series born at 1 would be invisible to increase()."""
+    metrics.initialize([f"zero-{uuid.uuid4().hex[:8]}"], "local")
+    exposed = metrics.PUSHED.collect()
+    outcomes = {s.labels["outcome"] for m in exposed if m.name == "scanward_scanner_attempts"
+                for s in m.samples if s.name.endswith("_total")}
+    assert {"succeeded", "cancelled", "worker_shutdown", "oom_killed"} <= outcomes

@@ -4,8 +4,14 @@ scanner process (W3C TRACEPARENT), with spans captured by an in-memory exporter.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -18,6 +24,7 @@ import worker as scan_worker
 from scanward import tracing
 from scanward.settings import Settings
 from tests.conftest import scan_request, start
+from tests.helpers.processes import REPO_ROOT
 
 
 async def test_one_trace_from_start_to_scanner(temporal_env: WorkflowEnvironment,
@@ -47,3 +54,31 @@ async def test_one_trace_from_start_to_scanner(temporal_env: WorkflowEnvironment
     # The scanner process was given the same trace.
     traceparent = (state_dir / "traceparent").read_text()
     assert traceparent.split("-")[1] == f"{trace_id:032x}"
+
+
+@pytest.mark.parametrize("collector", ["hangs", "refuses"])
+def test_an_unreachable_collector_costs_a_command_no_time_and_one_line(
+        collector: str, tmp_path: Path) -> None:
+    """A real process configured like the CLI, ending a span and exiting (the last batch
+    is flushed at exit): a collector that hangs added the exporter's 10 s to every
+    command, one that refuses printed a traceback per batch on stderr."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if collector == "hangs":
+            listener.listen(64)  # connections complete, nothing ever answers
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        script = ("from opentelemetry import trace\n"
+                  "from scanward import tracing\n"
+                  "assert tracing.configure('scanward-cli')\n"
+                  "with trace.get_tracer('t').start_as_current_span('StartWorkflow'):\n"
+                  "    pass\n")
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO_ROOT),
+               "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert took < 6, f"exit took {took:.1f}s"
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 1, done.stderr
