@@ -322,16 +322,20 @@ class ScanCounts:
 
 class ScanGauges(Collector):
     """Scans by ``ScanStatus`` per task queue, as last surveyed; nothing for a queue
-    until its first survey, rather than zeros that would be a lie."""
+    until its first survey, or once its figures are forgotten (too old to be true),
+    rather than numbers that would be a lie. When each queue was last surveyed stays."""
 
     def __init__(self) -> None:
         self._by_queue: dict[str, ScanCounts] = {}
+        self._surveyed_at: dict[str, float] = {}  # unix time of the last survey
 
     def set(self, task_queue: str, counts: ScanCounts) -> None:
         self._by_queue[task_queue] = counts
+        self._surveyed_at[task_queue] = time.time()
 
-    def get(self, task_queue: str) -> ScanCounts | None:
-        return self._by_queue.get(task_queue)
+    def forget(self, task_queue: str) -> None:
+        """Drop the queue's figures (its survey has failed for too long)."""
+        self._by_queue.pop(task_queue, None)
 
     def collect(self) -> Iterable[Metric]:
         scans = GaugeMetricFamily("scanward_scans", "Running scans by ScanStatus (running, "
@@ -342,13 +346,19 @@ class ScanGauges(Collector):
         oldest = GaugeMetricFamily("scanward_dead_scans_oldest_seconds", "How long the "
                                    "longest-dead running scan has been dead (0: none)",
                                    labels=["task_queue"])
+        surveyed = GaugeMetricFamily("scanward_scans_surveyed_timestamp_seconds", "When "
+                                     "the scans of a task queue were last surveyed",
+                                     labels=["task_queue"])
         for queue, counts in sorted(self._by_queue.items()):
             for status, n in sorted(counts.open.items()):
                 scans.add_metric([queue, status], n)
             for status, n in sorted(counts.closed_last_hour.items()):
                 closed.add_metric([queue, status], n)
             oldest.add_metric([queue], counts.oldest_dead_seconds)
-        return [scans, closed, oldest] if self._by_queue else []
+        for queue, at in sorted(self._surveyed_at.items()):
+            surveyed.add_metric([queue], at)
+        return [*([scans, closed, oldest] if self._by_queue else []),
+                *([surveyed] if self._surveyed_at else [])]
 
 
 SCANS = ScanGauges()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +27,9 @@ from scanward import search_attributes as sa
 from scanward.contract import ScanStatus
 
 log = logging.getLogger("scanward.scan_survey")
+# Failed rounds after which the last figures are dropped rather than shown as current.
+STALE_SURVEYS = 3
+SURVEY_TIMEOUT = 10.0  # seconds a survey may take, at the least
 
 SCANS = 'WorkflowType = "ScanWorkflow"'
 CLOSED_STATUSES = (ScanStatus.COMPLETED, ScanStatus.PARTIAL, ScanStatus.FAILED,
@@ -106,14 +110,21 @@ class ScanSurveyor:
         return counts
 
     async def run(self, every: float) -> None:
-        """Survey every ``every`` seconds until cancelled; a failed survey is logged and
-        the previous figures kept (an unreachable Temporal makes the worker unready,
-        which alerts on its own)."""
+        """Survey every ``every`` seconds until cancelled. A failed survey is logged and
+        the previous figures kept for :data:`STALE_SURVEYS` rounds, then dropped: during
+        a Temporal outage the dashboard showed the last "running" and "dead" counts as if
+        current (the worker's unreadiness alerts on its own)."""
+        last_success = time.monotonic()
         while True:
             try:
-                await self.survey()
+                # Bounded: against an unreachable server the client retries for ever,
+                # and a survey that never ends never fails either.
+                await asyncio.wait_for(self.survey(), max(2 * every, SURVEY_TIMEOUT))
+                last_success = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the next round tries again
                 log.warning("surveying scans failed: %s", e)
+                if time.monotonic() - last_success > STALE_SURVEYS * every:
+                    self._gauges.forget(self._queue)
             await asyncio.sleep(every)

@@ -5,16 +5,20 @@ dies again (the clock restarts) and a retry that succeeds (nothing dead, one clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from scanward import client as api
+from scanward import search_attributes as sa
+from scanward.devserver import temporal_binary
 from scanward.metrics import ScanGauges
-from scanward.scan_survey import ScanSurveyor, dead_since
+from scanward.scan_survey import STALE_SURVEYS, SURVEY_TIMEOUT, ScanSurveyor, dead_since
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request, start
 
@@ -94,3 +98,39 @@ async def test_survey_of_a_real_dead_scan(client: Client, settings: Settings,
     assert exported[("scanward_scans", (("status", "dead"), queue))] == 0
     assert exported[("scanward_scans_closed_1h", (("status", "completed"), queue))] == 1
     assert exported[("scanward_dead_scans_oldest_seconds", (queue,))] == 0
+
+
+async def test_figures_are_dropped_when_surveys_fail_for_too_long() -> None:
+    """During a Temporal outage the gauges kept the last survey's "running" and "dead"
+    counts for as long as it lasted, as if current. Now they go after STALE_SURVEYS
+    failed rounds; when they were last surveyed stays exported. A dev server of its
+    own, stopped halfway (the shared one serves the other tests)."""
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_binary(),
+                                                search_attributes=sa.ALL, ui=False,
+                                                dev_server_log_level="error")
+    gauges = ScanGauges()
+    surveyor = ScanSurveyor(env.client, "survey-outage", gauges)
+    every = 0.2
+    task = asyncio.create_task(surveyor.run(every))
+    try:
+        def names() -> set[str]:
+            return {family.name for family in gauges.collect()}
+
+        async def surveyed() -> bool:
+            return "scanward_scans" in names()
+
+        await eventually(surveyed, what="a first survey")
+        await env.shutdown()
+        stopped = time.monotonic()
+
+        async def dropped() -> bool:
+            return names() == {"scanward_scans_surveyed_timestamp_seconds"}
+
+        await eventually(dropped, timeout=60, what="the figures dropped")
+        # The first survey against the stopped server hangs until its timeout.
+        assert time.monotonic() - stopped < SURVEY_TIMEOUT + every * (STALE_SURVEYS + 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await env.shutdown()
