@@ -9,18 +9,24 @@ line moves as scanward does), the exact fingerprint as ``fingerprints``, a
 ``baselineState`` (``new``, ``unchanged``, or ``absent`` for fixed findings) and, for a
 finding the tool suppressed or an operator triaged, ``suppressions`` with the
 justification. Pure: the caller reads the findings.
+
+:func:`to_sarif` builds the log as dicts; :func:`write_sarif` writes the same document,
+byte for byte as ``json.dumps(to_sarif(...), indent=2)``, one result at a time, so that
+its memory does not grow with the number of findings (it keeps only each run's rules,
+found by :func:`sarif_rules` in a first pass over the same findings).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
 from urllib.parse import quote
 
 from scanward.contract import Finding, Severity
 from scanward.lifecycle import SEVERITY_ORDER, FindingState, Triage, TriageState
 
-__all__ = ["MATCH_KEY", "SCHEMA", "to_sarif"]
+__all__ = ["MATCH_KEY", "SCHEMA", "sarif_rules", "to_sarif", "write_sarif"]
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 MATCH_KEY = "scanwardMatch/v1"
@@ -55,26 +61,105 @@ def _run(scanner: str, items: list[Item], repository: str, commit: str | None,
          ref: str | None) -> dict[str, Any]:
     worst: dict[str, Severity] = {}
     for finding, _, _ in items:
-        seen = worst.get(finding.rule_id)
-        if seen is None or SEVERITY_ORDER.index(finding.severity) < SEVERITY_ORDER.index(seen):
-            worst[finding.rule_id] = finding.severity
-    rule_ids = sorted(worst)
-    index = {rule: i for i, rule in enumerate(rule_ids)}
-    rules = [{"id": rule, "name": rule, "shortDescription": {"text": rule},
-              "properties": {"security-severity": _SCORE[worst[rule]]}} for rule in rule_ids]
+        _worsen(worst, finding)
+    rules, index = _rules(worst)
     run: dict[str, Any] = {
-        "tool": {"driver": {"name": scanner, "rules": rules}},
-        "automationDetails": {"id": f"scanward/{scanner}/"},
+        **_run_head(scanner, rules),
         "results": [_result(f, state, triage, index[f.rule_id]) for f, state, triage in items],
     }
+    provenance = _provenance(repository, commit, ref)
+    if provenance is not None:
+        run["versionControlProvenance"] = provenance
+    return run
+
+
+def _worsen(worst: dict[str, Severity], finding: Finding) -> None:
+    """Keep in ``worst`` the most severe severity seen of ``finding``'s rule."""
+    seen = worst.get(finding.rule_id)
+    if seen is None or SEVERITY_ORDER.index(finding.severity) < SEVERITY_ORDER.index(seen):
+        worst[finding.rule_id] = finding.severity
+
+
+def _rules(worst: Mapping[str, Severity]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """A run's ``rules`` (sorted by id, each with its worst severity's score) and each
+    rule's index in them (a result's ``ruleIndex``)."""
+    rule_ids = sorted(worst)
+    rules = [{"id": rule, "name": rule, "shortDescription": {"text": rule},
+              "properties": {"security-severity": _SCORE[worst[rule]]}} for rule in rule_ids]
+    return rules, {rule: i for i, rule in enumerate(rule_ids)}
+
+
+def _run_head(scanner: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"tool": {"driver": {"name": scanner, "rules": rules}},
+            "automationDetails": {"id": f"scanward/{scanner}/"}}
+
+
+def _provenance(repository: str, commit: str | None, ref: str | None
+                ) -> list[dict[str, Any]] | None:
+    if "://" not in repository:  # versionControlProvenance.repositoryUri must be a URI
+        return None
     provenance: dict[str, Any] = {"repositoryUri": repository}
     if commit:
         provenance["revisionId"] = commit
     if ref:
         provenance["branch"] = ref
-    if "://" in repository:  # versionControlProvenance.repositoryUri must be a URI
-        run["versionControlProvenance"] = [provenance]
-    return run
+    return [provenance]
+
+
+def sarif_rules(items: Iterable[Item]) -> dict[str, dict[str, Severity]]:
+    """Each scanner's rules in ``items``, with the worst severity seen of each: what
+    :func:`write_sarif` needs before it writes a run's first result (its ``ruleIndex``)."""
+    rules: dict[str, dict[str, Severity]] = {}
+    for finding, _, _ in items:
+        _worsen(rules.setdefault(finding.scanner, {}), finding)
+    return rules
+
+
+def write_sarif(out: TextIO, items: Iterable[Item], *,
+                rules: Mapping[str, Mapping[str, Severity]], repository: str,
+                commit: str | None, ref: str | None, scanners: Iterable[str] = ()) -> int:
+    """Write to ``out`` what ``json.dumps(to_sarif(items, ...), indent=2)`` is, result by
+    result. ``items`` come grouped by scanner, the scanners in name order (as
+    :func:`to_sarif` orders runs); ``rules`` is :func:`sarif_rules` of the same items.
+    Returns the number of results written. Raises :class:`ValueError` for items out of
+    that order or of a rule missing from ``rules`` (the document would be wrong)."""
+    head = _provenance(repository, commit, ref)
+    names = sorted(set(scanners) | set(rules))
+    pending = iter(items)
+    item = next(pending, None)
+    written = 0
+    out.write('{\n  "$schema": ' + json.dumps(SCHEMA) + ',\n  "version": "2.1.0",\n'
+              '  "runs": ' + ("[\n" if names else "[]"))
+    for n, scanner in enumerate(names):
+        rule_list, index = _rules(rules.get(scanner, {}))
+        out.write("    {\n")
+        for key, value in _run_head(scanner, rule_list).items():
+            out.write(f"      {json.dumps(key)}: {_dump(value, 3)},\n")
+        out.write('      "results": ')
+        first = True
+        while item is not None and item[0].scanner == scanner:
+            finding, state, triage = item
+            if finding.rule_id not in index:
+                raise ValueError(f"rule {finding.rule_id!r} of {scanner} is not in rules")
+            out.write("[\n        " if first else ",\n        ")
+            out.write(_dump(_result(finding, state, triage, index[finding.rule_id]), 4))
+            first = False
+            written += 1
+            item = next(pending, None)
+        out.write("[]" if first else "\n      ]")
+        if head is not None:
+            out.write(f',\n      "versionControlProvenance": {_dump(head, 3)}')
+        out.write("\n    }" + (",\n" if n < len(names) - 1 else "\n  ]"))
+    if item is not None:
+        raise ValueError(f"a finding of {item[0].scanner!r} came out of scanner order")
+    out.write("\n}")
+    return written
+
+
+def _dump(value: Any, depth: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it ``depth`` levels deep (JSON
+    text has no raw line breaks but those of the indentation)."""
+    return json.dumps(value, indent=2).replace("\n", "\n" + "  " * depth)
 
 
 def _result(f: Finding, state: FindingState | None, triage: Triage | None,

@@ -5,6 +5,8 @@ the previous schema."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -541,3 +543,123 @@ def test_sarif_has_a_run_for_every_scanner_that_ran_even_without_findings() -> N
     assert [r["results"] for r in clean["runs"]] == [[]]
     # Callers that pass no scanners get what they got before.
     assert to_sarif([], repository=REPO, commit=None, ref=None)["runs"] == []
+
+
+# ------------------------------------------------------------ streamed exports
+
+
+def _varied(scan: int, k: int) -> Finding:
+    """Findings whose paths and rules sort differently by code point than in a locale's
+    collation (case, '_', '-', ' ', 'é'), without lines or columns too."""
+    paths = ("a.py", "B.py", "a_b.py", "aB.py", "é.py", "z.py", "A b.py", "a-b.py")
+    rules = ("R1", "r2", "R_3", "Rb", "R-4")
+    line = None if k % 7 == 0 else k % 5 + 1
+    return Finding(scanner=("bandit", "semgrep")[k % 2], rule_id=rules[k % 5],
+                   severity=tuple(Severity)[k // 2 % 5], path=paths[k % 8],
+                   start_line=line, end_line=line, start_column=None if k % 3 else k % 4,
+                   message=f"flaw {k} ü \"quoted\"", fingerprint=h("varied", scan, k),
+                   match_fingerprint=h("varied-match", k),
+                   suppression="inSource" if k % 11 == 0 else None)
+
+
+def test_streamed_json_and_sarif_are_the_documents_built_whole(
+        store: Store, scans: Scans, db_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`findings --format json|sarif` stream (the database sorts, the CLI writes a finding
+    at a time): the output is byte for byte what the whole list gave, json.dumps of
+    every record / of to_sarif, in most_severe_first order (on PostgreSQL too, whatever
+    its collation), in every view."""
+    from scanward.cli import findings_view
+    from scanward.cli.findings_view import FindingsFormat, FindingsView, print_findings
+    from scanward.lifecycle import most_severe_first
+    from scanward.store.tracking import select_records
+
+    s1 = scans.run({"bandit": [_varied(1, k) for k in range(0, 80, 2)],
+                    "semgrep": [_varied(1, k) for k in range(1, 80, 2)]})
+    store.compute_lifecycle(s1)
+    kept = [k for k in range(100) if k % 3 and k != 40]
+    s2 = scans.run({"bandit": [_varied(2, k) for k in kept if k % 2 == 0],
+                    "semgrep": [_varied(2, k) for k in kept if k % 2]})
+    store.compute_lifecycle(s2)
+    triaged = next(r for r in store.scan_findings(s2) if r.finding.suppression is None)
+    store.set_triage(triaged.key, TriageState.FALSE_POSITIVE, reason="test", by="me")
+    monkeypatch.setattr(findings_view, "open_store", lambda: Store.open(db_url))
+
+    current, fixed = store.scan_findings(s2), store.fixed_findings(s2)
+    assert len(current) == len(kept) and fixed and any(r.triage for r in current)
+    for records in (current, fixed):  # the database's order is most_severe_first's
+        assert [r.finding for r in records] == most_severe_first(r.finding for r in records)
+    cases = [(FindingsView.open, ()), (FindingsView.new, ()), (FindingsView.fixed, ()),
+             (FindingsView.all, ()), (FindingsView.all, (Severity.HIGH, Severity.LOW))]
+    for view, severities in cases:
+        shown = select_records(fixed if view is FindingsView.fixed else current,
+                               new_only=view is FindingsView.new,
+                               include_suppressed=view in (FindingsView.all,
+                                                           FindingsView.fixed),
+                               severities=severities)
+        assert shown or view is FindingsView.new
+        print_findings(s2, FindingsFormat.json, view, severities)
+        assert capsys.readouterr().out == json.dumps(
+            [findings_view._record_json(r) for r in shown], indent=2) + "\n", view
+        print_findings(s2, FindingsFormat.sarif, view, severities)
+        sarif = capsys.readouterr().out
+        assert sarif == json.dumps(to_sarif(
+            [(r.finding, r.state, r.triage) for r in shown], repository=REPO,
+            commit=COMMITS[1], ref="main", scanners=("bandit", "semgrep")),
+            indent=2) + "\n", view
+        check_sarif(json.loads(sarif))
+
+
+EXPORT_FINDINGS = 100_000
+# Address space (RLIMIT_AS) an export of EXPORT_FINDINGS may take. Measured for the
+# SARIF export: the whole-list one failed at 900 MiB (MemoryError); the streaming one
+# ran at 300 MiB.
+EXPORT_ADDRESS_SPACE = 600 << 20
+
+
+def test_export_of_100k_findings_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """A big monorepo's scan: the store read every finding into a list, and the CLI
+    built the whole document, then one string of it (2.2 GB RSS for 200,000 findings).
+    Under an address-space limit that a streaming export keeps, both formats succeed
+    and give every finding."""
+    import resource
+    import subprocess
+    import sys
+
+    from scanward.store import sqlite_url
+
+    url = sqlite_url(tmp_path / "state" / "scanward.db")
+    half = EXPORT_FINDINGS // 2
+    with Store.open(url) as store:
+        scan_id = Scans(store).run({scanner: [
+            Finding(scanner=scanner, rule_id=f"R{k % 40}", severity=tuple(Severity)[k % 5],
+                    path=f"pkg/m{k % 300}.py", start_line=k % 900 + 1,
+                    message=f"finding {k}", fingerprint=h(scanner, k),
+                    match_fingerprint=h("match", scanner, k))
+            for k in range(half)] for scanner in ("bandit", "semgrep")})
+        store.compute_lifecycle(scan_id)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (EXPORT_ADDRESS_SPACE, EXPORT_ADDRESS_SPACE))
+
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "SCANWARD_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent.parent),
+           "SCANWARD_DATABASE_URL": url}
+    for fmt in ("sarif", "json"):
+        target = tmp_path / f"out.{fmt}"
+        with target.open("wb") as sink:
+            done = subprocess.run(
+                [sys.executable, "-m", "starter", "findings", scan_id, "--all", "--format",
+                 fmt], cwd=Path(__file__).parent.parent, env=env, stdout=sink,
+                stderr=subprocess.PIPE, preexec_fn=limit, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        with target.open("rb") as f:
+            doc = json.load(f)
+        target.unlink()
+        if fmt == "json":
+            assert len(doc) == EXPORT_FINDINGS
+            assert doc[0]["severity"] == "critical" and doc[-1]["severity"] == "info"
+            continue
+        check_sarif(doc)
+        assert [(run["tool"]["driver"]["name"], len(run["results"]))
+                for run in doc["runs"]] == [("bandit", half), ("semgrep", half)]

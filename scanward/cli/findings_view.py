@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.table import Table
 
@@ -12,6 +14,7 @@ from scanward.cli.app import EXIT_GATE, CliError, note, one_line, open_store, ou
 from scanward.contract import ScannerStatus, ScanStatus, Severity
 
 if TYPE_CHECKING:
+    from scanward.sarif_export import Item
     from scanward.store import FindingRecord, ScanRecord, Store
 
 
@@ -120,9 +123,10 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
     error, not an empty list, and so is a failed or cancelled one (in every format: a
     SARIF upload must not read it as clean). The findings of a partial (or unfinished)
     scan are shown with a note saying so: under the table, or on stderr for JSON and
-    SARIF, whose output stays the document. Returns the findings shown."""
-    from scanward.sarif_export import to_sarif
-    from scanward.store.tracking import select_records
+    SARIF, whose output stays the document. Returns the findings the table shows; JSON
+    and SARIF are written to stdout as the findings are read, so that memory does not
+    grow with their number, and for them it returns an empty list."""
+    from scanward.store.tracking import shown_by
 
     store = open_store()
     try:
@@ -131,44 +135,78 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
             raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
                            "of it has finished yet; see `scanward status`)")
         caveat = _unfinished(scan)
-        if view is FindingsView.fixed:
-            records = store.fixed_findings(scan_id)
-        else:
-            records = store.scan_findings(scan_id)
-        shown = select_records(records, new_only=view is FindingsView.new,
-                               include_suppressed=view in (FindingsView.all,
-                                                           FindingsView.fixed),
-                               severities=severities)
-        hidden = sum(r.suppressed for r in records) if view is not FindingsView.all else 0
-        summary = _lifecycle_line(store, scan_id)
+        shows = shown_by(new_only=view is FindingsView.new,
+                         include_suppressed=view in (FindingsView.all, FindingsView.fixed),
+                         severities=severities)
+        if fmt is FindingsFormat.table:
+            return _print_table(store, scan_id, view, shows, caveat)
         # Every scanner that ran gets a SARIF run, with no results too: a code-scanning
         # upload closes only the alerts of the runs it has.
         ran = [r.scanner for r in store.scanner_results(scan_id)
                if r.status is ScannerStatus.SUCCEEDED]
+        with store.findings_reader(scan_id) as reader:
+            def shown(*, by_scanner: bool) -> Iterator[FindingRecord]:
+                records = reader.records(fixed=view is FindingsView.fixed,
+                                         by_scanner=by_scanner)
+                return (r for r in records if shows(r))
+
+            if fmt is FindingsFormat.json:
+                _write_json(sys.stdout, (_record_json(r) for r in shown(by_scanner=False)))
+            else:
+                _write_sarif(sys.stdout, scan, lambda: shown(by_scanner=True), ran)
     finally:
         store.close()
-    if fmt is FindingsFormat.table:
-        what = {FindingsView.open: "open (new and existing)", FindingsView.new: "new",
-                FindingsView.fixed: "fixed (gone since the previous scan)",
-                FindingsView.all: "all, suppressed ones too"}[view]
-        out.print(_findings_table(shown, f"{len(shown)} finding(s), {what}"),
-                  markup=False, highlight=False)
-        hint = " (not shown: --all shows them)" if hidden and view is FindingsView.open else ""
-        out.print(f"{scan_id}: {summary}{hint}", markup=False, highlight=False,
-                  soft_wrap=True)
-        if caveat:
-            out.print(f"note: {caveat}", markup=False, highlight=False, soft_wrap=True)
-        return shown
-    if fmt is FindingsFormat.json:
-        print(json.dumps([_record_json(r) for r in shown], indent=2))
-    else:
-        doc = to_sarif([(r.finding, r.state, r.triage) for r in shown],
-                       repository=scan.repository, commit=scan.commit, ref=scan.ref,
-                       scanners=ran)
-        print(json.dumps(doc, indent=2))
     if caveat:  # stdout stays the document
         note(caveat)
+    return []
+
+
+def _print_table(store: Store, scan_id: str, view: FindingsView,
+                 shows: Callable[[FindingRecord], bool], caveat: str | None
+                 ) -> list[FindingRecord]:
+    """The table (for people: its column widths need every row first), the lifecycle
+    line and the caveat; returns the records shown."""
+    if view is FindingsView.fixed:
+        records = store.fixed_findings(scan_id)
+    else:
+        records = store.scan_findings(scan_id)
+    shown = [r for r in records if shows(r)]
+    hidden = sum(r.suppressed for r in records) if view is not FindingsView.all else 0
+    summary = _lifecycle_line(store, scan_id)
+    what = {FindingsView.open: "open (new and existing)", FindingsView.new: "new",
+            FindingsView.fixed: "fixed (gone since the previous scan)",
+            FindingsView.all: "all, suppressed ones too"}[view]
+    out.print(_findings_table(shown, f"{len(shown)} finding(s), {what}"),
+              markup=False, highlight=False)
+    hint = " (not shown: --all shows them)" if hidden and view is FindingsView.open else ""
+    out.print(f"{scan_id}: {summary}{hint}", markup=False, highlight=False, soft_wrap=True)
+    if caveat:
+        out.print(f"note: {caveat}", markup=False, highlight=False, soft_wrap=True)
     return shown
+
+
+def _write_json(stream: TextIO, values: Iterable[Any]) -> None:
+    """What ``print(json.dumps(list(values), indent=2))`` prints, a value at a time."""
+    first = True
+    for value in values:
+        stream.write("[\n  " if first else ",\n  ")
+        stream.write(json.dumps(value, indent=2).replace("\n", "\n  "))
+        first = False
+    stream.write("[]\n" if first else "\n]\n")
+
+
+def _write_sarif(stream: TextIO, scan: ScanRecord,
+                 shown: Callable[[], Iterator[FindingRecord]], ran: list[str]) -> None:
+    """The SARIF log, as ``print(json.dumps(to_sarif(...), indent=2))`` prints it, in two
+    passes over the findings (grouped by scanner): each run's rules, then its results."""
+    from scanward.sarif_export import sarif_rules, write_sarif
+
+    def items() -> Iterator[Item]:
+        return ((r.finding, r.state, r.triage) for r in shown())
+
+    write_sarif(stream, items(), rules=sarif_rules(items()), repository=scan.repository,
+                commit=scan.commit, ref=scan.ref, scanners=ran)
+    stream.write("\n")
 
 
 def check_gate(records: list[FindingRecord], fail_on: Severity | None,

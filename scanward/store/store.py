@@ -645,6 +645,19 @@ class Store:
         with self._connect("reading fixed findings") as conn:
             return tracking.fixed_findings(conn, scan_id)
 
+    @contextmanager
+    def findings_reader(self, scan_id: str) -> Iterator[tracking.FindingsReader]:
+        """The scan's findings as streams (:class:`~scanward.store.tracking.FindingsReader`),
+        read in one transaction that sees one snapshot (REPEATABLE READ on PostgreSQL;
+        SQLite's read transaction is one in WAL mode): reading them twice, e.g. a SARIF
+        run's rules then its results, gives the same findings both times. Errors while
+        reading are :class:`StoreError`, as everywhere."""
+        with self._guard("reading findings"), self._engine.connect() as conn:
+            if conn.dialect.name != SQLITE:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield tracking.FindingsReader(conn, scan_id)
+
     def set_triage(self, fingerprint: str, state: TriageState, *, reason: str, by: str,
                    tenant: str | None = None,
                    repository: str | None = None) -> TriageRecord:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, func, select, text, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from scanward import lifecycle as lc
 from scanward.contract import Finding, ScanLifecycle, ScannerStatus, ScanStatus, Severity
@@ -26,6 +27,7 @@ from scanward.store.models import FindingRow, ScannerResultRow, ScanRow, TriageR
 
 __all__ = [
     "FindingRecord",
+    "FindingsReader",
     "HistoryEntry",
     "TriageRecord",
     "compute",
@@ -37,6 +39,7 @@ __all__ = [
     "scan_findings",
     "select_records",
     "set_triage",
+    "shown_by",
     "triage_of",
 ]
 
@@ -342,32 +345,95 @@ def _lock_key(*parts: str) -> int:
 
 def scan_findings(conn: Connection, scan_id: str) -> list[FindingRecord]:
     """Every stored finding of the scan, most severe first, with lifecycle and triage."""
-    scan = conn.execute(select(_S.c.tenant, _S.c.repository).where(
-        _S.c.scan_id == scan_id)).one_or_none()
-    if scan is None:
-        return []
-    triage = triage_of(conn, scan.tenant, scan.repository)
-    rows = conn.execute(select(*_FINDING_COLUMNS).where(_F.c.scan_id == scan_id))
-    return _ordered([_record_of(r, triage) for r in rows])
+    return list(FindingsReader(conn, scan_id).records())
 
 
 def fixed_findings(conn: Connection, scan_id: str) -> list[FindingRecord]:
     """The previous scan's findings that this scan no longer has (the same comparison
     :func:`compute` made), with today's triage; empty without a previous scan."""
-    scan = conn.execute(select(_S).where(_S.c.scan_id == scan_id)).one_or_none()
-    if scan is None or scan.new_count is None or scan.previous_scan_id is None:
-        return []
-    ran = _succeeded(conn, scan_id)
-    result = lc.compare(_tracked(conn, scan_id, ran),
-                        _tracked(conn, scan.previous_scan_id, None), ran)
-    if not result.fixed:
-        return []
-    triage = triage_of(conn, scan.tenant, scan.repository)
-    fixed = {row.id for row in result.fixed}
-    rows = conn.execute(select(*_FINDING_COLUMNS).where(
-        _F.c.scan_id == scan.previous_scan_id))
-    return _ordered([_record_of(r, triage, state=FindingState.FIXED) for r in rows
-                     if r.id in fixed])
+    return list(FindingsReader(conn, scan_id).records(fixed=True))
+
+
+# Rows fetched at a time while streaming (a server-side cursor on PostgreSQL).
+_YIELD_PER = 1_000
+
+
+class FindingsReader:
+    """A scan's findings read as a stream, in the order :func:`lifecycle.most_severe_first`
+    gives (the database sorts them), so that an export's memory does not grow with the
+    number of findings. Read twice (e.g. a SARIF export's rules, then its results) only
+    inside one transaction that sees one snapshot (:meth:`Store.findings_reader`)."""
+
+    def __init__(self, conn: Connection, scan_id: str) -> None:
+        self._conn = conn
+        self._scan_id = scan_id
+        self._scan: Any = None
+        self._triage: dict[str, Triage] | None = None
+        self._fixed: tuple[str, set[int]] | None = None  # (previous scan, fixed row ids)
+
+    def records(self, *, fixed: bool = False, by_scanner: bool = False
+                ) -> Iterator[FindingRecord]:
+        """The scan's findings (with ``fixed``: the previous scan's findings it no longer
+        has), most severe first; with ``by_scanner`` grouped by scanner name first."""
+        scan = self._scan_row()
+        if scan is None:
+            return
+        if fixed:
+            previous, ids = self._fixed_ids(scan)
+            if not ids:
+                return
+            source, state = previous, FindingState.FIXED
+        else:
+            source, ids, state = self._scan_id, set(), None
+        triage = self._triage_of(scan)
+        stmt = (select(*_FINDING_COLUMNS).where(_F.c.scan_id == source)
+                .order_by(*_export_order(self._conn, by_scanner=by_scanner)))
+        result = self._conn.execute(stmt, execution_options={"yield_per": _YIELD_PER})
+        try:
+            for r in result:
+                if not fixed or r.id in ids:
+                    yield _record_of(r, triage, state=state)
+        finally:  # a reader that stops early frees its cursor
+            result.close()
+
+    def _scan_row(self) -> Any:
+        if self._scan is None:
+            self._scan = self._conn.execute(_SCAN, {"scan_id": self._scan_id}).one_or_none()
+        return self._scan
+
+    def _triage_of(self, scan: Any) -> dict[str, Triage]:
+        if self._triage is None:
+            self._triage = triage_of(self._conn, scan.tenant, scan.repository)
+        return self._triage
+
+    def _fixed_ids(self, scan: Any) -> tuple[str, set[int]]:
+        """The ids of the previous scan's rows this scan no longer has (the comparison
+        keeps only narrow rows; the findings themselves are streamed after)."""
+        if self._fixed is None:
+            if scan.new_count is None or scan.previous_scan_id is None:
+                self._fixed = ("", set())
+            else:
+                ran = _succeeded(self._conn, scan.scan_id)
+                result = lc.compare(_tracked(self._conn, scan.scan_id, ran),
+                                    _tracked(self._conn, scan.previous_scan_id, None), ran)
+                self._fixed = (scan.previous_scan_id, {row.id for row in result.fixed})
+        return self._fixed
+
+
+def _export_order(conn: Connection, *, by_scanner: bool) -> list[ColumnElement[Any]]:
+    """The ORDER BY of :func:`lifecycle.most_severe_first` (severity rank, path, line or
+    0, column or 0, rule, fingerprint: unique within a scan, so a total order), by
+    scanner first with ``by_scanner``. Text compares as Python compares str, by code
+    point: SQLite's BINARY collation does (UTF-8 bytes sort as code points); PostgreSQL
+    needs "C", its default collation may be a locale's."""
+
+    def text_(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+    order = [_RANK, text_(_F.c.path), func.coalesce(_F.c.start_line, 0),
+             func.coalesce(_F.c.start_column, 0), text_(_F.c.rule_id),
+             text_(_F.c.fingerprint)]
+    return [text_(_F.c.scanner), *order] if by_scanner else order
 
 
 def _record_of(r: Any, triage: dict[str, Triage], *,
@@ -386,11 +452,6 @@ def _finding_of(r: Any) -> Finding:
         start_line=r.start_line, end_line=r.end_line, start_column=r.start_column,
         end_column=r.end_column, message=r.message, fingerprint=r.fingerprint,
         match_fingerprint=r.match_fingerprint, suppression=r.suppression)
-
-
-def _ordered(records: Iterable[FindingRecord]) -> list[FindingRecord]:
-    by_id = {id(r.finding): r for r in records}
-    return [by_id[id(f)] for f in lc.most_severe_first(r.finding for r in by_id.values())]
 
 
 # ------------------------------------------------------------------------ triage
@@ -490,14 +551,24 @@ def history(conn: Connection, repository: str, *, ref: str | None, tenant: str |
         for r in conn.execute(stmt)]
 
 
+def shown_by(*, new_only: bool = False, include_suppressed: bool = False,
+             severities: Iterable[Severity] = ()) -> Callable[[FindingRecord], bool]:
+    """Whether a ``findings`` view shows a record: open ones (and suppressed ones with
+    ``include_suppressed``), only new ones with ``new_only``, of ``severities`` if given."""
+    wanted = frozenset(severities)
+
+    def shown(r: FindingRecord) -> bool:
+        return ((include_suppressed or not r.suppressed)
+                and (not new_only or r.state is FindingState.NEW)
+                and (not wanted or r.finding.severity in wanted))
+
+    return shown
+
+
 def select_records(records: Sequence[FindingRecord], *, new_only: bool = False,
                    include_suppressed: bool = False,
                    severities: Iterable[Severity] = ()) -> list[FindingRecord]:
-    """The records a ``findings`` view shows: open ones (and suppressed ones with
-    ``include_suppressed``), only new ones with ``new_only``, of ``severities`` if given."""
-    wanted = set(severities)
-    return [r for r in records
-            if (include_suppressed or not r.suppressed)
-            and (not new_only or r.state is FindingState.NEW)
-            and (not wanted or r.finding.severity in wanted)]
-
+    """The records a ``findings`` view shows (see :func:`shown_by`)."""
+    shown = shown_by(new_only=new_only, include_suppressed=include_suppressed,
+                     severities=severities)
+    return [r for r in records if shown(r)]
