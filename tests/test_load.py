@@ -246,7 +246,7 @@ def test_cli_load_refuses_unknown_scenario() -> None:
     done = subprocess.run([sys.executable, "-m", "starter", "load", "nope", "--iterations",
                            "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a usage error
     assert "unknown scenario 'nope'" in done.stderr
 
 
@@ -299,7 +299,7 @@ def test_cli_refuses_bad_options_in_one_line() -> None:
                           (["--scan-seconds", "inf"], "--scan-seconds inf")):
         done = subprocess.run([sys.executable, "-m", "starter", "load", *args], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 1, (args, done.stderr)
+        assert done.returncode == 2, (args, done.stderr)  # usage, as typer's own
         assert done.stderr.startswith(f"scanward: error: {message}"), (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
 

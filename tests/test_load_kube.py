@@ -173,7 +173,7 @@ def test_cli_refuses_kube_without_a_kubeconfig(tmp_path: Path) -> None:
                            "--kube", str(tmp_path / "missing"), "--iterations", "1"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a usage error: the option names no file
     assert f"--kube {tmp_path / 'missing'}: no such kubeconfig file" in done.stderr
 
 

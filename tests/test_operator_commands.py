@@ -16,6 +16,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.testing import WorkflowEnvironment
 
 from scanward import client as api
+from scanward.cli.app import CliError
+from scanward.cli.progress import watch
 from scanward.contract import AbandonSignal, ScannerStatus, ScanStatus
 from scanward.example import git
 from scanward.settings import Settings
@@ -124,6 +126,28 @@ async def test_scan_wait_announces_a_dead_scanner_and_names_the_abandoned(
     assert len(err.strip().splitlines()[-1]) > 80  # the reason is whole, on one line
 
 
+@pytest.mark.usefixtures("scan_worker_task")
+async def test_waiting_on_a_scan_that_is_cancelled_or_terminated_says_so(
+        client: Client, settings: Settings, flawed_repo: Path, state_dir: Path) -> None:
+    """`scan --wait` said "scan ... failed: Workflow cancelled" when an operator
+    cancelled the scan from elsewhere: it was not a failure of the scan."""
+    for end in ("cancel", "terminate"):
+        (state_dir / "pid").unlink(missing_ok=True)
+        handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
+        waiting = asyncio.create_task(watch(client, handle.id))
+        await eventually(lambda: _true((state_dir / "pid").exists()),
+                         what="the scanner to start")
+        if end == "cancel":
+            await handle.cancel()
+            expected = f"scan {handle.id} was cancelled"
+        else:
+            await handle.terminate(reason="operator stopped it")
+            expected = f"scan {handle.id} was terminated: operator stopped it"
+        with pytest.raises(CliError) as ended:
+            await asyncio.wait_for(waiting, 60)
+        assert str(ended.value) == expected
+
+
 async def test_cancel_cancels_only_a_running_scan_and_reports_the_outcome(
         temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
         flawed_repo: Path, state_dir: Path) -> None:
@@ -159,7 +183,22 @@ async def test_findings_of_an_unknown_scan_is_an_error_not_an_empty_table(
     env = cli_env(temporal_env, settings)
     code, out, err = await scanward("findings", UNKNOWN, env=env)
     assert code == 1 and out == "", out
-    assert err.startswith(f"scanward: error: no such scan in the store: {UNKNOWN}"), err
+    assert err.strip() == (f"scanward: error: no such scan: {UNKNOWN} (neither in the store "
+                           "nor in Temporal)"), err
+
+    # A scan that failed before the store heard of it (a start with input the workflow
+    # refuses, as from Temporal's CLI) was "no such scan in the store (unknown id, or
+    # ...)": Temporal says how it ended.
+    failed = await client.start_workflow("ScanWorkflow", {"scanners": ["fake"]},
+                                         id=f"scan-default-{uuid.uuid4().hex[:20]}",
+                                         task_queue=settings.task_queue)
+    with pytest.raises(WorkflowFailureError):
+        await failed.result()
+    code, out, err = await scanward("findings", failed.id, env=env)
+    assert code == 1 and out == "", out
+    assert err.startswith(f"scanward: error: scan {failed.id} ended failed before any "
+                          "findings were stored: "), err
+    assert "repository" in err, err  # the workflow's own reason
 
     clean = tmp_path / "clean"  # no .py file: the fake scanner finds nothing
     clean.mkdir()

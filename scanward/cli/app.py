@@ -96,6 +96,7 @@ app = _Typer(cls=Group, add_completion=False, no_args_is_help=True,
 # (the one-line reason is on stderr); 2 bad usage (typer/click); 3 `scan --wait
 # --no-wait-dead` stopped waiting because a scanner is dead.
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # also for what typer cannot check: options that exclude each other
 EXIT_DEAD = 3
 # `scan --wait --fail-on/--fail-on-new S`: the scan has (new) open findings at or above S.
 EXIT_GATE = 4
@@ -182,7 +183,7 @@ def notify_targets(specs: list[str]) -> tuple[NotifyTarget, ...]:
     for spec in specs:
         url, sep, secret = spec.rpartition("=")
         if not sep or not url:
-            raise CliError(f"--notify {spec!r}: expected URL=SECRET_NAME")
+            raise CliError(f"--notify {spec!r}: expected URL=SECRET_NAME", EXIT_USAGE)
         targets.append(NotifyTarget(url=url, secret_ref=secret))
     return tuple(targets)
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from scanward.store import FindingRecord, ScanRecord, Store
 
 
+class ScanNotStored(CliError):
+    """The store has no row for the scan (Temporal may know why: see ``findings``)."""
+
+
 class FindingsFormat(StrEnum):
     table = "table"
     json = "json"
@@ -132,8 +136,8 @@ def print_findings(scan_id: str, fmt: FindingsFormat = FindingsFormat.table,
     try:
         scan = store.get_scan(scan_id)
         if scan is None:
-            raise CliError(f"no such scan in the store: {scan_id} (unknown id, or no scanner "
-                           "of it has finished yet; see `scanward status`)")
+            raise ScanNotStored(f"no such scan in the store: {scan_id} (unknown id, or no "
+                                "scanner of it has finished yet; see `scanward status`)")
         caveat = _unfinished(scan)
         shows = shown_by(new_only=view is FindingsView.new,
                          include_suppressed=view in (FindingsView.all, FindingsView.fixed),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from scanward.cli.app import CliError, err, out, run_command
+from scanward.cli.app import EXIT_USAGE, CliError, err, out, run_command
 
 
 def load(
@@ -105,7 +105,9 @@ def load(
                 opts.run_id = run_id
             result = await runner.run_load(opts, lambda line: err.print(
                 f"scanward load: {line}", markup=False, highlight=False, soft_wrap=True))
-        except (runner.LoadError, load_kube.KubeOptionError) as e:
+        except (runner.LoadUsageError, load_kube.KubeOptionError) as e:
+            raise CliError(str(e), EXIT_USAGE) from e
+        except runner.LoadError as e:
             raise CliError(str(e)) from e
         if as_json:
             print(json.dumps(result.as_json(), indent=2))

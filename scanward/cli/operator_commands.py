@@ -9,7 +9,7 @@ import typer
 from temporalio.client import WorkflowExecutionStatus
 
 from scanward import client as api
-from scanward.cli.app import CliError, out, run_command
+from scanward.cli.app import EXIT_USAGE, CliError, out, run_command
 from scanward.contract import AbandonSignal, RetrySignal, ScanStatus
 
 
@@ -31,11 +31,11 @@ def retry(
         signal = RetrySignal(scanner=scanner, memory_mib=memory_mib)
         if all_dead and scan_id is not None:
             # The id used to be ignored: every dead scan in the namespace was retried.
-            raise CliError("give a scan id or --all-dead, not both")
+            raise CliError("give a scan id or --all-dead, not both", EXIT_USAGE)
         if not (all_dead or scan_id):
-            raise CliError("give a scan id or --all-dead")
+            raise CliError("give a scan id or --all-dead", EXIT_USAGE)
         if tenant is not None and not all_dead:
-            raise CliError("--tenant selects scans for --all-dead; a scan id names one")
+            raise CliError("--tenant selects scans for --all-dead; a scan id names one", EXIT_USAGE)
         if all_dead:
             # Checked before connecting: they become part of a visibility query.
             api.status_query(ScanStatus.DEAD, tenant, dead_scanner=scanner)

@@ -14,9 +14,11 @@ from rich.text import Text
 from temporalio.client import (
     Client,
     WorkflowFailureError,
+    WorkflowHistoryEventFilterType,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
 )
+from temporalio.exceptions import CancelledError, TerminatedError
 from temporalio.service import RPCError
 
 from scanward import client as api
@@ -129,6 +131,18 @@ async def _final_view(client: Client, scan_id: str) -> Table | Text:
         return Text(f"{scan_id}: {state.closed_as}")
 
 
+async def _termination_reason(client: Client, scan_id: str) -> str:
+    """The reason given to ``temporal workflow terminate`` (the SDK's error only says
+    "terminated by user via frontend"); empty if it cannot be read."""
+    try:
+        async for event in client.get_workflow_handle(scan_id).fetch_history_events(
+                event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT):
+            return str(event.workflow_execution_terminated_event_attributes.reason)
+    except RPCError:
+        pass
+    return ""
+
+
 async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> ScanSummary:
     """Show live per-scanner progress until the scan ends; return its summary. A scanner
     that dies is announced once (again if it dies again after a retry); with
@@ -162,6 +176,12 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> 
                 # scan ended instead, before the error.
                 live.update(await _final_view(client, scan_id))
                 cause = e.cause
+                if isinstance(cause, CancelledError):  # not a failure of the scan's own
+                    raise CliError(f"scan {scan_id} was cancelled") from e
+                if isinstance(cause, TerminatedError):
+                    why = await _termination_reason(client, scan_id)
+                    raise CliError(f"scan {scan_id} was terminated"
+                                   + (f": {one_line(why)}" if why else "")) from e
                 raise CliError(f"scan {scan_id} failed: "
                                f"{getattr(cause, 'message', cause)}") from e
             live.update(progress_table(summary))

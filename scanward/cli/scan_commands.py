@@ -3,6 +3,7 @@ logs, list."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from temporalio.service import RPCError
 
 from scanward import client as api
 from scanward.cli.app import (
@@ -19,12 +21,19 @@ from scanward.cli.app import (
     err,
     fail,
     notify_targets,
+    one_line,
     open_store,
     out,
     repository_url,
     run_command,
 )
-from scanward.cli.findings_view import FindingsFormat, FindingsView, check_gate, print_findings
+from scanward.cli.findings_view import (
+    FindingsFormat,
+    FindingsView,
+    ScanNotStored,
+    check_gate,
+    print_findings,
+)
 from scanward.cli.progress import Format, ended_reason, print_report, watch
 from scanward.contract import ScanRequest, ScanStatus, Severity
 from scanward.lifecycle import TriageState
@@ -124,8 +133,28 @@ def findings(
             else FindingsView.all if all_ else FindingsView.open)
     try:
         print_findings(scan_id, format, view, tuple(severity or ()))
+    except ScanNotStored as e:
+        fail(api.run(_not_stored(scan_id, str(e))))
     except (CliError, StoreError) as e:
         fail(str(e))
+
+
+async def _not_stored(scan_id: str, otherwise: str) -> str:
+    """Why the store has no row for ``scan_id``, as Temporal knows it: no such scan, a
+    scan still running, or one that ended (failed, cancelled) before any scanner stored
+    findings; ``otherwise`` when Temporal cannot be asked."""
+    try:
+        async with asyncio.timeout(15):
+            state = await api.describe(await api.connect(), scan_id)
+    except api.ScanNotFound:
+        return f"no such scan: {scan_id} (neither in the store nor in Temporal)"
+    except (RuntimeError, RPCError, TimeoutError):
+        return otherwise
+    if state.running:
+        return (f"scan {scan_id} has no stored findings yet: it is {state.status} (see "
+                f"`scanward status {scan_id}`)")
+    why = f": {one_line(state.failure)}" if state.failure else ""
+    return f"scan {scan_id} ended {state.closed_as} before any findings were stored{why}"
 
 
 def triage(

@@ -58,6 +58,10 @@ class LoadError(Exception):
     """The load cannot run as asked (bad options, no worker); one line."""
 
 
+class LoadUsageError(LoadError):
+    """The options themselves are wrong (a usage error: exit 2, as typer's own)."""
+
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -65,8 +69,8 @@ def parse_duration(text: str) -> float:
     """``"5m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or plain seconds → seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
     if not match or float(match.group(1)) <= 0:
-        raise LoadError(f"duration {text!r}: expected a positive number with a unit "
-                        "(ms, s, m, h), e.g. 5m")
+        raise LoadUsageError(f"duration {text!r}: expected a positive number with a unit "
+                             "(ms, s, m, h), e.g. 5m")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -74,8 +78,8 @@ def parse_rate(text: str) -> float:
     """``"5/s"``, ``"120/m"`` or ``"5"`` (per second) → iterations per second."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*", text)
     if not match or float(match.group(1)) <= 0:
-        raise LoadError(f"rate {text!r}: expected a positive number per s, m or h, "
-                        "e.g. 5/s")
+        raise LoadUsageError(f"rate {text!r}: expected a positive number per s, m or h, "
+                             "e.g. 5/s")
     return float(match.group(1)) / _UNITS[match.group(2) or "s"]
 
 
@@ -203,62 +207,64 @@ def validate(opts: LoadOptions) -> None:
     """Every option checked before anything starts (dev server, worker, scans): each
     problem is one line naming the option."""
     if opts.scenario not in SCENARIOS:
-        raise LoadError(f"unknown scenario {opts.scenario!r} (known: {', '.join(SCENARIOS)})")
+        raise LoadUsageError(f"unknown scenario {opts.scenario!r} (known: "
+                                  f"{', '.join(SCENARIOS)})")
     if not _RUN_ID.fullmatch(opts.run_id):
-        raise LoadError(f"--run-id {opts.run_id[:80]!r}: expected 1 to 64 letters, digits, "
-                        "'.', '_' or '-', starting with a letter or digit")
+        raise LoadUsageError(f"--run-id {opts.run_id[:80]!r}: expected 1 to 64 letters, "
+                                  "digits, '.', '_' or '-', starting with a letter or digit")
     for option, value in (("--scan-seconds", opts.scan_seconds),
                           ("--webhook-delay", opts.webhook_delay),
                           ("--webhook-down", opts.webhook_down)):
         if not (math.isfinite(value) and value >= 0):
-            raise LoadError(f"{option} {value}: expected a finite number of seconds, 0 or more")
+            raise LoadUsageError(f"{option} {value}: expected a finite number of seconds, "
+                                      "0 or more")
     shares = [("--crash-share", opts.crash_share), ("--dead-share", opts.dead_share),
               ("--cancel-share", opts.cancel_share), ("--oom-share", opts.oom_share)]
     for option, share in shares:
         if share is not None and not 0.0 <= share <= 1.0:  # NaN fails this too
-            raise LoadError(f"{option} {share}: expected a share from 0 to 1")
+            raise LoadUsageError(f"{option} {share}: expected a share from 0 to 1")
     if opts.scenario == "mixed":
         try:
             mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share, oom=opts.oom())
         except ValueError as e:
             total = opts.crash_share + opts.dead_share + opts.cancel_share + opts.oom()
-            raise LoadError(f"mixed: --crash-share, --dead-share, --cancel-share and "
-                            f"--oom-share add up to {total:g}: {e}") from e
+            raise LoadUsageError(f"mixed: --crash-share, --dead-share, --cancel-share and "
+                                 f"--oom-share add up to {total:g}: {e}") from e
     if opts.scenario == "tenants":
         given = [option for option, value in (
             ("--duration", opts.duration), ("--max-concurrent", opts.max_concurrent),
             ("--rate", opts.rate)) if value is not None]
         if given:
-            raise LoadError(f"{', '.join(given)}: the tenants scenario queues all its scans "
-                            "at once; size it with --iterations (the bulk tenant's scans) "
-                            "and --small-scans")
+            raise LoadUsageError(f"{', '.join(given)}: the tenants scenario queues all its "
+                                 "scans at once; size it with --iterations (the bulk "
+                                 "tenant's scans) and --small-scans")
     if not opts.start_local_server:
         if opts.baseline:
-            raise LoadError("--baseline measures worker processes: it needs "
-                            "--start-local-server")
+            raise LoadUsageError("--baseline measures worker processes: it needs "
+                                 "--start-local-server")
         if opts.kube is not None:
-            raise LoadError("--kube runs this machine's worker against the cluster: it "
-                            "needs --start-local-server")
+            raise LoadUsageError("--kube runs this machine's worker against the cluster: it "
+                                 "needs --start-local-server")
         given = [option for option, value in (
             ("--tenant-max-jobs", opts.tenant_max_jobs),
             ("--worker-activities", opts.worker_activities)) if value is not None]
         if given:
-            raise LoadError(f"{', '.join(given)}: configures the worker process this "
-                            "command starts: it needs --start-local-server (the "
-                            "deployment's workers keep their own settings)")
+            raise LoadUsageError(f"{', '.join(given)}: configures the worker process this "
+                                 "command starts: it needs --start-local-server (the "
+                                 "deployment's workers keep their own settings)")
         if opts.scenario == "webhook" and not os.environ.get(HOOK_SECRET_ENV):
             raise LoadError(f"the webhook scenario needs the workers' secret "
                             f"{HOOK_SECRET_REF!r} in {HOOK_SECRET_ENV}, with this "
                             f"machine's address listed for it in {HOSTS_ENV} (or "
                             "--start-local-server)")
     elif opts.oom() and opts.kube is None:
-        raise LoadError("--oom-share: the local backend cannot OOM-kill (no memory limit); "
-                        "run the worker's Jobs on a cluster with --kube")
+        raise LoadUsageError("--oom-share: the local backend cannot OOM-kill (no memory "
+                             "limit); run the worker's Jobs on a cluster with --kube")
     if opts.tenant_max_jobs is not None:
         try:
             parse_job_caps(opts.tenant_max_jobs, "--tenant-max-jobs")
         except InputError as e:
-            raise LoadError(str(e)) from e
+            raise LoadUsageError(str(e)) from e
 
 
 # Files of a load's work dir worth keeping when it fails (what the worker, the server
