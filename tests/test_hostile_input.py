@@ -27,7 +27,7 @@ import worker as scan_worker
 from activities.workspace import WorkspaceActivities
 from scanward import client as api
 from scanward.catalog import Catalog
-from scanward.contract import NotifyTarget, ResolveInput, ScanRequest, ScanStatus
+from scanward.contract import Finding, NotifyTarget, ResolveInput, ScanRequest, ScanStatus
 from scanward.example import create_example_repo, git
 from scanward.secrets import SecretStore
 from scanward.settings import Settings
@@ -35,6 +35,18 @@ from scanward.store import Store
 from scanward.synthetic_scanner import EXIT_BAD_INPUT, STAMPS_FILE, prepare_stamps
 from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import FAST, scan_request, start
+
+
+async def _commit_and_scan(client: Client, settings: Settings, repo: Path, scanner: str,
+                           message: str) -> list[Finding]:
+    """Commit the repository's working tree, scan it to completion, read the findings."""
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", message)
+    handle = await start(client, settings, scan_request(repo, scanner))
+    summary = await handle.result()
+    assert summary.status is ScanStatus.COMPLETED, summary
+    with Store.open(settings.database_url) as store:
+        return store.findings(handle.id)
 
 
 @pytest.mark.usefixtures("scan_worker_task")
@@ -53,17 +65,7 @@ async def test_symlinks_leaving_the_checkout_are_not_scanned(
     # <tmp>/home/workspace/<scan>/src/leak_rel.py -> <tmp>/outside/rel.py
     (repo / "leak_rel.py").symlink_to("../../../../outside/rel.py")
     (repo / "alias.py").symlink_to("app.py")  # stays inside: harmless
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "symlinks")
-
-    handle = await start(client, settings, scan_request(repo, "bandit"))
-    summary = await handle.result()
-    assert summary.status is ScanStatus.COMPLETED, summary
-    store = Store.open(settings.database_url)
-    try:
-        findings = store.findings(handle.id)
-    finally:
-        store.close()
+    findings = await _commit_and_scan(client, settings, repo, "bandit", "symlinks")
     assert {"app.py", "alias.py"} <= {f.path for f in findings}  # inside: kept
     leaked = [(f.path, f.message) for f in findings
               if "s3cr3t" in f.message or f.path.startswith("leak_")]
@@ -127,17 +129,7 @@ async def test_hostile_sarif_paths_are_never_stored_as_checkout_paths(
             "originalUriBaseIds": {"ETC": {"uri": "file:///etc/"},
                                    "SRCROOT": {"uri": "file:///"}},
             "results": results}]}))
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "hostile sarif")
-
-    handle = await start(client, settings, scan_request(repo, "replay"))
-    summary = await handle.result()
-    assert summary.status is ScanStatus.COMPLETED, summary
-    store = Store.open(settings.database_url)
-    try:
-        findings = store.findings(handle.id)
-    finally:
-        store.close()
+    findings = await _commit_and_scan(client, settings, repo, "replay", "hostile sarif")
     by_rule = {f.rule_id: f.path for f in findings}
     assert len(by_rule) == len(results), (len(by_rule), by_rule)
     bad = {rule: path for rule, path in by_rule.items()

@@ -243,6 +243,17 @@ def without(objects: list[dict[str, Any]], group: str, resource: str,
     return objects
 
 
+def preflight_refusal(kubeconfig: Path, namespace: str, tmp_path: Path) -> str:
+    """The ClusterError message of a backend's preflight as that identity, there."""
+    backend = backend_for(kubeconfig, namespace, tmp_path / "results")
+    try:
+        with pytest.raises(ClusterError) as error:
+            backend.preflight()
+    finally:
+        backend.close()
+    return str(error.value)
+
+
 @pytest.mark.parametrize("permission", [pytest.param(p, id=f"{p[2]}-{p[1]}")
                                         for p in PERMISSIONS])
 def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.ControlPlane,
@@ -255,15 +266,8 @@ def test_missing_permission_is_a_clear_preflight_error(control_plane: testenv.Co
     wait_for_grants(control_plane, token, ns, [p for p in PERMISSIONS if p != permission])
     assert not access_allowed(control_plane, token, ns, group, resource, verb)
 
-    backend = backend_for(token_kubeconfig(tmp_path / "kubeconfig", control_plane.server, token,
-                                      control_plane.ca_file), ns,
-                          tmp_path / "results")
-    try:
-        with pytest.raises(ClusterError) as error:
-            backend.preflight()
-    finally:
-        backend.close()
-    message = str(error.value)
+    message = preflight_refusal(token_kubeconfig(tmp_path / "kubeconfig", control_plane.server,
+                                                 token, control_plane.ca_file), ns, tmp_path)
     assert f"forbidden to {verb} {resource} in namespace {ns!r}" in message
     assert "deploy/rbac.yaml" in message
 
@@ -275,13 +279,7 @@ def test_a_missing_namespace_is_not_reported_as_a_missing_permission(
     permission is denied, and the error said "forbidden to create jobs, ..." exactly as
     for an RBAC gap, while deploy/README promises "namespace missing" as its own reason."""
     _, kubeconfig = worker_identity
-    backend = backend_for(kubeconfig, "no-such-ns", tmp_path / "results")
-    try:
-        with pytest.raises(ClusterError) as error:
-            backend.preflight()
-    finally:
-        backend.close()
-    message = str(error.value)
+    message = preflight_refusal(kubeconfig, "no-such-ns", tmp_path)
     assert message.startswith("no permission at all in namespace 'no-such-ns'"), message
     assert "check that the namespace exists (SCANWARD_KUBE_NAMESPACE)" in message
 
