@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -188,19 +188,26 @@ def echo_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
         server.server_close()
 
 
+async def _failed_clone_with_token(client: Client, settings: Settings, server: str
+                                  ) -> tuple[WorkflowHandle[Any, Any], str]:
+    """A scan of ``server``'s repository with the clone token ``gh``, which must fail;
+    its handle and the failure's message."""
+    request = ScanRequest(repository=server, ref="main", commit="c" * 40,
+                          scanners=("fake",), credentials_ref="gh", tuning=FAST,
+                          dedupe_key=uuid.uuid4().hex)
+    handle = await start(client, settings, request)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    return handle, str(failure.value.cause)
+
+
 @pytest.mark.usefixtures("scan_worker_task")
 async def test_clone_token_reflected_by_the_server_is_scrubbed(
         client: Client, settings: Settings, echo_server: str, tmp_path: Path) -> None:
     """A server that prints the Authorization header back (raw, decoded, URL-quoted):
     neither the token nor its Basic encoding reaches the error, the progress query or
     the workflow's history."""
-    request = ScanRequest(repository=echo_server, ref="main", commit="c" * 40,
-                          scanners=("fake",), credentials_ref="gh", tuning=FAST,
-                          dedupe_key=uuid.uuid4().hex)
-    handle = await start(client, settings, request)
-    with pytest.raises(WorkflowFailureError) as failure:
-        await handle.result()
-    message = str(failure.value.cause)
+    handle, message = await _failed_clone_with_token(client, settings, echo_server)
     assert "remote error" in message, message  # the server's words did arrive
     summary = await api.progress(client, handle.id)
     history = (await handle.fetch_history()).to_json()
@@ -262,13 +269,8 @@ async def test_secrets_go_only_to_the_hosts_listed_for_them(
         **settings.env, "SCANWARD_HOSTS_FOR_SECRETS": "gh=git.example.com,hook=127.0.0.1"})
     _Echo.seen.clear()
     async with scan_worker.running(scoped, client, stop_timeout=30):
-        request = ScanRequest(repository=echo_server, ref="main", commit="c" * 40,
-                              scanners=("fake",), credentials_ref="gh", tuning=FAST,
-                              dedupe_key=uuid.uuid4().hex)
-        handle = await start(client, scoped, request)
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-        assert "secret 'gh' may not be sent to 127.0.0.1" in str(failure.value.cause)
+        _, message = await _failed_clone_with_token(client, scoped, echo_server)
+        assert "secret 'gh' may not be sent to 127.0.0.1" in message
         assert _Echo.seen == []  # git never ran
 
         elsewhere = receiver.url.replace("127.0.0.1", "localhost")
