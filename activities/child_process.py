@@ -47,10 +47,15 @@ def die_with_parent() -> None:
 
 async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None,
                 stdout: int = asyncio.subprocess.PIPE,
-                stderr: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
+                stderr: int = asyncio.subprocess.PIPE,
+                log_cap: int | None = None) -> asyncio.subprocess.Process:
     """Start ``argv`` under the reaper. The returned process is the reaper: its exit
-    status is the command's (``128 + signal`` when the command was killed)."""
-    return await _reaper(["--", *argv], env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+    status is the command's (``128 + signal`` when the command was killed).
+
+    ``log_cap``: the command's stdout and stderr both go to ``stdout``, at most that many
+    bytes of them, then only their last lines (``reaper.py --cap``)."""
+    words = ["--", *argv] if log_cap is None else ["--cap", str(log_cap), "--", *argv]
+    return await _reaper(words, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
 
 
 async def spawn_steps(steps: Sequence[Sequence[str]], *, env: Mapping[str, str],

@@ -2,6 +2,7 @@
 
     python -I -S reaper.py <worker-pid> -- <command> [args...]
     python -I -S reaper.py <worker-pid> --steps <n> <command> [args...] <n> <command> ...
+    python -I -S reaper.py <worker-pid> --cap <bytes> -- <command> [args...]
 
 PR_SET_PDEATHSIG only reaches a process's direct child and is cleared on fork, so a
 command that starts children of its own (``git fetch`` runs ``upload-pack``,
@@ -25,6 +26,13 @@ three); each command is preceded by its number of words. The commands' output go
 stderr; the reaper's stdout carries one line, ``step=<i> code=<c>``: the last step run
 (from 0) and its status, which is also the exit status.
 
+``--cap`` is for a scanner's log (the reaper's stdout): the command's stdout and stderr
+go through a pipe that the reaper copies to its stdout up to ``<bytes>``, then keeps
+reading (the command never blocks on it) and holds only the last :data:`TAIL_BYTES`,
+written after a marker when the command ends: a scanner printing gigabytes cannot fill
+the results volume every other scan writes to, and the last lines, which say why it
+failed, are kept. A full volume stops the copy, not the command.
+
 It imports the standard library only and is run with ``-I -S``: about 20 ms to start.
 """
 
@@ -35,12 +43,49 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 # Resolved before any fork: the child calls it between fork and exec.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+TAIL_BYTES = 64 * 1024  # kept past the cap: the last lines say why a scanner failed
+_CHUNK = 64 * 1024
+_PUMP_JOIN_SECONDS = 5.0  # the pipe's writers are all dead by then; never hang on it
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _pump(read_fd: int, out_fd: int, cap: int) -> None:
+    """Copy ``read_fd`` to ``out_fd`` up to ``cap`` bytes, then keep only the tail; drain
+    to EOF whatever happens, so that the command is never blocked on a full pipe."""
+    written = dropped = 0
+    tail = bytearray()
+    writable = True
+    while chunk := os.read(read_fd, _CHUNK):
+        room = max(0, cap - written)
+        head, rest = chunk[:room], chunk[room:]
+        if head and writable:
+            try:
+                _write_all(out_fd, head)
+            except OSError:  # a full volume: stop writing, keep draining
+                writable = False
+        written += len(head)
+        if rest:
+            dropped += len(rest)
+            tail += rest
+            del tail[:-TAIL_BYTES]
+    os.close(read_fd)
+    if dropped and writable:
+        with contextlib.suppress(OSError):
+            _write_all(out_fd, (f"\n[scanward: log capped at {cap} bytes: "
+                                f"{dropped - len(tail)} bytes dropped, the last "
+                                f"{len(tail)} follow]\n").encode() + tail)
 
 
 def _kill_group(pgid: int) -> None:
@@ -76,12 +121,19 @@ def _reap_all() -> None:
             os.waitpid(-1, 0)
 
 
-def _exec_child(command: list[str], reaper: int, stdout_to_stderr: bool) -> None:
-    """In the forked child: own process group, die with the reaper, become ``command``."""
+def _exec_child(command: list[str], reaper: int, stdout_to_stderr: bool,
+                output: tuple[int, int] | None = None) -> None:
+    """In the forked child: own process group, die with the reaper, become ``command``
+    (its stdout and stderr the write end of ``output``, a pipe, when given)."""
     try:
         os.setpgid(0, 0)
         if stdout_to_stderr:
             os.dup2(2, 1)
+        if output is not None:
+            os.dup2(output[1], 1)
+            os.dup2(output[1], 2)
+            os.close(output[0])
+            os.close(output[1])
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != reaper:  # the reaper died before prctl took effect
             os._exit(128 + signal.SIGKILL)
@@ -96,10 +148,12 @@ def _exec_child(command: list[str], reaper: int, stdout_to_stderr: bool) -> None
         os._exit(127)
 
 
-def _parse(argv: list[str]) -> tuple[int, list[list[str]], bool] | None:
-    """(worker pid, commands, steps mode) or None for a bad command line."""
+def _parse(argv: list[str]) -> tuple[int, list[list[str]], bool, int | None] | None:
+    """(worker pid, commands, steps mode, log cap) or None for a bad command line."""
+    if len(argv) >= 5 and argv[1] == "--cap" and argv[2].isdigit() and argv[3] == "--":
+        return int(argv[0]), [argv[4:]], False, int(argv[2])
     if len(argv) >= 3 and argv[1] == "--":
-        return int(argv[0]), [argv[2:]], False
+        return int(argv[0]), [argv[2:]], False, None
     if len(argv) >= 4 and argv[1] == "--steps":
         steps, rest = [], argv[2:]
         while rest:
@@ -108,7 +162,7 @@ def _parse(argv: list[str]) -> tuple[int, list[list[str]], bool] | None:
                 return None
             steps.append(rest[1:1 + n])
             rest = rest[1 + n:]
-        return int(argv[0]), steps, True
+        return int(argv[0]), steps, True, None
     return None
 
 
@@ -116,9 +170,10 @@ def main(argv: list[str]) -> int:
     parsed = _parse(argv)
     if parsed is None:
         os.write(2, b"usage: reaper.py <worker-pid> -- <command> [args...]\n"
-                    b"       reaper.py <worker-pid> --steps <n> <command> [args...] ...\n")
+                    b"       reaper.py <worker-pid> --steps <n> <command> [args...] ...\n"
+                    b"       reaper.py <worker-pid> --cap <bytes> -- <command> [args...]\n")
         return 2
-    worker, commands, steps_mode = parsed
+    worker, commands, steps_mode, cap = parsed
     child = 0
     stopping = False
 
@@ -141,9 +196,15 @@ def main(argv: list[str]) -> int:
         if stopping:  # stopped before this command started
             code = 128 + signal.SIGTERM
             break
+        output = os.pipe() if cap is not None else None
         pid = os.fork()
         if pid == 0:
-            _exec_child(command, reaper, steps_mode)
+            _exec_child(command, reaper, steps_mode, output)
+        pump = None
+        if output is not None and cap is not None:
+            os.close(output[1])  # EOF once the command and all it started are gone
+            pump = threading.Thread(target=_pump, args=(output[0], 1, cap), daemon=True)
+            pump.start()
         # Both sides set the group (the usual race-free idiom); it exists before `child`
         # is set, so the handler never signals a group that is not there yet.
         with contextlib.suppress(OSError):
@@ -158,6 +219,8 @@ def main(argv: list[str]) -> int:
         _, status = os.waitpid(pid, 0)
         child = 0
         _reap_all()
+        if pump is not None:
+            pump.join(_PUMP_JOIN_SECONDS)
         code = os.waitstatus_to_exitcode(status)
         code = code if code >= 0 else 128 - code
         if code != 0:

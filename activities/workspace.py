@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import child_process, git_errors
 from activities.backends import wait_heartbeating
+from activities.volumes import FULL_ERRNOS, volume_free
 from scanward import attempt_logs
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import (
@@ -44,6 +45,10 @@ NON_RETRYABLE = ("InputError", "UnknownScanner", "SecretNotFound",
 # a dead attempt's half-written tree (or a git still writing into it) is never ``src``.
 _ATTEMPT_PREFIX = ".clone-"
 SWEEP_EVERY_SECONDS = 3600.0  # expired scanner logs, per worker (see cleanup_workspace)
+# Retryable (another scan's cleanup may free the space) but named: the workflow's attempts
+# bound the retries and the failed scan says which volume and how much it had.
+WORKSPACE_FULL = "WorkspaceFull"
+_FULL_TEXT = ("no space left on device", "disk quota exceeded")
 
 
 FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -196,6 +201,21 @@ async def _outputs(proc: asyncio.subprocess.Process, phase: str) -> tuple[bytes,
         raise
 
 
+def workspace_full(e: BaseException, root: Path, repository: str) -> ApplicationError | None:
+    """``e`` as a :data:`WORKSPACE_FULL` error naming the volume, if it says the workspace
+    ran out of space (git's stderr or the worker's own write); else None. Called after
+    the attempt's directory is removed: the free space is what a clone had."""
+    if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+        why = f"{e.strerror}: {e.filename}"
+    elif isinstance(e, ApplicationError) and any(t in e.message.lower() for t in _FULL_TEXT):
+        why = e.message
+    else:
+        return None
+    return ApplicationError(
+        f"workspace volume {root} is full: the checkout of {repository} needs more than "
+        f"its {volume_free(root)} ({why})", type=WORKSPACE_FULL)
+
+
 def _git_failure(command: str, stderr: bytes, code: int,
                  secrets: tuple[str, ...]) -> ApplicationError:
     failure = git_errors.classify(stderr.decode(errors="replace"), code, secrets)
@@ -334,10 +354,13 @@ class WorkspaceActivities:
                 "rev-parse", "HEAD", env=env, secrets=secrets, cwd=work)
             size, files = await _in_thread(publish_checkout, work, src,
                                            what="publishing the checkout")
-        except BaseException:
+        except BaseException as e:
             # Best effort, and a second cancel while removing must not hide the first error.
             with contextlib.suppress(BaseException):
                 await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+            full = workspace_full(e, self._settings.workspace_root, req.repository)
+            if full is not None:
+                raise full from e
             raise
         activity.logger.info("cloned %s at %s: %d bytes in %d files", req.scan_id, commit,
                              size, files)

@@ -17,6 +17,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from temporalio.exceptions import ApplicationError
+
 from activities import child_process
 from activities.backends import (
     Heartbeat,
@@ -25,6 +27,7 @@ from activities.backends import (
     job_paths,
     wait_heartbeating,
 )
+from activities.volumes import FULL_ERRNOS, volume_free
 from scanward.attempt_logs import with_log_tail
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
@@ -33,6 +36,13 @@ from scanward.tracing import traceparent_env
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
 PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it
 STOPPED_FILE = "stopped"  # written by stop(): the exit that follows is a cancel
+# scanner.log keeps this much of a scanner's output, then its last 64 KiB: the results
+# volume is shared by every scan, and one scanner printing gigabytes must not fill it.
+LOG_CAP_BYTES = 64 * 1024 * 1024
+# Below this much free space on the results volume, a failed scanner's reason says so:
+# with no room its log is empty too, and "exited 1" alone would hide the cause.
+LOW_SPACE_BYTES = 1024 * 1024
+RESULTS_FULL = "ResultsVolumeFull"
 
 
 class LocalBackend:
@@ -41,10 +51,11 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, workspace_root: Path, results_root: Path, *,
-                 kill_grace: float = 5.0) -> None:
+                 kill_grace: float = 5.0, log_cap: int = LOG_CAP_BYTES) -> None:
         self._workspace_root = workspace_root
         self._results_root = results_root
         self._kill_grace = kill_grace
+        self._log_cap = log_cap
 
     def start(self) -> None:
         """Nothing to connect to."""
@@ -62,9 +73,12 @@ class LocalBackend:
         paths = job_paths(self._workspace_root, self._results_root, job)
         if not paths.source.is_dir():
             raise ScannerFailed(FailureClass.BAD_INPUT, f"checkout {paths.source} is missing")
-        if paths.out_dir.exists():  # an earlier try of this attempt died half-way
-            shutil.rmtree(paths.out_dir)
-        paths.out_dir.mkdir(parents=True)
+        try:
+            if paths.out_dir.exists():  # an earlier try of this attempt died half-way
+                shutil.rmtree(paths.out_dir)
+            paths.out_dir.mkdir(parents=True)
+        except OSError as e:
+            raise self._volume_error(e, paths.out_dir) from e
         values = {"source": paths.source, "sarif": paths.sarif, "python": sys.executable,
                   "bindir": _bindir(), "rules": RULES_DIR}
         argv = [a.format(**values) for a in spec.local_command]
@@ -74,15 +88,26 @@ class LocalBackend:
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **spec.local_env,
                **traceparent_env()}
         started = time.monotonic()
-        with paths.log.open("wb") as log:
+        try:
+            log = paths.log.open("wb")
+        except OSError as e:
+            raise self._volume_error(e, paths.log) from e
+        with log:
             try:
                 # Under the reaper: whatever the scanner starts (semgrep-core, ...) dies
                 # with it, with a stop, and with a SIGKILLed worker.
                 proc = await child_process.spawn(argv, cwd=Path(cwd), env=env,
-                                                 stdout=log.fileno(), stderr=log.fileno())
+                                                 stdout=log.fileno(), stderr=log.fileno(),
+                                                 log_cap=self._log_cap)
             except OSError as e:
                 raise ScannerFailed(FailureClass.BAD_IMAGE, f"cannot start {argv[0]}: {e}") from e
-            (paths.out_dir / PID_FILE).write_text(json.dumps(_identity(proc.pid)))
+            try:
+                (paths.out_dir / PID_FILE).write_text(json.dumps(_identity(proc.pid)))
+            except OSError as e:
+                # The scanner runs already: a retry of this activity must not find it
+                # still running beside the next one.
+                await self._kill(proc)
+                raise self._volume_error(e, paths.out_dir / PID_FILE) from e
             exited = asyncio.ensure_future(proc.wait())
             try:
                 # The same deadline as a Job's activeDeadlineSeconds, decided in one place
@@ -106,10 +131,12 @@ class LocalBackend:
         if failure is not None:
             # The reaper reports a scanner killed by a signal as 128 + signal, as shells do.
             how = f"exited {code}" + (f" (signal {code - 128})" if 128 < code < 160 else "")
-            raise ScannerFailed(failure, with_log_tail(f"{spec.name} {how}", paths.out_dir))
+            raise ScannerFailed(failure, with_log_tail(
+                f"{spec.name} {how}{self._low_space_note()}", paths.out_dir))
         if not paths.sarif.is_file():
             raise ScannerFailed(FailureClass.BROKEN_SARIF, with_log_tail(
-                f"{spec.name} exited {code} but wrote no SARIF file", paths.out_dir))
+                f"{spec.name} exited {code} but wrote no SARIF file{self._low_space_note()}",
+                paths.out_dir))
         return ScannerJobResult(scanner=spec.name, attempt=job.attempt,
                                 sarif_subpath=paths.sarif_subpath, exit_code=code,
                                 duration_seconds=round(time.monotonic() - started, 3),
@@ -143,6 +170,27 @@ class LocalBackend:
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         await child_process.stop(proc, self._kill_grace)
+
+    def _volume_error(self, e: OSError, path: Path) -> Exception:
+        """A full results volume named as such (retryable: space may be freed; the
+        workflow's attempts bound it); any other error as it is."""
+        if e.errno not in FULL_ERRNOS:
+            return e
+        return ApplicationError(
+            f"results volume {self._results_root} is full ({volume_free(self._results_root)}): "
+            f"cannot write {path}: {e.strerror}",
+            type=RESULTS_FULL)
+
+    def _low_space_note(self) -> str:
+        """Why a scanner may have failed that its (then empty) log cannot say."""
+        try:
+            st = os.statvfs(self._results_root)
+        except OSError:
+            return ""
+        if st.f_bavail * st.f_frsize >= LOW_SPACE_BYTES:
+            return ""
+        return (f" (the results volume {self._results_root} is full: "
+                f"{volume_free(self._results_root)}; its SARIF and log may be cut short)")
 
 
 async def _exited(pid: int) -> None:
