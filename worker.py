@@ -154,6 +154,7 @@ def _listen(settings: Settings, health: Health, *, metrics_runtime: bool) -> Run
     try:
         # The SDK's Prometheus exporter binds its port as the runtime is created.
         return Runtime(telemetry=TelemetryConfig(
+            logging=client_api.core_logging(),  # in the worker's log, as its own lines
             metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")))
     except ValueError as e:  # "Failed starting Prometheus exporter: <OS error>"
         if "Prometheus exporter" not in str(e):

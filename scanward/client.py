@@ -43,7 +43,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import ActivityError, FailureError, WorkflowAlreadyStartedError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
-from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from scanward import scan_details, tracing
@@ -116,6 +122,20 @@ class RequestConflict(Exception):
 
 # ------------------------------------------------------------------------- runtime
 
+# The Temporal core's own log lines (a retried RPC, a failed heartbeat: one per retry
+# while the server is down) go to this logger rather than straight to stderr: a worker,
+# which configures logging, shows them in its log; a CLI command, which does not, shows
+# only its one-line error (the NullHandler keeps Python's last-resort handler quiet).
+CORE_LOG = logging.getLogger("scanward.temporal_core")
+CORE_LOG.addHandler(logging.NullHandler())
+
+
+def core_logging() -> LoggingConfig:
+    """The core's WARN lines (and others' ERROR), forwarded to :data:`CORE_LOG`."""
+    return LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                         forwarding=LogForwardingConfig(logger=CORE_LOG))
+
+
 # The runtime that :func:`connect` uses inside :func:`run`.
 _session_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "scanward_runtime", default=None)
@@ -131,7 +151,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     ``Fatal Python error: PyGILState_Release`` (exit 134). Dropping the runtime here
     joins its threads while the interpreter is fully alive. ``main`` must connect with
     :func:`connect` and must not return a client or a handle."""
-    runtime: Runtime | None = Runtime(telemetry=TelemetryConfig())
+    runtime: Runtime | None = Runtime(telemetry=TelemetryConfig(logging=core_logging()))
     alive = weakref.ref(runtime)
     token = _session_runtime.set(runtime)
     try:
@@ -175,6 +195,14 @@ async def connect(profile: str | None = None, *, runtime: Runtime | None = None)
         reason = why.group(1) if why else str(e).splitlines()[0]
         raise TemporalUnavailable(f"cannot reach Temporal at {target}: {reason} "
                                   "(set TEMPORAL_ADDRESS or a profile)") from e
+
+
+def unavailable(e: RPCError) -> bool:
+    """Whether ``e`` says Temporal was not reached or did not answer in time (down,
+    restarting, a stalled frontend), not that it refused the call: worth waiting out."""
+    # CANCELLED: how the SDK reports a transport that timed out ("Timeout expired").
+    return e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
+                        RPCStatusCode.CANCELLED)
 
 
 # --------------------------------------------------------------------------- scans

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from datetime import timedelta
 from enum import StrEnum
 
@@ -13,16 +14,17 @@ from rich.table import Table
 from rich.text import Text
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHistoryEventFilterType,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
 )
 from temporalio.exceptions import CancelledError, TerminatedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from scanward import client as api
-from scanward.cli.app import EXIT_DEAD, CliError, err, one_line, out
+from scanward.cli.app import EXIT_DEAD, CliError, err, note, one_line, out
 from scanward.contract import ScannerRun, ScannerStatus, ScanStatus, ScanSummary
 
 
@@ -143,34 +145,54 @@ async def _termination_reason(client: Client, scan_id: str) -> str:
     return ""
 
 
-async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> ScanSummary:
+# How long `scan --wait` keeps waiting through a Temporal outage (the scan itself is
+# durable and carries on once the server is back) before it gives up with one line.
+OUTAGE_PATIENCE = timedelta(minutes=5)
+# A live-view query or a result poll that takes longer than this is a stalled server:
+# without a deadline the SDK waits on a frozen frontend for ever.
+WATCH_RPC_TIMEOUT = timedelta(seconds=10)
+DESCRIBE_EVERY = 5.0  # seconds between two "has it closed?" asks while it runs
+_OPEN = (ScanStatus.RUNNING, ScanStatus.DEAD)
+
+
+async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
+                outage_patience: timedelta = OUTAGE_PATIENCE) -> ScanSummary:
     """Show live per-scanner progress until the scan ends; return its summary. A scanner
     that dies is announced once (again if it dies again after a retry); with
-    ``stop_on_dead`` the watch ends there with :data:`EXIT_DEAD`."""
-    handle = api.handle(client, scan_id)
-    result: asyncio.Task[ScanSummary] = asyncio.ensure_future(handle.result())
+    ``stop_on_dead`` the watch ends there with :data:`EXIT_DEAD`. A Temporal outage is
+    announced on stderr and waited through for up to ``outage_patience``."""
     announced: set[str] = set()
+    outage = _Outage(client, scan_id, outage_patience)
     try:
         with Live(console=out, refresh_per_second=4, transient=False) as live:
-            while not result.done():
-                try:
-                    summary = await api.progress(client, scan_id)
-                except RPCError:
-                    summary = None  # the workflow has not run its first task yet
-                if summary is not None:
-                    live.update(progress_table(summary))
-                    dead = {r.scanner: r for r in summary.scanners
-                            if r.status is ScannerStatus.DEAD}
-                    for name in sorted(dead.keys() - announced):
-                        err.print(f"scanward: {_dead_notice(scan_id, dead[name])}",
-                                  markup=False, highlight=False, soft_wrap=True)
-                    announced = set(dead)
-                    if dead and stop_on_dead:
-                        raise CliError(f"scan {scan_id} is waiting for an operator: "
-                                       f"{', '.join(sorted(dead))} dead", EXIT_DEAD)
-                await asyncio.wait({result}, timeout=0.5)
             try:
-                summary = result.result()
+                current: ScanSummary | None = None
+                described = 0.0
+                while True:
+                    # Whether it has closed: at once when the live answer says it ended
+                    # or there is none, else every few seconds (a terminated scan's
+                    # query answers "running" for ever); not twice a second per waiter.
+                    if (current is None or current.status not in _OPEN
+                            or time.monotonic() - described >= DESCRIBE_EVERY):
+                        described = time.monotonic()
+                        if (summary := await _next(client, scan_id, outage)) is not None:
+                            break
+                    try:
+                        current = await api.progress(client, scan_id, WATCH_RPC_TIMEOUT)
+                    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                        current = None  # no first workflow task yet, or Temporal away
+                    if current is not None:
+                        live.update(progress_table(current))
+                        dead = {r.scanner: r for r in current.scanners
+                                if r.status is ScannerStatus.DEAD}
+                        for name in sorted(dead.keys() - announced):
+                            err.print(f"scanward: {_dead_notice(scan_id, dead[name])}",
+                                      markup=False, highlight=False, soft_wrap=True)
+                        announced = set(dead)
+                        if dead and stop_on_dead:
+                            raise CliError(f"scan {scan_id} is waiting for an operator: "
+                                           f"{', '.join(sorted(dead))} dead", EXIT_DEAD)
+                    await asyncio.sleep(0.5 if outage.since is None else 2.0)
             except WorkflowFailureError as e:
                 # The table shows the last live answer (running, pending): show how the
                 # scan ended instead, before the error.
@@ -186,8 +208,68 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False) -> 
                                f"{getattr(cause, 'message', cause)}") from e
             live.update(progress_table(summary))
     finally:
-        result.cancel()
         out.print()
     return summary
 
 
+async def _next(client: Client, scan_id: str, outage: _Outage) -> ScanSummary | None:
+    """The scan's result once it has closed, else None; None too while Temporal is
+    unreachable, until ``outage`` runs out of patience."""
+    try:
+        summary = await _poll_result(client, scan_id)
+    except RPCError as e:
+        if not api.unavailable(e):
+            raise
+        outage.lost(e)  # raises CliError once the patience has run out
+        return None
+    outage.back()
+    return summary
+
+
+async def _poll_result(client: Client, scan_id: str) -> ScanSummary | None:
+    """The scan's result if it has closed, else None, within one short RPC. Why not
+    ``handle.result()``: its long poll has no deadline (a stalled frontend holds it for
+    ever) and fails for good on the first outage longer than the SDK's retries."""
+    h = api.handle(client, scan_id)
+    try:
+        async with asyncio.timeout(WATCH_RPC_TIMEOUT.total_seconds()):
+            desc = await h.describe(rpc_timeout=WATCH_RPC_TIMEOUT)
+            if desc.status is WorkflowExecutionStatus.RUNNING:
+                return None
+            # Closed: its close event is there at once (no long poll).
+            result: ScanSummary = await h.result(rpc_timeout=WATCH_RPC_TIMEOUT)
+            return result
+    except TimeoutError as e:  # the RPC deadline did not hold: a frozen server
+        raise RPCError(f"no answer from Temporal within "
+                       f"{WATCH_RPC_TIMEOUT.total_seconds():g}s",
+                       RPCStatusCode.DEADLINE_EXCEEDED, b"") from e
+
+
+class _Outage:
+    """Tracks a Temporal outage during a watch: one note when it starts and one when it
+    ends, and a :class:`CliError` once it has lasted longer than the patience."""
+
+    def __init__(self, client: Client, scan_id: str, patience: timedelta) -> None:
+        self.address = client.service_client.config.target_host
+        self.scan_id = scan_id
+        self.patience = patience
+        self.since: float | None = None
+
+    def lost(self, e: RPCError) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            note(f"lost contact with Temporal at {self.address} ({e.message}); scan "
+                 f"{self.scan_id} keeps running there: waiting up to "
+                 f"{self.patience.total_seconds():g}s for Temporal to come back")
+        elif now - self.since >= self.patience.total_seconds():
+            raise CliError(
+                f"Temporal at {self.address} unreachable for {now - self.since:.0f}s while "
+                f"waiting for scan {self.scan_id} ({e.message}); the scan is durable: see "
+                f"`scanward status {self.scan_id}` once Temporal is back")
+
+    def back(self) -> None:
+        if self.since is not None:
+            note(f"Temporal at {self.address} answers again after "
+                 f"{time.monotonic() - self.since:.0f}s; waiting for scan {self.scan_id}")
+            self.since = None

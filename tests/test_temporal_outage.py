@@ -1,0 +1,130 @@
+"""Temporal's bad days under running scans: a dev server of the test's own, on a SQLite
+file, killed (or frozen with SIGSTOP) and started again with its state (the shared one
+serves the other tests). Real workers and the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from scanward import client as api
+from scanward.cli.app import CliError
+from scanward.cli.progress import watch
+from scanward.devserver import DevServer, free_port
+from scanward.settings import Settings
+from tests.conftest import SECRET_HOSTS, WEBHOOK_SECRET, eventually, scan_request
+from tests.helpers.processes import REPO_ROOT, finish, spawn, spawn_worker
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[DevServer]:
+    """A dev server on a db file, so that it can be stopped and started with its state."""
+    dev = DevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
+                    log_file=tmp_path / "temporal.log")
+    dev.start()
+    try:
+        yield dev
+    finally:
+        if dev.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                dev.proc.send_signal(signal.SIGCONT)  # a frozen one must hear SIGTERM
+        dev.stop()
+
+
+def _env(server: DevServer, settings: Settings) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(settings.home),
+        "PYTHONPATH": str(REPO_ROOT), "TEMPORAL_ADDRESS": server.address,
+        "SCANWARD_HOME": str(settings.home),
+        "SCANWARD_WORKSPACE": str(settings.workspace_root),
+        "SCANWARD_RESULTS": str(settings.results_root),
+        "SCANWARD_DATABASE_URL": settings.database_url,
+        "SCANWARD_TASK_QUEUE": settings.task_queue, "SCANWARD_ALLOW_LOCAL_REPOS": "1",
+        "SCANWARD_CATALOG": str(settings.catalog_file),
+        "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, **SECRET_HOSTS,
+        "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "10",
+    }
+
+
+async def test_scan_wait_rides_out_a_temporal_restart(
+        server: DevServer, settings: Settings, flawed_repo: Path, state_dir: Path,
+        tmp_path: Path) -> None:
+    """`scan --wait` lost Temporal ~10 s into an outage and exited 1 with "temporal: tcp
+    connect error" after several of the core's WARN lines, while the scan carried on.
+    Now it says once that Temporal is away, waits, and ends with the scan's outcome;
+    its stderr holds only scanward's own lines."""
+    (state_dir / "seconds").write_text("6")
+    env = _env(server, settings)
+    log = tmp_path / "worker.log"
+    worker = spawn_worker(env, log)
+    try:
+        cli = await spawn("scan", str(flawed_repo), "--ref", "main", "-s", "sleepy",
+                          "--key", uuid.uuid4().hex, "--wait", env=env)
+        await eventually(lambda: _exists(state_dir / "pid"), timeout=60,
+                         what="the scanner started")
+        assert server.proc is not None
+        server.proc.kill()  # SIGKILL: no goodbye to its clients
+        server.proc.wait()
+        await asyncio.sleep(15)  # past the SDK's own RPC retries (~10 s)
+        assert cli.returncode is None, "scan --wait gave up during a 15 s outage"
+        back = time.monotonic()
+        await asyncio.to_thread(server.start)
+        code, stdout, stderr = await finish(cli, timeout=75)
+        waited = time.monotonic() - back
+    finally:
+        worker.terminate()
+        await asyncio.to_thread(worker.wait, 30)
+    assert code == 0, (stdout, stderr, log.read_text()[-3000:])
+    assert "succeeded" in stdout
+    lines = stderr.strip().splitlines()
+    assert lines and all(line.startswith("scanward: ") for line in lines), stderr
+    assert "lost contact with Temporal" in stderr and "answers again" in stderr, stderr
+    assert waited < 60, waited
+
+
+async def test_scan_wait_on_a_frozen_server_gives_up_with_one_line(
+        server: DevServer, settings: Settings, flawed_repo: Path) -> None:
+    """A frontend that accepts connections and never answers (SIGSTOP) held `scan
+    --wait` until the transport gave up (~45 s), then "temporal: http2 error". The watch
+    now bounds each call and gives up after its patience, naming Temporal and the scan
+    (which is durable: `status` once Temporal is back)."""
+    client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+    # With a commit no worker needs to answer: the scan waits for one, running.
+    request = scan_request(flawed_repo, "fake", commit="0" * 40)
+    handle = await api.start_scan(client, request, task_queue=settings.task_queue)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CliError) as caught:
+            await asyncio.wait_for(
+                watch(client, handle.id, outage_patience=timedelta(seconds=5)), 75)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    message = str(caught.value)
+    assert f"Temporal at {server.address} unreachable" in message, message
+    assert f"scanward status {handle.id}" in message, message
+    assert time.monotonic() - started < 60
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists() and bool(path.read_text())
+
+
+def test_unavailable_means_an_outage_not_a_refusal() -> None:
+    from temporalio.service import RPCStatusCode
+
+    assert api.unavailable(RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b""))
+    assert not api.unavailable(RPCError("no such scan", RPCStatusCode.NOT_FOUND, b""))
