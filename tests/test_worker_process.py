@@ -20,7 +20,7 @@ from scanward.devserver import free_port
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
-from tests.conftest import eventually, scan_request, start
+from tests.conftest import FAST, eventually, scan_request, start
 from tests.helpers.pids import process_alive
 from tests.helpers.processes import spawn_worker, worker_env
 
@@ -83,6 +83,35 @@ async def test_sigkill_mid_scan_then_restart_completes_once(
     assert keys and len(set(keys)) == 1
     assert len(receiver.accepted) == 1  # the receiver saw one delivery for the key
     assert second.returncode == 0
+
+
+async def test_a_scanner_whose_activity_temporal_gave_up_is_adopted_not_run_again(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        flawed_repo: Path, state_dir: Path, tmp_path: Path) -> None:
+    """A worker whose heartbeats stop reaching Temporal for longer than the heartbeat
+    timeout (a Temporal outage did it; here the worker is frozen with SIGSTOP while its
+    scanner runs on): Temporal gives the try up and retries it. The retry killed the
+    scanner's output and ran it again from the start; it now waits for the scanner that
+    still runs and uses its results."""
+    (state_dir / "seconds").write_text("6")
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
+        scanner_pid = await wait_pid(state_dir / "pid")
+        worker.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(FAST.heartbeat_timeout.total_seconds() + 2)
+        worker.send_signal(signal.SIGCONT)
+        summary = await handle.result()
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        worker.wait(30)
+    assert summary.status is ScanStatus.COMPLETED, summary
+    assert int((state_dir / "pid").read_text()) == scanner_pid, "the scanner ran again"
+    history = await handle.fetch_history()
+    tries = [e.activity_task_started_event_attributes.attempt for e in history.events
+             if e.event_type is EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
+    assert max(tries) > 1, tries  # Temporal did give the first try up
 
 
 async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(

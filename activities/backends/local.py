@@ -17,11 +17,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import child_process
 from activities.backends import (
     Heartbeat,
+    JobPaths,
     ScannerFailed,
     classify_exit,
     job_paths,
@@ -36,6 +38,8 @@ from scanward.tracing import traceparent_env
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
 PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it
 STOPPED_FILE = "stopped"  # written by stop(): the exit that follows is a cancel
+EXIT_FILE = "exit.json"  # the scanner's exit code, once it has exited (for a later try)
+_EXIT_FILE_WAIT = 10.0  # seconds an adopting try waits for the owner to record the exit
 # scanner.log keeps this much of a scanner's output, then its last 64 KiB: the results
 # volume is shared by every scan, and one scanner printing gigabytes must not fill it.
 LOG_CAP_BYTES = 64 * 1024 * 1024
@@ -56,6 +60,8 @@ class LocalBackend:
         self._results_root = results_root
         self._kill_grace = kill_grace
         self._log_cap = log_cap
+        # Exit recorders of scanners whose activity Temporal gave up (kept referenced).
+        self._detached: set[asyncio.Future[None]] = set()
 
     def start(self) -> None:
         """Nothing to connect to."""
@@ -73,6 +79,15 @@ class LocalBackend:
         paths = job_paths(self._workspace_root, self._results_root, job)
         if not paths.source.is_dir():
             raise ScannerFailed(FailureClass.BAD_INPUT, f"checkout {paths.source} is missing")
+        started = time.monotonic()
+        earlier = await self._earlier_exit(job, spec, paths, heartbeat, heartbeat_every)
+        code = (earlier if earlier is not None
+                else await self._start_and_wait(job, spec, paths, heartbeat, heartbeat_every))
+        return self._outcome(job, spec, paths, code, started)
+
+    async def _start_and_wait(self, job: ScannerJobInput, spec: ScannerSpec, paths: JobPaths,
+                              heartbeat: Heartbeat, heartbeat_every: float) -> int:
+        """Start the scanner anew and wait for it; its exit code (recorded in EXIT_FILE)."""
         try:
             if paths.out_dir.exists():  # an earlier try of this attempt died half-way
                 shutil.rmtree(paths.out_dir)
@@ -81,13 +96,12 @@ class LocalBackend:
             raise self._volume_error(e, paths.out_dir) from e
         values = {"source": paths.source, "sarif": paths.sarif, "python": sys.executable,
                   "bindir": _bindir(), "rules": RULES_DIR}
-        argv = [a.format(**values) for a in spec.local_command]
+        argv = [a.format(**values) for a in spec.local_command or ()]
         cwd = spec.local_cwd.format(**values)
         # A minimal environment: the worker's secrets must not reach scanners.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(paths.out_dir),
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **spec.local_env,
                **traceparent_env()}
-        started = time.monotonic()
         try:
             log = paths.log.open("wb")
         except OSError as e:
@@ -116,17 +130,28 @@ class LocalBackend:
                                        timeout=job.deadline_seconds)
             except TimeoutError:
                 await self._kill(proc)
-                raise ScannerFailed(
-                    FailureClass.DEADLINE_EXCEEDED,
-                    with_log_tail(f"{spec.name} ran past its deadline of "
-                                  f"{job.deadline_seconds}s and was killed", paths.out_dir)
-                ) from None
+                raise self._past_deadline(job, spec, paths) from None
+            except asyncio.CancelledError:
+                if _given_up():
+                    # Temporal gave this try up (its heartbeats did not arrive: an outage,
+                    # a stalled worker), not the scan: the scanner runs on, and the retry
+                    # adopts it rather than start it again (_earlier_exit).
+                    self._record_exit_later(proc, exited, paths)
+                    raise
+                await self._kill(proc)
+                raise
             except BaseException:
                 await self._kill(proc)
                 raise
+        code = proc.returncode if proc.returncode is not None else -1
+        _record_exit(paths, code)
+        return code
+
+    def _outcome(self, job: ScannerJobInput, spec: ScannerSpec, paths: JobPaths, code: int,
+                 started: float) -> ScannerJobResult:
+        """The attempt's result from its scanner's exit code, log and SARIF."""
         if (paths.out_dir / STOPPED_FILE).exists():
             raise asyncio.CancelledError(f"{spec.name} attempt {job.attempt} stopped")
-        code = proc.returncode if proc.returncode is not None else -1
         failure = classify_exit(spec, code)
         if failure is not None:
             # The reaper reports a scanner killed by a signal as 128 + signal, as shells do.
@@ -141,6 +166,77 @@ class LocalBackend:
                                 sarif_subpath=paths.sarif_subpath, exit_code=code,
                                 duration_seconds=round(time.monotonic() - started, 3),
                                 source_root=str(paths.source))
+
+    def _past_deadline(self, job: ScannerJobInput, spec: ScannerSpec,
+                       paths: JobPaths) -> ScannerFailed:
+        return ScannerFailed(
+            FailureClass.DEADLINE_EXCEEDED,
+            with_log_tail(f"{spec.name} ran past its deadline of {job.deadline_seconds}s "
+                          "and was killed", paths.out_dir))
+
+    async def _earlier_exit(self, job: ScannerJobInput, spec: ScannerSpec, paths: JobPaths,
+                            heartbeat: Heartbeat, heartbeat_every: float) -> int | None:
+        """The exit code of this attempt's scanner as an earlier try of this activity on
+        this host started it: recorded if it has exited (its try's result never reached
+        Temporal), or waited for while it still runs (Temporal gave that try up). None:
+        no such scanner (it was never started, was stopped, or died with its worker):
+        start it anew."""
+        try:
+            recorded = json.loads((paths.out_dir / PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if (paths.out_dir / STOPPED_FILE).exists():
+            return None
+        code = _read_exit(paths)
+        if code is not None:
+            activity.logger.info("%s attempt %d exited %d in an earlier try: its results "
+                                 "are used", spec.name, job.attempt, code)
+            return code
+        pid = int(recorded.get("pid", 0))
+        if pid <= 0 or _identity(pid) != recorded:
+            return None
+        activity.logger.info("%s attempt %d still runs from an earlier try (reaper %d): "
+                             "waiting for it rather than starting it again", spec.name,
+                             job.attempt, pid)
+        gone = asyncio.ensure_future(_exited(pid))
+        try:
+            await asyncio.wait_for(wait_heartbeating(gone, heartbeat, heartbeat_every),
+                                   timeout=job.deadline_seconds)
+        except TimeoutError:
+            await self._signal_reaper(pid)
+            raise self._past_deadline(job, spec, paths) from None
+        except asyncio.CancelledError:
+            if not _given_up():
+                await self._signal_reaper(pid)
+            raise
+        # Its owner (the earlier try's worker) records the code once it has reaped it.
+        for _ in range(int(_EXIT_FILE_WAIT / 0.1)):
+            if (code := _read_exit(paths)) is not None:
+                return code
+            await asyncio.sleep(0.1)
+        return None
+
+    def _record_exit_later(self, proc: asyncio.subprocess.Process,
+                           exited: asyncio.Future[int], paths: JobPaths) -> None:
+        """Record the scanner's exit code when it exits, after its activity has ended."""
+        async def record() -> None:
+            with contextlib.suppress(BaseException):
+                await exited
+                _record_exit(paths, proc.returncode if proc.returncode is not None else -1)
+
+        task = asyncio.ensure_future(record())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    async def _signal_reaper(self, pid: int) -> None:
+        """Stop a scanner this try does not own (SIGTERM its reaper, then SIGKILL)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(_exited(pid), self._kill_grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     async def stop(self, job: ScannerJobInput) -> str:
         """Stop the attempt's process group now, from any worker on the same host (the
@@ -159,13 +255,7 @@ class LocalBackend:
         # The recorded process is the scanner's reaper, maybe another worker's child:
         # SIGTERM makes it kill the scanner's whole group; if it is stuck, SIGKILL it
         # and the scanner dies with it (PDEATHSIG).
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(_exited(pid), self._kill_grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await self._signal_reaper(pid)
         return f"{job.scanner} attempt {job.attempt}: stopped (reaper {pid})"
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
@@ -191,6 +281,29 @@ class LocalBackend:
             return ""
         return (f" (the results volume {self._results_root} is full: "
                 f"{volume_free(self._results_root)}; its SARIF and log may be cut short)")
+
+
+def _given_up() -> bool:
+    """Whether this activity was cancelled because Temporal gave it up (its heartbeat
+    timed out, or the server no longer knows it), rather than by a cancel request."""
+    details = activity.cancellation_details() if activity.in_activity() else None
+    return (details is not None and (details.timed_out or details.not_found)
+            and not details.cancel_requested)
+
+
+def _record_exit(paths: JobPaths, code: int) -> None:
+    """Write the scanner's exit code for a later try of the same attempt (atomically)."""
+    with contextlib.suppress(OSError):  # a full volume: a later try runs it again
+        tmp = paths.out_dir / f".{EXIT_FILE}.tmp"
+        tmp.write_text(json.dumps({"code": code}))
+        tmp.replace(paths.out_dir / EXIT_FILE)
+
+
+def _read_exit(paths: JobPaths) -> int | None:
+    try:
+        return int(json.loads((paths.out_dir / EXIT_FILE).read_text())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 async def _exited(pid: int) -> None:
