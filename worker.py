@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     FixedSizeSlotSupplier,
     UnsandboxedWorkflowRunner,
@@ -32,6 +34,7 @@ from activities.scanner_jobs import ScannerActivities
 from activities.workspace import WorkspaceActivities
 from scanward import client as client_api
 from scanward import metrics, tenants, tracing
+from scanward import search_attributes as sa
 from scanward.catalog import Catalog
 from scanward.client import connect
 from scanward.env_values import (  # a bad SCANWARD_* value, or a cluster that cannot work
@@ -163,6 +166,31 @@ def _listen(settings: Settings, health: Health, *, metrics_runtime: bool) -> Run
                                str(e)) from None
 
 
+async def check_search_attributes(client: Client) -> None:
+    """Refuse to start on a namespace without scanward's search attributes: the worker
+    ran, but every scan failed to start ("no mapping defined for search attribute"), dead
+    scans could not be listed, and the survey logged a warning every interval. Where the
+    server will not list them (permissions), the check is skipped with a warning."""
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace))
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:  # the namespace itself
+            raise ConfigError(f"Temporal namespace {client.namespace!r}: {e.message} "
+                              "(TEMPORAL_NAMESPACE)") from None
+        log.warning("could not check the namespace's search attributes: %s", e.message)
+        return
+    have = dict(listed.custom_attributes)
+    wrong = [key for key in sa.ALL if have.get(key.name) != int(key.indexed_value_type)]
+    if wrong:
+        create = " && ".join(
+            f"temporal operator search-attribute create --namespace {client.namespace} "
+            f"--name {key.name} --type {sa.type_name(key)}" for key in wrong)
+        raise ConfigError(f"namespace {client.namespace!r} lacks scanward's search "
+                          f"attribute(s) {', '.join(k.name for k in wrong)} (or has them "
+                          f"with another type): {create}")
+
+
 async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
                health: Health, runtime: Runtime | None) -> None:
     for path in (settings.workspace_root, settings.results_root):
@@ -180,6 +208,7 @@ async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
     store = Store.open(settings.database_url)
     if client is None:
         client = await connect(runtime=runtime)
+    await check_search_attributes(client)
     _health(settings, store, client, health)
     background = [asyncio.create_task(health.run())]
     pusher = (metrics.Pusher(settings.pushgateway, interval=interval)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 SCAN_STATUS = SearchAttributeKey.for_keyword("ScanStatus")
@@ -12,10 +14,14 @@ SCAN_DEAD_SCANNERS = SearchAttributeKey.for_keyword_list("ScanDeadScanners")
 ALL = (SCAN_STATUS, SCAN_TENANT, SCAN_DEAD_SCANNERS)
 
 
+def type_name(key: SearchAttributeKey[Any]) -> str:
+    """The type as the ``temporal`` CLI names it: ``Keyword``, ``KeywordList``."""
+    return "KeywordList" if key is SCAN_DEAD_SCANNERS else "Keyword"
+
+
 def dev_server_args() -> list[str]:
     """``--search-attribute Name=Type`` arguments for ``temporal server start-dev``."""
     args: list[str] = []
     for key in ALL:
-        kind = "KeywordList" if key is SCAN_DEAD_SCANNERS else "Keyword"
-        args += ["--search-attribute", f"{key.name}={kind}"]
+        args += ["--search-attribute", f"{key.name}={type_name(key)}"]
     return args

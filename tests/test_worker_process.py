@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from scanward.contract import NotifyTarget, ScannerStatus, ScanStatus
-from scanward.devserver import free_port
+from scanward.devserver import free_port, temporal_binary
 from scanward.settings import Settings
 from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
@@ -176,3 +177,41 @@ async def test_webhook_credentials_stay_out_of_the_worker_log(
 
 async def _accepted(receiver: WebhookReceiver) -> bool:
     return len(receiver.accepted) == 1
+
+
+async def test_a_namespace_without_the_search_attributes_is_refused_at_start(
+        settings: Settings, tmp_path: Path) -> None:
+    """On a server without scanward's search attributes the worker started and looked
+    ready, while every scan failed to start ("no mapping defined for search attribute
+    ScanTenant") and the survey logged a warning each interval. It now exits 1 naming
+    them and the commands that create them; run as given, the worker then starts."""
+    bare = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), ui=False, dev_server_log_level="error")
+    try:
+        address = bare.client.service_client.config.target_host
+        env = worker_env(bare, settings) | {"TEMPORAL_ADDRESS": address}
+        log = tmp_path / "worker.log"
+        refused = spawn_worker(env, log)
+        assert refused.wait(60) == 1
+        said = log.read_text()
+        assert ("lacks scanward's search attribute(s) ScanStatus, ScanTenant, "
+                "ScanDeadScanners") in said, said
+        commands = said.split("(or has them with another type): ")[1].strip()
+        for command in commands.split(" && "):
+            argv = command.split()
+            await asyncio.to_thread(subprocess.run,
+                                    [temporal_binary(), *argv[1:], "--address", address],
+                                    check=True, capture_output=True, timeout=60)
+        started = spawn_worker(env, tmp_path / "worker2.log")
+        try:
+            await eventually(lambda: _true("worker polling" in (tmp_path / "worker2.log")
+                                           .read_text()), timeout=60, what="the worker")
+        finally:
+            started.terminate()
+            started.wait(30)
+    finally:
+        await bare.shutdown()
+
+
+async def _true(value: bool) -> bool:
+    return value
