@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 import uuid
@@ -15,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -24,8 +24,8 @@ from scanward.cli.app import CliError
 from scanward.cli.progress import watch
 from scanward.devserver import DevServer, free_port
 from scanward.settings import Settings
-from tests.conftest import SECRET_HOSTS, WEBHOOK_SECRET, eventually, scan_request
-from tests.helpers.processes import REPO_ROOT, finish, spawn, spawn_worker
+from tests.conftest import eventually, scan_request
+from tests.helpers.processes import finish, spawn, spawn_worker, worker_env_at
 
 
 @pytest.fixture
@@ -44,18 +44,8 @@ def server(tmp_path: Path) -> Iterator[DevServer]:
 
 
 def _env(server: DevServer, settings: Settings) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(settings.home),
-        "PYTHONPATH": str(REPO_ROOT), "TEMPORAL_ADDRESS": server.address,
-        "SCANWARD_HOME": str(settings.home),
-        "SCANWARD_WORKSPACE": str(settings.workspace_root),
-        "SCANWARD_RESULTS": str(settings.results_root),
-        "SCANWARD_DATABASE_URL": settings.database_url,
-        "SCANWARD_TASK_QUEUE": settings.task_queue, "SCANWARD_ALLOW_LOCAL_REPOS": "1",
-        "SCANWARD_CATALOG": str(settings.catalog_file),
-        "SCANWARD_SECRET_HOOK": WEBHOOK_SECRET, **SECRET_HOSTS,
-        "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "10",
-    }
+    return worker_env_at(server.address, settings) | {
+        "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS": "10"}
 
 
 async def test_scan_wait_rides_out_a_temporal_restart(
@@ -117,6 +107,30 @@ async def test_scan_wait_on_a_frozen_server_gives_up_with_one_line(
     assert f"Temporal at {server.address} unreachable" in message, message
     assert f"scanward status {handle.id}" in message, message
     assert time.monotonic() - started < 60
+
+
+async def test_cancel_interrupted_by_an_outage_says_the_cancel_was_requested(
+        server: DevServer, settings: Settings, flawed_repo: Path) -> None:
+    """The server went away while `cancel` waited for the scan to close: it printed
+    "temporal: tcp connect error" and exit 1, as if nothing had happened, though the
+    cancel was in the history. No worker here: the scan cannot close, so `cancel` waits."""
+    client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+    request = scan_request(flawed_repo, "fake", commit="0" * 40)
+    handle = await api.start_scan(client, request, task_queue=settings.task_queue)
+    cli = await spawn("cancel", handle.id, "--wait-seconds", "60",
+                      env=_env(server, settings))
+    history = await handle.fetch_history()  # wait until the cancel is recorded
+    while not any(e.event_type is EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+                  for e in history.events):
+        await asyncio.sleep(0.2)
+        history = await handle.fetch_history()
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait()
+    code, _, stderr = await finish(cli, timeout=60)
+    assert code == 1, stderr
+    assert stderr.strip().startswith(f"scanward: error: cancel requested for {handle.id}, "
+                                     "but Temporal stopped answering before it closed"), stderr
 
 
 async def _exists(path: Path) -> bool:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from scanward import client as api
 from scanward.cli.app import EXIT_USAGE, CliError, out, run_command
@@ -85,7 +86,16 @@ def cancel(
         if not wait:
             out.print(f"cancel requested for {scan_id}", highlight=False)
             return
-        state = await api.wait_closed(client, scan_id, timedelta(seconds=wait_seconds))
+        try:
+            state = await api.wait_closed(client, scan_id, timedelta(seconds=wait_seconds))
+        except RPCError as e:
+            if not api.unavailable(e):
+                raise
+            # The cancel was recorded: saying "temporal: tcp connect error" alone read as
+            # if it had not been.
+            raise CliError(f"cancel requested for {scan_id}, but Temporal stopped answering "
+                           f"before it closed ({e.message}); see `scanward status {scan_id}` "
+                           "once Temporal is back") from e
         if state.running:
             raise CliError(f"cancel requested, but {scan_id} is still running after "
                            f"{wait_seconds:g}s (stopping its scanners); see `scanward status "

@@ -52,12 +52,20 @@ def cli_env(temporal_env: WorkflowEnvironment, settings: Settings) -> dict[str, 
 
 
 def worker_env(env: WorkflowEnvironment, settings: Settings) -> dict[str, str]:
+    """A worker process's environment for ``settings``, on ``env``'s server."""
+    return worker_env_at(env.client.service_client.config.target_host, settings,
+                         env.client.namespace)
+
+
+def worker_env_at(address: str, settings: Settings,
+                  namespace: str = "default") -> dict[str, str]:
+    """A worker process's environment for ``settings``, on the server at ``address``."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(settings.home),
         "PYTHONPATH": str(REPO_ROOT),
-        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": env.client.namespace,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": namespace,
         "SCANWARD_HOME": str(settings.home),
         "SCANWARD_WORKSPACE": str(settings.workspace_root),
         "SCANWARD_RESULTS": str(settings.results_root),
