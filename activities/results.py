@@ -38,10 +38,12 @@ from scanward.contract import (
     ScanLifecycle,
 )
 from scanward.sarif import SarifError, read_findings
-from scanward.store import Store
+from scanward.store import Store, StoreError
 
 BATCH = 1_000
 """Findings per transaction (and heartbeat)."""
+STORE_ERROR = "StoreError"
+"""The failure type of a store that did not answer or refused a write (retried)."""
 TOOL_ERRORS_SHOWN = 5
 """The tool's own errors carried into the scan's summary (the count is always whole)."""
 
@@ -86,6 +88,8 @@ class ResultActivities:
                     activity.heartbeat("stored", added)
                 stored = self._store.complete_scanner_result(
                     scan_id=req.scan_id, scanner=req.scanner, attempt=req.attempt)
+        except StoreError as e:
+            raise _store_failure(e) from None
         except SarifError as e:
             # The scanner's log, beside its SARIF, usually says why the file is broken.
             raise ApplicationError(with_log_tail(str(e), path.parent),
@@ -117,7 +121,20 @@ class ResultActivities:
 
         Histories recorded before the "lifecycle-in-summary" patch hold ``null`` here
         (the activity returned nothing): the workflow reads the result only under it."""
-        return self._store.finish_and_track(req.summary, progress=_heartbeat)
+        try:
+            return self._store.finish_and_track(req.summary, progress=_heartbeat)
+        except StoreError as e:
+            raise _store_failure(e) from None
+
+
+def _store_failure(e: StoreError) -> ApplicationError:
+    """The store's error as the activity's failure: its one-line message (which names
+    the store, masked, and says why), retryable (the workflow retries the store's writes
+    until it answers). Without its cause: SQLAlchemy's message holds the statement and
+    up to ten rows of parameters (finding data, unmasked), which must not reach Temporal,
+    and made the failure larger than the 4 KiB a server keeps of a pending activity's
+    last failure (the Web UI then shows only "Failure exceeds size limit.")."""
+    return ApplicationError(str(e), type=STORE_ERROR)
 
 
 def _heartbeat(stage: str, count: int) -> None:

@@ -49,7 +49,10 @@ class TenantSlots:
     def __init__(self, caps: JobCaps, lend: Lend | None = None) -> None:
         self._caps = caps
         self._lend = lend or _keep_slot
+        # Only tenants with a job running or waiting here: tenant names come from
+        # requests, and a worker must not keep one for every tenant it ever ran.
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str, heartbeat: Heartbeat, every: float, *,
@@ -62,22 +65,31 @@ class TenantSlots:
             yield
             return
         semaphore = self._semaphores.setdefault(tenant, asyncio.Semaphore(cap))
-        if not semaphore.locked():
-            await semaphore.acquire()  # free: does not suspend
-        else:
-            delay = requeue_delay(attempt, maximum_attempts)
-            if delay is not None:
-                raise ApplicationError(
-                    f"tenant {tenant!r} has its {cap} scanner job(s) running on this "
-                    f"worker; back to the task queue for {delay.total_seconds():g}s",
-                    type=AT_CAPACITY, next_retry_delay=delay,
-                    category=ApplicationErrorCategory.BENIGN)
-            async with self._lend():
-                await _acquire(semaphore, heartbeat, every)
+        self._users[tenant] = self._users.get(tenant, 0) + 1
         try:
-            yield
+            if not semaphore.locked():
+                await semaphore.acquire()  # free: does not suspend
+            else:
+                delay = requeue_delay(attempt, maximum_attempts)
+                if delay is not None:
+                    raise ApplicationError(
+                        f"tenant {tenant!r} has its {cap} scanner job(s) running on this "
+                        f"worker; back to the task queue for {delay.total_seconds():g}s",
+                        type=AT_CAPACITY, next_retry_delay=delay,
+                        category=ApplicationErrorCategory.BENIGN)
+                async with self._lend():
+                    await _acquire(semaphore, heartbeat, every)
+            try:
+                yield
+            finally:
+                semaphore.release()
         finally:
-            semaphore.release()
+            # The last job of the tenant here (running or waiting) forgets it: the next
+            # one starts with all its slots free, as this semaphore is then.
+            self._users[tenant] -= 1
+            if not self._users[tenant]:
+                del self._users[tenant]
+                del self._semaphores[tenant]
 
 
 async def _acquire(semaphore: asyncio.Semaphore, heartbeat: Heartbeat, every: float) -> None:

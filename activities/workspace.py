@@ -22,7 +22,6 @@ from temporalio.exceptions import ApplicationError
 
 from activities import child_process, git_errors
 from activities.backends import wait_heartbeating
-from activities.volumes import FULL_ERRNOS, volume_free
 from scanward import attempt_logs
 from scanward.catalog import Catalog, UnknownScanner
 from scanward.contract import (
@@ -37,6 +36,7 @@ from scanward.inputs import InputError, check_ref, check_repository_url
 from scanward.policy import size_resources
 from scanward.secrets import SecretNotFound, SecretStore
 from scanward.settings import Settings
+from scanward.volumes import FULL_ERRNOS, volume_free
 
 T = TypeVar("T")
 NON_RETRYABLE = ("InputError", "UnknownScanner", "SecretNotFound",

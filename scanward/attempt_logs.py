@@ -19,6 +19,7 @@ Logs stay on the volume, never in the database: the store is the bottleneck.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from typing import BinaryIO
 from scanward.inputs import InputError, check_scanner_name
 from scanward.job_spec import LOG_FILE
 
+_log = logging.getLogger("scanward.attempt_logs")
 EXPIRED_FILE = f"{LOG_FILE}.expired"
 CLEANED = ".cleaned"  # in <results>/<scan>: the scan ended, its logs' retention runs
 EXPIRED = ".expired"  # replaces CLEANED once the logs are gone: the tombstone's age
@@ -201,14 +203,20 @@ def sweep(results_root: Path, days: float, now: float) -> SweepResult:
         cleaned = _mtime(scan / CLEANED)
         if cleaned is None or cleaned >= now - days * _DAY:
             continue  # running (or dead, waiting for an operator), or within retention
-        for log in scan.glob(f"*/attempt-*/{LOG_FILE}"):
-            (log.parent / EXPIRED_FILE).touch()
+        try:
+            for log in scan.glob(f"*/attempt-*/{LOG_FILE}"):
+                with contextlib.suppress(FileNotFoundError):
+                    # The log becomes its own marker, emptied: no new inode or block is
+                    # needed, so this works on the full volume it is there to relieve.
+                    expired_marker = log.parent / EXPIRED_FILE
+                    log.rename(expired_marker)
+                    os.truncate(expired_marker, 0)
+                    expired += 1
             with contextlib.suppress(FileNotFoundError):
-                log.unlink()
-                expired += 1
-        with contextlib.suppress(FileNotFoundError):
-            (scan / CLEANED).rename(scan / EXPIRED)
-            os.utime(scan / EXPIRED, (now, now))
+                (scan / CLEANED).rename(scan / EXPIRED)
+                os.utime(scan / EXPIRED, (now, now))
+        except OSError as e:  # one scan's trouble does not stop the sweep of the others
+            _log.warning("expiring the logs of %s failed: %s", scan.name, e)
     return SweepResult(expired, removed)
 
 

@@ -6,6 +6,7 @@ the CLI as a process, real shells running the Kubernetes Job's log wrapper."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,6 +50,7 @@ from scanward.job_spec import (
 )
 from scanward.settings import Settings
 from tests.conftest import FAKE_SCANNER, eventually, scan_request, start
+from tests.helpers.mounts import tmpfs
 from tests.helpers.processes import cli_env, scanward
 
 DAY = 86400.0
@@ -177,6 +179,28 @@ def test_sweep_expires_old_logs_keeps_fresh_ones_and_forgets_tombstones(
     assert not (results / old).exists() and (results / "not-a-scan.txt").exists()
     with pytest.raises(LogUnavailable, match="unknown scan"):
         attempt_logs.find_log(results, old, "bandit")
+
+
+def test_sweep_expires_logs_on_a_volume_out_of_inodes(tmp_path: Path) -> None:
+    """The sweep created each log's .expired marker before deleting the log: on a
+    results volume out of inodes it failed at the first one, every hour, expiring
+    nothing, just when the room was needed. The log now becomes its marker, emptied."""
+    with tmpfs(tmp_path / "results", "size=4m,nr_inodes=64") as results:
+        now = time.time()
+        old = [new_scan_id() for _ in range(3)]
+        logs = [plant_cleaned_scan(results, scan, "x" * 100_000, age_days=30)
+                for scan in old]
+        filler = results / "filler"
+        filler.mkdir()
+        with contextlib.suppress(OSError):  # ENOSPC: every inode taken
+            for n in range(1000):
+                (filler / str(n)).touch()
+        swept = attempt_logs.sweep(results, 14, now)
+        assert swept.expired_logs == 3
+        assert not any(log.exists() for log in logs)
+        for scan in old:
+            with pytest.raises(LogExpired, match="expired on"):
+                attempt_logs.find_log(results, scan, "bandit")
 
 
 def test_cleanup_keeps_logs_only_and_never_follows_symlinks(tmp_path: Path) -> None:

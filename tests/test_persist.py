@@ -12,12 +12,16 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -25,6 +29,7 @@ from activities.results import BATCH, ResultActivities
 from scanward.contract import PersistInput, ScannerStatus, ScanStatus
 from scanward.settings import Settings
 from scanward.store import Store, sqlite_url
+from scanward.synthetic_scanner import sarif_document
 from tests.conftest import FAKE_SCANNER, eventually, scan_request, start
 from tests.helpers.processes import spawn_worker, worker_env
 from tests.test_sarif import run_bandit
@@ -263,3 +268,68 @@ async def test_worker_killed_during_persist_then_persist_reruns_and_stores_exact
                async for e in handle.fetch_history_events()
                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
     assert max(started) >= 2  # the persist that completed was a retry
+
+
+# ------------------------------------------------------------- the store's volume full
+
+
+def full_after(store: Store, database: Path, extra_pages: int) -> Callable[[], None]:
+    """Make SQLite answer SQLITE_FULL ("database or disk is full", what a full volume
+    gives) once the database grows ``extra_pages`` past its size now: SQLite's own
+    ``max_page_count`` on every new connection of the store. Returns the undo."""
+    engine = store._engine
+    engine.dispose()  # pooled connections were opened without the cap
+    with sqlite3.connect(database) as db:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {int(pages) + extra_pages}")
+
+    event.listen(engine, "connect", cap)
+
+    def undo() -> None:
+        event.remove(engine, "connect", cap)
+        engine.dispose()
+
+    return undo
+
+
+def test_a_full_store_fails_persist_briefly_and_clearly_then_it_resumes(
+        persist: Persist, tmp_path: Path) -> None:
+    """A store on a full volume: the activity's failure names the store, says it is full
+    and how much room its volume has, is retryable, and is small (a Temporal server
+    shows a pending activity's last failure only up to 4 KiB: the SQL and 1,000 rows of
+    parameters SQLAlchemy puts in its message made it "Failure exceeds size limit.",
+    and carried finding data into Temporal); no scanner is marked done half-way; once
+    there is room the retry stores every finding exactly once."""
+    count = 2_500
+    (persist.checkout / "app.py").write_text("".join(f"v{i} = {i}\n" for i in range(count)))
+    persist.sarif("synthetic").write_text(json.dumps(sarif_document(count, "app.py")))
+    undo = full_after(persist.store, tmp_path / "scanward.db", extra_pages=40)
+    try:
+        with pytest.raises(ApplicationError) as info:
+            persist.run("synthetic")
+    finally:
+        undo()
+    error = info.value
+    assert error.type == "StoreError" and not error.non_retryable
+    assert "database or disk is full" in error.message
+    assert str(tmp_path / "scanward.db") in error.message
+    assert "KiB free of" in error.message  # the volume's room, as for the other volumes
+    assert error.__cause__ is None  # SQLAlchemy's statement and parameters stay here
+    failure = Failure()
+    DataConverter.default.failure_converter.to_failure(
+        error, DataConverter.default.payload_converter, failure)
+    encoded = failure.SerializeToString()
+    assert len(encoded) < 4096, len(encoded)
+    assert b"INSERT" not in encoded and b"synthetic finding" not in encoded
+    # Nothing half-written: whatever batches were committed, the scanner is not done.
+    assert persist.store.scanner_results(persist.scan_id) == []
+
+    result = persist.run("synthetic")
+
+    assert result.finding_count == count
+    stored = persist.store.findings(persist.scan_id)
+    assert len(stored) == len({f.fingerprint for f in stored}) == count
+    [row] = persist.store.scanner_results(persist.scan_id)
+    assert (row.status, row.finding_count) == (ScannerStatus.SUCCEEDED, count)

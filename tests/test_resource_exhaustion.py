@@ -28,6 +28,7 @@ from scanward.contract import Checkout, Resources, ScannerJobInput, ScanStatus
 from scanward.example import create_example_repo, git
 from scanward.settings import Settings
 from tests.conftest import FAST, scan_request, start
+from tests.helpers.mounts import tmpfs
 from tests.helpers.processes import REPO_ROOT
 from tests.test_clone import clone_attempts
 
@@ -122,16 +123,8 @@ def test_a_results_volume_too_full_for_the_pid_file_leaves_no_scanner_running(
 @pytest.fixture
 def small_workspace(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs for the workspace, or a skip where mounting is not allowed."""
-    mount = tmp_path / "small-workspace"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"needs a 20 MiB tmpfs (mount: {done.stderr.strip() or 'not allowed'})")
-    try:
+    with tmpfs(tmp_path / "small-workspace", "size=20m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture

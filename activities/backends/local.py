@@ -29,11 +29,11 @@ from activities.backends import (
     job_paths,
     wait_heartbeating,
 )
-from activities.volumes import FULL_ERRNOS, volume_free
 from scanward.attempt_logs import with_log_tail
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.tracing import traceparent_env
+from scanward.volumes import FULL_ERRNOS, volume_free
 
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
 PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it

@@ -50,6 +50,7 @@ from scanward.store.errors import StoreError
 from scanward.store.models import FindingRow, ScannerResultRow, ScanRow, TriageRow
 from scanward.store.tracking import FindingRecord, HistoryEntry, TriageRecord
 from scanward.store.urls import SQLITE, mask_url, normalize_url, scrub
+from scanward.volumes import volume_free
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -716,10 +717,26 @@ class Store:
 
     @contextmanager
     def _write(self, action: str) -> Iterator[Connection]:
-        with self._guard(action), self._engine.connect() as conn:
-            conn.execution_options(**{SQLITE_IMMEDIATE: True})
-            with conn.begin():
-                yield conn
+        try:
+            with self._guard(action), self._engine.connect() as conn:
+                conn.execution_options(**{SQLITE_IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+        except StoreError as exc:
+            room = self._room_note(exc.__cause__)
+            if not room:
+                raise
+            raise StoreError(f"{exc}{room}") from exc.__cause__
+
+    def _room_note(self, exc: BaseException | None) -> str:
+        """For a write SQLite refused because its volume is full: how much room that
+        volume has, as the workspace and results volumes' errors say (else "")."""
+        orig = getattr(exc, "orig", None)
+        if not (isinstance(orig, sqlite3.Error)
+                and getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL):
+            return ""
+        directory = Path(self._url.database or "").parent
+        return f" (the volume of {directory}: {volume_free(directory)})"
 
     @contextmanager
     def _connect(self, action: str) -> Iterator[Connection]:

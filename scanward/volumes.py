@@ -1,5 +1,5 @@
-"""The workspace and results volumes running out of space: how much a volume has, and
-which errors mean it is full (shared by the clone and the local job backend)."""
+"""The volumes scanward writes to (workspace, results, an SQLite store) running out of
+space: how much a volume has, and which errors mean it is full."""
 
 from __future__ import annotations
 
