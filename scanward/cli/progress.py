@@ -179,8 +179,13 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
                             break
                     try:
                         current = await api.progress(client, scan_id, WATCH_RPC_TIMEOUT)
-                    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
-                        current = None  # no first workflow task yet, or Temporal away
+                        outage.back()
+                    except RPCError as e:
+                        current = None
+                        if api.unavailable(e):  # noticed here first, as often as not
+                            outage.lost(e)
+                    except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                        current = None  # no first workflow task yet
                     if current is not None:
                         live.update(progress_table(current))
                         dead = {r.scanner: r for r in current.scanners
