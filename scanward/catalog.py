@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from scanward import synthetic_scanner
 from scanward.contract import Resources
 from scanward.inputs import InputError, check_scanner_name
 
@@ -107,7 +108,7 @@ _BUILTIN: tuple[ScannerSpec, ...] = (
         bad_input_exit_codes=frozenset({2}),
         base=Resources(cpu_millis=50, memory_mib=64),
         memory_mib_per_gib=0,
-        max_memory_mib=1024,
+        max_memory_mib=synthetic_scanner.MAX_MEMORY_MIB,
     ),
 )
 

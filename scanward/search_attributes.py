@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 
 SCAN_STATUS = SearchAttributeKey.for_keyword("ScanStatus")
 SCAN_TENANT = SearchAttributeKey.for_keyword("ScanTenant")
@@ -14,9 +14,13 @@ SCAN_DEAD_SCANNERS = SearchAttributeKey.for_keyword_list("ScanDeadScanners")
 ALL = (SCAN_STATUS, SCAN_TENANT, SCAN_DEAD_SCANNERS)
 
 
+_TYPE_NAMES = {SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+               SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList"}
+
+
 def type_name(key: SearchAttributeKey[Any]) -> str:
     """The type as the ``temporal`` CLI names it: ``Keyword``, ``KeywordList``."""
-    return "KeywordList" if key is SCAN_DEAD_SCANNERS else "Keyword"
+    return _TYPE_NAMES[key.indexed_value_type]
 
 
 def dev_server_args() -> list[str]:

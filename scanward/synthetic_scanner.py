@@ -50,7 +50,7 @@ EXIT_BAD_INPUT = 2
 EXIT_OOM_KILLED = 137  # 128 + SIGKILL, as the kubelet reports an OOM-killed container
 STAMPS_FILE = "stamps.log"
 MIB = 1024 * 1024
-MAX_MEMORY_MIB = 1024  # the catalog entry's max_memory_mib: no limit could hold more
+MAX_MEMORY_MIB = 1024  # the catalog entry's max_memory_mib too: no limit holds more
 MAX_FINDINGS = 100_000
 # A Job pod's name: its Job's (``sw-<hash>-<scanner>-a<N>``, job_spec.job_name) and the
 # 5-character suffix the Job controller adds.

@@ -11,6 +11,16 @@ from pathlib import Path
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes free on the volume at ``path`` (for an unprivileged writer); None if
+    unknown."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def volume_free(path: Path) -> str:
     """Free space of the volume at ``path``, for a message."""
     try:

@@ -14,8 +14,10 @@ import socket
 import sys
 import sysconfig
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -33,7 +35,7 @@ from scanward.attempt_logs import with_log_tail
 from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.tracing import traceparent_env
-from scanward.volumes import FULL_ERRNOS, volume_free
+from scanward.volumes import FULL_ERRNOS, free_bytes, volume_free
 
 RULES_DIR = Path(str(resources.files("scanward") / "rules"))
 PID_FILE = "scanner.pid"  # who runs the attempt, so that stop() can find it
@@ -123,29 +125,40 @@ class LocalBackend:
                 await self._kill(proc)
                 raise self._volume_error(e, paths.out_dir / PID_FILE) from e
             exited = asyncio.ensure_future(proc.wait())
-            try:
-                # The same deadline as a Job's activeDeadlineSeconds, decided in one place
-                # (policy.job_deadline): past it the attempt is deadline_exceeded.
-                await asyncio.wait_for(wait_heartbeating(exited, heartbeat, heartbeat_every),
-                                       timeout=job.deadline_seconds)
-            except TimeoutError:
-                await self._kill(proc)
-                raise self._past_deadline(job, spec, paths) from None
-            except asyncio.CancelledError:
-                if _given_up():
-                    # Temporal gave this try up (its heartbeats did not arrive: an outage,
-                    # a stalled worker), not the scan: the scanner runs on, and the retry
-                    # adopts it rather than start it again (_earlier_exit).
-                    self._record_exit_later(proc, exited, paths)
-                    raise
-                await self._kill(proc)
-                raise
-            except BaseException:
-                await self._kill(proc)
-                raise
-        code = proc.returncode if proc.returncode is not None else -1
+            await self._await_exit(
+                exited, job, spec, paths, heartbeat, heartbeat_every,
+                stop=lambda: self._kill(proc),
+                # The retry adopts it (_earlier_exit) once this try has recorded its exit.
+                detach=lambda: self._record_exit_later(exited, paths))
+        code = exited.result()
         _record_exit(paths, code)
         return code
+
+    async def _await_exit(self, waiter: asyncio.Future[Any], job: ScannerJobInput,
+                          spec: ScannerSpec, paths: JobPaths, heartbeat: Heartbeat,
+                          heartbeat_every: float, *, stop: Callable[[], Awaitable[None]],
+                          detach: Callable[[], None]) -> None:
+        """Wait for the scanner, heartbeating, up to the attempt's deadline (the same as
+        a Job's activeDeadlineSeconds, decided in one place: policy.job_deadline); past
+        it ``stop`` it and fail as deadline_exceeded. Cancelled because Temporal gave
+        this try up (its heartbeats did not arrive: an outage, a stalled worker), not the
+        scan, the scanner runs on (``detach``) for the retry to adopt; any other way out
+        stops it."""
+        try:
+            await asyncio.wait_for(wait_heartbeating(waiter, heartbeat, heartbeat_every),
+                                   timeout=job.deadline_seconds)
+        except TimeoutError:
+            await stop()
+            raise self._past_deadline(job, spec, paths) from None
+        except asyncio.CancelledError:
+            if _given_up():
+                detach()
+                raise
+            await stop()
+            raise
+        except BaseException:
+            await stop()
+            raise
 
     def _outcome(self, job: ScannerJobInput, spec: ScannerSpec, paths: JobPaths, code: int,
                  started: float) -> ScannerJobResult:
@@ -198,17 +211,10 @@ class LocalBackend:
         activity.logger.info("%s attempt %d still runs from an earlier try (reaper %d): "
                              "waiting for it rather than starting it again", spec.name,
                              job.attempt, pid)
-        gone = asyncio.ensure_future(_exited(pid))
-        try:
-            await asyncio.wait_for(wait_heartbeating(gone, heartbeat, heartbeat_every),
-                                   timeout=job.deadline_seconds)
-        except TimeoutError:
-            await self._signal_reaper(pid)
-            raise self._past_deadline(job, spec, paths) from None
-        except asyncio.CancelledError:
-            if not _given_up():
-                await self._signal_reaper(pid)
-            raise
+        await self._await_exit(asyncio.ensure_future(_exited(pid)), job, spec, paths,
+                               heartbeat, heartbeat_every,
+                               stop=lambda: self._signal_reaper(pid),
+                               detach=lambda: None)  # its owner records its exit
         # Its owner (the earlier try's worker) records the code once it has reaped it.
         for _ in range(int(_EXIT_FILE_WAIT / 0.1)):
             if (code := _read_exit(paths)) is not None:
@@ -216,13 +222,11 @@ class LocalBackend:
             await asyncio.sleep(0.1)
         return None
 
-    def _record_exit_later(self, proc: asyncio.subprocess.Process,
-                           exited: asyncio.Future[int], paths: JobPaths) -> None:
+    def _record_exit_later(self, exited: asyncio.Future[int], paths: JobPaths) -> None:
         """Record the scanner's exit code when it exits, after its activity has ended."""
         async def record() -> None:
             with contextlib.suppress(BaseException):
-                await exited
-                _record_exit(paths, proc.returncode if proc.returncode is not None else -1)
+                _record_exit(paths, await exited)
 
         task = asyncio.ensure_future(record())
         self._detached.add(task)
@@ -273,11 +277,8 @@ class LocalBackend:
 
     def _low_space_note(self) -> str:
         """Why a scanner may have failed that its (then empty) log cannot say."""
-        try:
-            st = os.statvfs(self._results_root)
-        except OSError:
-            return ""
-        if st.f_bavail * st.f_frsize >= LOW_SPACE_BYTES:
+        free = free_bytes(self._results_root)
+        if free is None or free >= LOW_SPACE_BYTES:
             return ""
         return (f" (the results volume {self._results_root} is full: "
                 f"{volume_free(self._results_root)}; its SARIF and log may be cut short)")
