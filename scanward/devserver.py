@@ -54,6 +54,19 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def serving(address: str) -> bool:
+    """Whether the Temporal frontend at ``address`` says it serves (its gRPC health
+    check, asked by the ``temporal`` CLI)."""
+    try:
+        done = subprocess.run([temporal_binary(), "operator", "cluster", "health",
+                               "--address", address, "--command-timeout", "5s"],
+                              capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0 and "SERVING" in done.stdout
+
+
 class DevServer:
     """``temporal server start-dev`` with scanward's search attributes registered."""
 
@@ -85,13 +98,15 @@ class DevServer:
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.port):
+        # Listening is not serving: a frontend that listens refuses calls ("Frontend is
+        # not healthy yet") until its services are up, seconds later on a busy machine.
+        while not (port_open("127.0.0.1", self.port) and serving(self.address)):
             if self.proc.poll() is not None:
                 raise DevServerError(f"temporal dev server exited with {self.proc.returncode}"
                                      + (f"; see {self.log_file}" if self.log_file else ""))
             if time.monotonic() > deadline:
                 self.stop()
-                raise DevServerError(f"temporal dev server not listening after {timeout}s")
+                raise DevServerError(f"temporal dev server not serving after {timeout}s")
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -101,8 +101,9 @@ def test_synthetic_scanner_holds_its_memory(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < deadline:
             status = Path(f"/proc/{proc.pid}/status").read_text()
-            rss = next(int(line.split()[1]) for line in status.splitlines()
-                       if line.startswith("VmRSS:"))
+            # A process that exits after poll() is a zombie until wait(): no VmRSS line.
+            rss = next((int(line.split()[1]) for line in status.splitlines()
+                        if line.startswith("VmRSS:")), 0)
             peak = max(peak, rss // 1024)
             time.sleep(0.1)
     finally:
