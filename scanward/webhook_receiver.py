@@ -20,9 +20,10 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, NamedTuple
 
+from scanward.http_server import QuietHTTPServer
 from scanward.webhook import IDEMPOTENCY_HEADER, verify
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -56,7 +57,7 @@ class WebhookReceiver:
         self._seen: set[str] = set()
         self._forced: deque[_Forced] = deque()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle
@@ -65,7 +66,7 @@ class WebhookReceiver:
         """Listen on a free port of 127.0.0.1 and serve in a daemon thread."""
         if self._server is not None:
             raise RuntimeError("receiver already started")
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        server = QuietHTTPServer(("127.0.0.1", 0), _handler_class(self))
         server.daemon_threads = True
         self._server = server
         self._stopping.clear()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -45,6 +46,27 @@ def _rebind(port: int) -> None:
         assert again.bind(port, host="127.0.0.1") == port
     finally:
         again.close()
+
+
+def test_a_client_that_resets_mid_request_prints_nothing(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A probe that times out and resets its connection printed socketserver's
+    ConnectionResetError traceback into the worker's log (seen in CI's output)."""
+    health = Health()
+    port = health.serve(0, host="127.0.0.1")
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as probe:
+            probe.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")  # and no end
+            time.sleep(0.2)
+            # SO_LINGER 0: close sends RST, as a client that gave up does
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.5)
+        response = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5)
+        assert response.status_code == 200  # and it serves on
+    finally:
+        health.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err
 
 
 def test_close_gives_back_a_port_never_served() -> None:
