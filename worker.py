@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -36,7 +37,7 @@ from scanward import client as client_api
 from scanward import metrics, tenants, tracing
 from scanward import search_attributes as sa
 from scanward.catalog import Catalog
-from scanward.client import connect
+from scanward.client import TemporalUnavailable, connect
 from scanward.env_values import (  # a bad SCANWARD_* value, or a cluster that cannot work
     ConfigError,
     port_unavailable,
@@ -193,6 +194,24 @@ async def check_search_attributes(client: Client) -> None:
 
 async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
                health: Health, runtime: Runtime | None) -> None:
+    # Probes answer from here on: /livez while start-up waits (for Temporal, above all),
+    # /readyz saying what it waits for.
+    ticking = asyncio.create_task(health.run())
+    if settings.health_port is not None:  # bound by _listen
+        log.info("health probes on :%d (/livez, /readyz)", health.serve())
+    try:
+        await _start_and_serve(settings, stop, client, health, runtime)
+    finally:
+        ticking.cancel()
+        # A stopped worker is not ready; and the global gauge must not keep this health
+        # (and through its checks the client and its Temporal runtime) alive after us.
+        metrics.WORKER_READY.set_function(lambda: 0.0)
+        health.close()
+    log.info("worker stopped")
+
+
+async def _start_and_serve(settings: Settings, stop: asyncio.Event, client: Client | None,
+                           health: Health, runtime: Runtime | None) -> None:
     for path in (settings.workspace_root, settings.results_root):
         path.mkdir(parents=True, exist_ok=True)
     try:
@@ -206,17 +225,20 @@ async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
         backend.close()
         raise ConfigError(str(e)) from e
     store = Store.open(settings.database_url)
-    if client is None:
-        client = await connect(runtime=runtime)
-    await check_search_attributes(client)
-    _health(settings, store, client, health)
-    background = [asyncio.create_task(health.run())]
+    background: list[asyncio.Task[None]] = []
     pusher = (metrics.Pusher(settings.pushgateway, interval=interval)
               if settings.pushgateway else None)
-    if settings.health_port is not None:  # someone scrapes /metrics: survey scans for it
-        surveyor = ScanSurveyor(client, settings.task_queue)
-        background.append(asyncio.create_task(surveyor.run(interval)))
     try:
+        if client is None:
+            client = await connect_patiently(settings.temporal_wait_seconds, stop, health,
+                                             runtime)
+            if client is None:  # stopped while waiting
+                return
+        await check_search_attributes(client)
+        _health(store, client, health)
+        if settings.health_port is not None:  # someone scrapes /metrics: survey scans
+            surveyor = ScanSurveyor(client, settings.task_queue)
+            background.append(asyncio.create_task(surveyor.run(interval)))
         # Threads serve only the synchronous (database) activities and are started on
         # demand; waiting scanners are coroutines and use none.
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
@@ -236,13 +258,43 @@ async def _run(settings: Settings, stop: asyncio.Event, client: Client | None,
             task.cancel()
         if pusher is not None:  # a clean stop: its group leaves the Pushgateway
             await pusher.close()
-        # A stopped worker is not ready; and the global gauge must not keep this health
-        # (and through its checks the client and its Temporal runtime) alive after us.
-        metrics.WORKER_READY.set_function(lambda: 0.0)
-        health.close()
         store.close()
         backend.close()
-    log.info("worker stopped")
+
+
+async def connect_patiently(patience: float, stop: asyncio.Event, health: Health,
+                            runtime: Runtime | None) -> Client | None:
+    """Connect to Temporal, waiting up to ``patience`` seconds for it to answer (a worker
+    deployed beside a restarting server, or before it, would otherwise exit and sit in
+    the orchestrator's restart back-off after Temporal is back). None if ``stop`` is set
+    meanwhile. Errors that waiting cannot cure (an unknown namespace, bad TLS) are
+    raised at once."""
+    started = time.monotonic()
+    pause = 1.0
+    while True:
+        try:
+            client = await connect(runtime=runtime)
+        except TemporalUnavailable as e:
+            left = patience - (time.monotonic() - started)
+            if left <= 0:
+                if patience > 0:
+                    raise TemporalUnavailable(f"{e}; waited {patience:.0f}s "
+                                              "(SCANWARD_TEMPORAL_WAIT_SECONDS)") from None
+                raise
+            if pause == 1.0:
+                log.warning("%s: waiting up to %.0fs for it (SCANWARD_TEMPORAL_WAIT_SECONDS)",
+                            e, left)
+            health.set_starting(f"waiting for Temporal: {e}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(pause, left))
+                log.info("stopped while waiting for Temporal")
+                return None
+            pause = min(pause * 2, 10.0)
+            continue
+        if pause > 1.0:
+            log.info("Temporal answered after %.0fs", time.monotonic() - started)
+        health.set_starting("worker not started")
+        return client
 
 
 @contextlib.asynccontextmanager
@@ -260,7 +312,7 @@ async def running(settings: Settings, client: Client, *,
         await asyncio.wait_for(task, stop_timeout)
 
 
-def _health(settings: Settings, store: Store, client: Client, health: Health) -> None:
+def _health(store: Store, client: Client, health: Health) -> None:
     async def temporal() -> None:
         if not await client.service_client.check_health():
             raise RuntimeError("Temporal reports NOT_SERVING")
@@ -271,9 +323,6 @@ def _health(settings: Settings, store: Store, client: Client, health: Health) ->
     health.add_check("temporal", temporal)
     health.add_check("store", database)
     metrics.WORKER_READY.set_function(lambda: float(health.ready()[0]))
-    if settings.health_port is not None:  # bound by _listen
-        port = health.serve()
-        log.info("health probes on :%d (/livez, /readyz)", port)
 
 
 def main() -> None:

@@ -16,9 +16,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from scanward.http_server import QuietHTTPServer
 from scanward.metrics import exposition
 
 Check = Callable[[], Awaitable[None]]
@@ -32,10 +33,11 @@ class Health:
         self.check_every = check_every
         self._tick = time.monotonic()
         self._ready = False
+        self._starting = "worker not started"
         self._draining = False
         self._problem: str | None = "starting"
         self._checks: dict[str, Check] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def add_check(self, name: str, check: Check) -> None:
@@ -43,6 +45,10 @@ class Health:
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
+
+    def set_starting(self, stage: str) -> None:
+        """What start-up waits for, which /readyz says until the worker is ready."""
+        self._starting = stage
 
     def set_draining(self) -> None:
         self._draining = True
@@ -57,7 +63,7 @@ class Health:
         if self._draining:
             return False, "draining: shutting down"
         if not self._ready:
-            return False, "worker not started"
+            return False, self._starting
         if self._problem:
             return False, self._problem
         return True, "ok"
@@ -103,10 +109,10 @@ class Health:
         bound port (``0`` picks a free one)."""
         return int(self._bind(port, host).server_address[1])
 
-    def _bind(self, port: int, host: str) -> ThreadingHTTPServer:
+    def _bind(self, port: int, host: str) -> QuietHTTPServer:
         if self._server is not None:
             raise RuntimeError("health server already bound")
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server = QuietHTTPServer((host, port), _handler(self))
         return self._server
 
     def serve(self, port: int | None = None, host: str = "0.0.0.0") -> int:  # noqa: S104 - probes come from the kubelet

@@ -85,6 +85,9 @@ class Settings:
     pushgateway: str | None = None
     health_port: int | None = None
     graceful_shutdown_seconds: float = 60.0
+    # As long as deploy/worker.yaml's startup probe allows: a worker deployed beside a
+    # restarting Temporal waits for it rather than exit into the restart back-off.
+    temporal_wait_seconds: float = 300.0
     max_concurrent_activities: int = 500
     max_cached_workflows: int = 1000
     max_concurrent_workflow_tasks: int = DEFAULT_WORKFLOW_TASKS
@@ -143,6 +146,7 @@ class Settings:
             pushgateway=_pushgateway(e),
             health_port=env_port(e, "SCANWARD_HEALTH_PORT"),
             graceful_shutdown_seconds=env_float(e, "SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", 60),
+            temporal_wait_seconds=env_float(e, "SCANWARD_TEMPORAL_WAIT_SECONDS", 300),
             max_concurrent_activities=env_int(
                 e, "SCANWARD_MAX_CONCURRENT_ACTIVITIES",
                 default_activity_slots(backend, available_cpus()), min=1),

@@ -4,6 +4,7 @@ git repositories in temp dirs, subprocess scanners, SQLite files, PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 import uuid
@@ -161,14 +162,17 @@ async def start(client: Client, settings: Settings, request: ScanRequest) -> Any
     return await api.start_scan(client, request, task_queue=settings.task_queue)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
+async def eventually(check: Callable[[], Awaitable[Any] | Any], timeout: float = 30.0,
                      what: str = "condition") -> Any:
-    """Poll ``check`` (test-side only) until it returns a truthy value."""
+    """Poll ``check`` (test-side only; a coroutine function or a plain one) until it
+    returns a truthy value."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = await check()
+            last = check()
+            if inspect.isawaitable(last):
+                last = await last
             if last:
                 return last
         except Exception as e:  # keep polling; report the last error

@@ -69,6 +69,7 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", "soon", {}, "a number of seconds >= 0"),
     ("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", "-5", {}, "a number of seconds >= 0"),
     ("SCANWARD_GRACEFUL_SHUTDOWN_SECONDS", "nan", {}, "a number of seconds >= 0"),
+    ("SCANWARD_TEMPORAL_WAIT_SECONDS", "5m", {}, "a number of seconds >= 0"),
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "0", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CONCURRENT_ACTIVITIES", "1.5", {}, "an integer >= 1"),
     ("SCANWARD_MAX_CACHED_WORKFLOWS", "-1", {}, "an integer >= 0"),

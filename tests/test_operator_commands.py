@@ -135,7 +135,7 @@ async def test_waiting_on_a_scan_that_is_cancelled_or_terminated_says_so(
         (state_dir / "pid").unlink(missing_ok=True)
         handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
         waiting = asyncio.create_task(watch(client, handle.id))
-        await eventually(lambda: _true((state_dir / "pid").exists()),
+        await eventually(lambda: (state_dir / "pid").exists(),
                          what="the scanner to start")
         if end == "cancel":
             await handle.cancel()
@@ -156,7 +156,7 @@ async def test_cancel_cancels_only_a_running_scan_and_reports_the_outcome(
     assert code == 1 and f"no such scan: {UNKNOWN}" in err, err
 
     handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
-    await eventually(lambda: _true((state_dir / "pid").exists()), what="the scanner to start")
+    await eventually(lambda: (state_dir / "pid").exists(), what="the scanner to start")
     code, out, err = await scanward("cancel", handle.id, env=env)
     assert (code, out.strip()) == (0, f"scan {handle.id} cancelled"), err
     assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
@@ -170,7 +170,7 @@ async def test_cancel_cancels_only_a_running_scan_and_reports_the_outcome(
 
     (state_dir / "pid").unlink()
     other = await start(client, settings, scan_request(flawed_repo, "sleepy"))
-    await eventually(lambda: _true((state_dir / "pid").exists()), what="the scanner to start")
+    await eventually(lambda: (state_dir / "pid").exists(), what="the scanner to start")
     code, out, err = await scanward("cancel", other.id, "--no-wait", env=env)
     assert (code, out.strip()) == (0, f"cancel requested for {other.id}"), err
     with pytest.raises(WorkflowFailureError):
@@ -478,7 +478,7 @@ async def test_findings_of_a_failed_or_cancelled_scan_is_an_error_in_every_forma
     cancelled = await start(client, settings, scan_request(flawed_repo, "fake", "sleepy"))
     await eventually(lambda: _is(scanner_status(client, cancelled.id, "fake"),
                                  ScannerStatus.SUCCEEDED), what="fake succeeded")
-    await eventually(lambda: _true((state_dir / "pid").exists()), what="sleepy running")
+    await eventually(lambda: (state_dir / "pid").exists(), what="sleepy running")
     await cancelled.cancel()
     with pytest.raises(WorkflowFailureError):
         await cancelled.result()
@@ -503,5 +503,3 @@ async def _is(value: object, expected: object) -> bool:
     return await value is expected  # type: ignore[misc]
 
 
-async def _true(value: bool) -> bool:
-    return value

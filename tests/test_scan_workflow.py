@@ -136,7 +136,7 @@ async def test_cancel_kills_the_running_scanner(client: Client, settings: Settin
                                                 flawed_repo: Path, state_dir: Path) -> None:
     handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
     pid_file = state_dir / "pid"
-    await eventually(lambda: _true(pid_file.exists()), what="the scanner to start")
+    await eventually(lambda: pid_file.exists(), what="the scanner to start")
     pid = int(pid_file.read_text())
     assert process_alive(pid)
     await api.cancel(client, handle.id)
@@ -212,9 +212,6 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
-async def _true(value: bool) -> bool:
-    return value
-
 
 
 async def test_bandit_and_semgrep_into_postgres(client: Client, settings: Settings,
@@ -278,7 +275,7 @@ async def test_a_scan_started_again_is_news_to_its_webhook(
     hook = NotifyTarget(url=receiver.url, secret_ref="hook")
     sleepy = scan_request(flawed_repo, "sleepy", notify=(hook,))
     handle = await start(client, settings, sleepy)
-    await eventually(lambda: _true((state_dir / "pid").exists()), what="the scanner to start")
+    await eventually(lambda: (state_dir / "pid").exists(), what="the scanner to start")
     await api.cancel(client, handle.id)
     with pytest.raises(WorkflowFailureError):
         await handle.result()

@@ -25,7 +25,7 @@ from scanward.cli.progress import watch
 from scanward.devserver import DevServer, free_port
 from scanward.settings import Settings
 from tests.conftest import eventually, scan_request
-from tests.helpers.processes import finish, spawn, spawn_worker, worker_env_at
+from tests.helpers.processes import finish, probe, spawn, spawn_worker, worker_env_at
 
 
 @pytest.fixture
@@ -142,3 +142,69 @@ def test_unavailable_means_an_outage_not_a_refusal() -> None:
 
     assert api.unavailable(RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b""))
     assert not api.unavailable(RPCError("no such scan", RPCStatusCode.NOT_FOUND, b""))
+
+
+async def test_a_worker_started_before_temporal_waits_for_it_and_says_so(
+        settings: Settings, tmp_path: Path) -> None:
+    """A worker whose Temporal was not (yet) up exited 1 at once: deployed beside a
+    restarting server it sat in the restart back-off after Temporal was back. It now
+    waits (SCANWARD_TEMPORAL_WAIT_SECONDS), live and saying on /readyz what it waits
+    for, and polls once the server answers."""
+    dev = DevServer(port=free_port(), ui_port=None, log_file=tmp_path / "temporal.log")
+    health = free_port()
+    env = _env(dev, settings) | {"SCANWARD_HEALTH_PORT": str(health)}
+    log = tmp_path / "worker.log"
+    worker = spawn_worker(env, log)
+    try:
+        async def waiting() -> bool:
+            return (await probe(health, "/readyz", 503, "waiting for Temporal: cannot reach "
+                                f"Temporal at {dev.address}")
+                    and await probe(health, "/livez", 200, "ok"))
+
+        await eventually(waiting, timeout=30, what="the worker live, waiting for Temporal")
+        await asyncio.sleep(3)
+        assert worker.poll() is None, log.read_text()
+        said = log.read_text()
+        assert said.count("waiting up to") == 1, said  # said once, not at every try
+        dev.start()
+        try:
+            await eventually(lambda: "worker polling" in log.read_text(), timeout=60,
+                             what="the worker polling once Temporal answers")
+            assert await probe(health, "/readyz", 200, "ok")
+            assert "Temporal answered after" in log.read_text()
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 30) == 0
+        finally:
+            dev.stop()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+
+
+async def test_a_worker_gives_up_on_temporal_after_its_patience_or_stops_on_sigterm(
+        settings: Settings, tmp_path: Path) -> None:
+    """Waiting has an end: past SCANWARD_TEMPORAL_WAIT_SECONDS the worker exits 1 naming
+    the address and the variable; SIGTERM while it waits is a clean stop."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    env = worker_env_at(nowhere, settings) | {"SCANWARD_TEMPORAL_WAIT_SECONDS": "2"}
+    started = time.monotonic()
+    proc = spawn_worker(env, tmp_path / "gives-up.log")
+    assert await asyncio.to_thread(proc.wait, 60) == 1
+    assert time.monotonic() - started < 30
+    last = (tmp_path / "gives-up.log").read_text().strip().splitlines()[-1]
+    assert last.startswith(f"scanward-worker: error: cannot reach Temporal at {nowhere}"), last
+    assert last.endswith("; waited 2s (SCANWARD_TEMPORAL_WAIT_SECONDS)"), last
+
+    log = tmp_path / "stopped.log"
+    proc = spawn_worker(worker_env_at(nowhere, settings), log)
+    try:
+        await eventually(lambda: "waiting up to 300s" in log.read_text(), timeout=30,
+                         what="the worker waiting for Temporal")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        assert "stopped while waiting for Temporal" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

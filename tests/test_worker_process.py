@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -23,13 +22,7 @@ from scanward.store import Store
 from scanward.webhook_receiver import WebhookReceiver
 from tests.conftest import FAST, eventually, scan_request, start
 from tests.helpers.pids import process_alive
-from tests.helpers.processes import spawn_worker, worker_env
-
-
-async def _probe(port: int, path: str, status: int, text: str = "") -> bool:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"http://127.0.0.1:{port}{path}", timeout=2)
-    return response.status_code == status and text in response.text
+from tests.helpers.processes import probe, spawn_worker, worker_env
 
 
 async def wait_pid(pid_file: Path, not_equal: int | None = None) -> int:
@@ -122,14 +115,14 @@ async def test_sigterm_finishes_in_flight_scanner_and_exits_zero(
     port = free_port()
     env = worker_env(temporal_env, settings) | {"SCANWARD_HEALTH_PORT": str(port)}
     proc = spawn_worker(env, tmp_path / "worker.log")
-    await eventually(lambda: _probe(port, "/readyz", 200), what="worker ready")
-    assert await _probe(port, "/livez", 200)
+    await eventually(lambda: probe(port, "/readyz", 200), what="worker ready")
+    assert await probe(port, "/livez", 200)
     handle = await start(client, settings, scan_request(flawed_repo, "sleepy"))
     await wait_pid(state_dir / "pid")
     proc.send_signal(signal.SIGTERM)
     # While it drains, it is alive but takes no new work.
-    await eventually(lambda: _probe(port, "/readyz", 503, "draining"), what="draining")
-    assert await _probe(port, "/livez", 200)
+    await eventually(lambda: probe(port, "/readyz", 503, "draining"), what="draining")
+    assert await probe(port, "/livez", 200)
     assert await asyncio.to_thread(proc.wait, 30) == 0, (tmp_path / "worker.log").read_text()
     log = (tmp_path / "worker.log").read_text()
     assert "finishing in-flight activities" in log and "worker stopped" in log
@@ -209,7 +202,7 @@ async def test_a_namespace_without_the_search_attributes_is_refused_at_start(
                                     check=True, capture_output=True, timeout=60)
         started = spawn_worker(env, tmp_path / "worker2.log")
         try:
-            await eventually(lambda: _true("worker polling" in (tmp_path / "worker2.log")
+            await eventually(lambda: ("worker polling" in (tmp_path / "worker2.log")
                                            .read_text()), timeout=60, what="the worker")
         finally:
             started.terminate()
@@ -218,5 +211,3 @@ async def test_a_namespace_without_the_search_attributes_is_refused_at_start(
         await bare.shutdown()
 
 
-async def _true(value: bool) -> bool:
-    return value

@@ -108,7 +108,7 @@ async def test_updates_reject_what_would_do_nothing(
                            "--name", "retry", "--input", '{"scanner": "flaky", "memory": 2048}')
         assert cli.returncode == 0, cli.stderr
         await eventually(
-            lambda: _true(any("retry signal to " + handle.id in r.getMessage()
+            lambda: (any("retry signal to " + handle.id in r.getMessage()
                               and "memory: Extra inputs" in r.getMessage()
                               for r in caplog.records)),
             what="the rejected signal in the worker's log")
@@ -128,13 +128,13 @@ async def _cancel_a_running_scanner(client: Client, settings: Settings, flawed_r
     tuning = FAST.model_copy(update={"heartbeat_timeout": timedelta(seconds=30)})
     handle = await start(client, settings, scan_request(flawed_repo, "sleepy", tuning=tuning))
     pid_file = state_dir / "pid"
-    await eventually(lambda: _true(pid_file.exists() and bool(pid_file.read_text())),
+    await eventually(lambda: pid_file.exists() and bool(pid_file.read_text()),
                      what="the scanner to start")
     pid = int(pid_file.read_text())
     await asyncio.sleep(1)  # past the activity's first (immediate) heartbeat
     cancelled = time.monotonic()
     await api.cancel(client, handle.id)
-    await eventually(lambda: _true(not process_alive(pid)), timeout=30,
+    await eventually(lambda: not process_alive(pid), timeout=30,
                      what="the scanner process to be gone")
     gone = time.monotonic() - cancelled
     with pytest.raises(WorkflowFailureError):
@@ -192,7 +192,4 @@ async def test_runaway_local_scanner_is_deadline_exceeded_and_dead_at_once(
     await api.abandon(client, handle.id)
     assert (await handle.result()).status is ScanStatus.PARTIAL
 
-
-async def _true(value: bool) -> bool:
-    return value
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from temporalio.testing import WorkflowEnvironment
 
 from scanward.settings import Settings
@@ -84,3 +85,11 @@ def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=env,
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+
+async def probe(port: int, path: str, status: int, text: str = "") -> bool:
+    """Whether the worker's health server on ``port`` answers ``path`` with ``status``
+    and a body holding ``text``."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+    return response.status_code == status and text in response.text
