@@ -84,6 +84,7 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
             "scan_status": state.scan_status.value if state.scan_status else None,
             "failure": state.failure,
             "query_error": report.query_error,
+            "waiting": list(state.waiting),
             "summary": summary.model_dump(mode="json") if summary else None,
         }, indent=2))
         return
@@ -102,6 +103,9 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
                   f"{scan_status})", markup=False, highlight=False)
         out.print(f"no progress from the workflow: {report.query_error}", markup=False,
                   highlight=False)
+    for waiting in state.waiting:
+        # A scanner attempt whose pod has not started: what holds it (its heartbeat).
+        out.print(f"waiting: {waiting}", markup=False, highlight=False, soft_wrap=True)
     if state.failure and not (summary and summary.reason and state.failure in summary.reason):
         out.print(f"workflow {workflow}: {state.failure}", markup=False, highlight=False)
 
