@@ -410,7 +410,7 @@ class ScanState:
         return self.closed_as
 
 
-async def _waiting(client: Client, desc: WorkflowExecutionDescription) -> tuple[str, ...]:
+async def waiting(client: Client, desc: WorkflowExecutionDescription) -> tuple[str, ...]:
     """The scanner attempts' last heartbeat details that say what they wait for."""
     said: list[str] = []
     for pending in desc.raw_description.pending_activities:
@@ -454,7 +454,7 @@ async def describe(client: Client, scan_id: str) -> ScanState:
         failure = await _failure(h)
     state = _state(scan_id, desc, failure)
     if state.running:
-        state = dataclasses.replace(state, waiting=await _waiting(client, desc))
+        state = dataclasses.replace(state, waiting=await waiting(client, desc))
     return state
 
 

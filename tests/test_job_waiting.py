@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from scanward.catalog import Catalog
+from scanward.cli.progress import waiting_notes
 from scanward.contract import FailureClass
 from scanward.job_status import (
     JobOutcome,
@@ -139,3 +140,20 @@ def test_a_pod_deleted_while_it_ran_is_a_crash_that_says_so() -> None:
                       "limit", pending="pod p1 is being deleted (since t)")
     assert classify(gone, BANDIT, []) == (
         FailureClass.CRASHED, "pod p1 was deleted (at t) before it ended (BackoffLimitExceeded)")
+
+
+def test_scan_wait_announces_each_wait_once_and_again_when_it_changes() -> None:
+    said: dict[str, str] = {}
+    first = ("k attempt 1 waiting 3s: not scheduled: 0/3 nodes are available",
+             "j attempt 2 waiting 40s: no pod yet: pod forbidden: exceeded quota: q")
+    assert waiting_notes(said, first) == [
+        "k attempt 1 is waiting: not scheduled: 0/3 nodes are available",
+        "j attempt 2 is waiting: no pod yet: pod forbidden: exceeded quota: q"]
+    later = ("k attempt 1 waiting 13s: not scheduled: 0/3 nodes are available",
+             "j attempt 2 waiting 50s: no pod yet: pod forbidden: exceeded quota: r")
+    assert waiting_notes(said, later) == [
+        "j attempt 2 is waiting: no pod yet: pod forbidden: exceeded quota: r"]
+    assert waiting_notes(said, ()) == []  # both started
+    assert waiting_notes(said, first[:1]) == [  # waits again: said again
+        "k attempt 1 is waiting: not scheduled: 0/3 nodes are available"]
+    assert waiting_notes(said, ("not a heartbeat line",)) == []

@@ -12,6 +12,7 @@ manager here runs no resourcequota controller, so the test writes a quota's stat
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from datetime import timedelta
@@ -27,7 +28,7 @@ from scanward import client as api
 from scanward.contract import FailureClass, ScannerRun, ScannerStatus
 from scanward.settings import Settings
 from tests.conftest import FAST, eventually
-from tests.helpers.processes import cli_env, scanward
+from tests.helpers.processes import cli_env, scanward, spawn
 from tests.test_kube_backend import (  # noqa: F401 - fixtures
     _pods,
     jobs_of,
@@ -87,6 +88,36 @@ async def scan(client: Client, settings: Settings, repo: Path) -> Any:
 
 
 # ------------------------------------------------------------------ never scheduled
+
+
+async def test_scan_wait_says_what_a_scanner_waits_for(
+        client: Client, fast_settings: Settings, flawed_repo: Path, tmp_path: Path,
+        stand_in: Any, temporal_env: WorkflowEnvironment) -> None:  # noqa: F811
+    """``scanward scan --wait``, run as an operator would: a scanner whose pod cannot be
+    scheduled is announced on stderr (once) while the scan waits. Before: the live table
+    said "running" and nothing else until the deadline (59 min by default)."""
+    settings = dataclasses.replace(fast_settings, catalog_file=kube_catalog(
+        tmp_path / "big.json", **{"k-slow": {"base": {"cpu_millis": 64000,
+                                                      "memory_mib": 128}}}))
+    async with scan_worker.running(settings, client):
+        proc = await spawn("scan", flawed_repo.as_uri(), "--ref", "main", "-s", "k-slow",
+                           "--wait", env=cli_env(temporal_env, settings))
+        try:
+            assert proc.stderr is not None
+            started, lines = time.monotonic(), list[str]()
+            while not any("is waiting" in line for line in lines):
+                line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+                assert line, f"scan --wait ended: {''.join(lines)}"
+                lines.append(line)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+            await proc.wait()
+    note = next(line for line in lines if "is waiting" in line)
+    print(f"scan --wait: {took:.1f}s to {note.strip()!r}")
+    assert note.startswith("scanward: k-slow attempt 1 is waiting: not scheduled: 0/1 nodes "
+                           "are available: 1 Insufficient cpu."), note
+    assert took < 20
 
 
 @pytest.mark.parametrize("case", ["cpu", "claim"])
