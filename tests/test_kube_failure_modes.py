@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -124,7 +125,7 @@ async def test_scan_wait_says_what_a_scanner_waits_for(
 async def test_a_pod_never_scheduled_says_why_while_it_waits_and_when_dead(
         case: str, client: Client, fast_settings: Settings, control_plane: Any,
         kube_namespace: str, flawed_repo: Path, tmp_path: Path, stand_in: Any,  # noqa: F811
-        temporal_env: WorkflowEnvironment) -> None:
+        temporal_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture) -> None:
     """Before: nothing said while it waited, then dead "Job was active longer than
     specified deadline" (20 s here, 59 min by default) with no word of scheduling."""
     settings = fast_settings
@@ -137,9 +138,13 @@ async def test_a_pod_never_scheduled_says_why_while_it_waits_and_when_dead(
         control_plane.request("DELETE", f"/api/v1/namespaces/{kube_namespace}/"
                                         "persistentvolumeclaims/scanward-results")
         why = '0/1 nodes are available: persistentvolumeclaim "scanward-results" not found'
+    caplog.set_level(logging.INFO, logger="scanward.kube.watch")
     async with scan_worker.running(settings, client):
         handle = await scan(client, settings, flawed_repo)
         line, said_after = await waiting_says(client, handle.id, why)
+        # The worker's log says it once (not at every heartbeat).
+        logged = [r.getMessage() for r in caplog.records if " waits: " in r.getMessage()]
+        assert len(logged) == 1 and f"waits: not scheduled: {why}" in logged[0], logged
         assert line.startswith("k-slow attempt 1 waiting ") and "not scheduled: " in line
         if case == "cpu":  # what `scanward status` prints, run as the operator would
             code, out, err = await scanward("status", handle.id,
