@@ -106,6 +106,7 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_KUBE_RESYNC_SECONDS", "often", {}, "a number of seconds > 0"),
     ("SCANWARD_KUBE_NO_POD_SECONDS", "0", {}, "a number of seconds > 0"),
     ("SCANWARD_KUBE_DELETED_POD_SECONDS", "soon", {}, "a number of seconds > 0"),
+    ("SCANWARD_KUBE_UNSCHEDULABLE_SECONDS", "-1", {}, "a number of seconds"),
 ]
 
 
@@ -191,6 +192,7 @@ def test_good_values_and_defaults(tmp_path: Path) -> None:
         "SCANWARD_KUBE_IMAGE_PULL_SECRETS": "regcred, other.cred",
         "SCANWARD_KUBE_JOB_TTL_SECONDS": "0", "SCANWARD_KUBE_RESYNC_SECONDS": "2.5",
         "SCANWARD_KUBE_NO_POD_SECONDS": "45", "SCANWARD_KUBE_DELETED_POD_SECONDS": "300",
+        "SCANWARD_KUBE_UNSCHEDULABLE_SECONDS": "600",
         "SCANWARD_KUBECONFIG": materialise(KUBECONFIG, tmp_path),
         "SCANWARD_KUBE_CONTEXT": "token"})
     assert kube.job.node_selector == {"disktype": "ssd", "kubernetes.io/arch": "amd64",
@@ -199,8 +201,10 @@ def test_good_values_and_defaults(tmp_path: Path) -> None:
     assert kube.job.image_pull_secrets == ("regcred", "other.cred")
     assert (kube.job.ttl_seconds_after_finished, kube.resync_seconds) == (0, 2.5)
     assert (kube.no_pod_seconds, kube.deleted_pod_seconds) == (45, 300)
-    assert (KubeSettings.from_env({}).no_pod_seconds,
-            KubeSettings.from_env({}).deleted_pod_seconds) == (30, 120)
+    assert kube.unschedulable_seconds == 600
+    default = KubeSettings.from_env({})
+    assert (default.no_pod_seconds, default.deleted_pod_seconds,
+            default.unschedulable_seconds) == (30, 120, 0)
     assert kube.context == "token"
 
 

@@ -160,6 +160,28 @@ async def test_a_pod_never_scheduled_says_why_while_it_waits_and_when_dead(
         await handle.terminate()
 
 
+async def test_unschedulable_patience_ends_the_attempt_when_set(
+        client: Client, fast_settings: Settings, flawed_repo: Path, tmp_path: Path,
+        stand_in: Any) -> None:  # noqa: F811
+    """SCANWARD_KUBE_UNSCHEDULABLE_SECONDS (off by default: an autoscaler may add the
+    node) ends an attempt whose pod stays unschedulable that long: dead, cluster_error,
+    with the scheduler's message; not left to its deadline."""
+    settings = dataclasses.replace(
+        fast_settings, env={**fast_settings.env, "SCANWARD_KUBE_UNSCHEDULABLE_SECONDS": "4"},
+        catalog_file=kube_catalog(tmp_path / "big.json", **{
+            "k-slow": {"base": {"cpu_millis": 64000, "memory_mib": 128}}}))
+    async with scan_worker.running(settings, client):
+        handle = await scan(client, settings, flawed_repo)
+        run, took = await dead(client, handle.id, timeout=DEADLINE)
+        print(f"unschedulable, 4 s patience: dead after {took:.1f}s: {run.reason!r}")
+        assert run.failure_class is FailureClass.CLUSTER and run.attempts == 1
+        assert "never scheduled in " in (run.reason or "")
+        assert "(SCANWARD_KUBE_UNSCHEDULABLE_SECONDS=4): 0/1 nodes are available: 1 " \
+               "Insufficient cpu." in (run.reason or "")
+        assert took < DEADLINE - 5
+        await handle.terminate()
+
+
 # ------------------------------------------------------- quota and LimitRange refusals
 
 

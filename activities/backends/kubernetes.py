@@ -59,6 +59,7 @@ from scanward.job_spec import (
 from scanward.job_status import (
     BAD_IMAGE,
     BEING_DELETED,
+    NOT_SCHEDULED,
     classify,
     create_refused_for_good,
     failed_create_message,
@@ -97,6 +98,9 @@ class KubeSettings:
     # node; one still there this long after is held by a lost node: the attempt is given
     # up as crashed (retried) rather than left to its Job's deadline (dead).
     deleted_pod_seconds: float = 120.0
+    # A pod unschedulable this long ends the attempt (dead, cluster_error); 0: never, it
+    # waits for its Job's deadline (a cluster autoscaler may yet add the node it needs).
+    unschedulable_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KubeSettings:
@@ -149,6 +153,7 @@ class KubeSettings:
                                         positive=True),
             deleted_pod_seconds=ev.env_float(env, "SCANWARD_KUBE_DELETED_POD_SECONDS", 120,
                                              positive=True),
+            unschedulable_seconds=ev.env_float(env, "SCANWARD_KUBE_UNSCHEDULABLE_SECONDS", 0),
         )
 
 
@@ -524,7 +529,8 @@ class _PodlessWatch:
     with no pod at all ``no_pod_seconds`` after it was created has its events read, once:
     a quota or LimitRange that refuses its pod is said while it waits, and one that will
     refuse it whatever else runs fails the attempt at once (``cluster_error``) instead of
-    at its deadline."""
+    at its deadline. A pod unschedulable for ``unschedulable_seconds`` (when set) or
+    being deleted for ``deleted_pod_seconds`` also ends the attempt."""
 
     def __init__(self, backend: KubernetesBackend, name: str, uid: str | None,
                  scanner: str, attempt: int, heartbeat: Heartbeat) -> None:
@@ -537,6 +543,7 @@ class _PodlessWatch:
         self._started = time.monotonic()
         self._events_read = False
         self._deleting_since: float | None = None
+        self._unscheduled_since: float | None = None
         self.create_error: str | None = None
 
     async def beat(self) -> None:
@@ -552,6 +559,16 @@ class _PodlessWatch:
                     f"attempt given up, its Job {self._name} deleted"))
         else:
             self._deleting_since = None
+        patience = self._backend.settings.unschedulable_seconds
+        if pending and pending.startswith(NOT_SCHEDULED):
+            self._unscheduled_since = self._unscheduled_since or now
+            if patience and now - self._unscheduled_since >= patience:
+                raise ScannerFailed(FailureClass.CLUSTER, (
+                    f"{self._scanner}: never scheduled in {now - self._unscheduled_since:.0f}s "
+                    f"(SCANWARD_KUBE_UNSCHEDULABLE_SECONDS={patience:g}): "
+                    f"{pending.removeprefix(NOT_SCHEDULED)}"))
+        else:
+            self._unscheduled_since = None
         if not had_pod and not self._events_read \
                 and waited >= self._backend.settings.no_pod_seconds:
             self._events_read = True
