@@ -293,7 +293,7 @@ class KubernetesBackend:
         (self._results_root / results_subpath(job)).mkdir(parents=True, exist_ok=True)
         uid = await asyncio.to_thread(self._create_or_adopt, manifest, job)
         waiter = asyncio.ensure_future(self._tracker.wait(name, uid))
-        watch = _PodlessWatch(self, name, uid, spec.name, job.attempt, heartbeat)
+        watch = _AttemptWait(self, name, uid, spec.name, job.attempt, heartbeat)
         try:
             outcome = await wait_heartbeating(waiter, watch.beat, heartbeat_every)
         except BaseException:
@@ -326,7 +326,7 @@ class KubernetesBackend:
                 and watch.create_error is None:
             # No pod ever: what the Job controller said when it could not create one (a
             # quota, a LimitRange, a webhook); one request, on this failure's path only.
-            watch.create_error = await asyncio.to_thread(self._create_error, name, uid)
+            watch.create_error = await asyncio.to_thread(self.read_create_error, name, uid)
         failure, message = classify(outcome, spec, pods, create_error=watch.create_error)
         out_dir = self._results_root / results_subpath(job)
         if failure is not None:
@@ -465,7 +465,7 @@ class KubernetesBackend:
         result: list[dict[str, Any]] = self._client.sanitize_for_serialization(pods)["items"]
         return result
 
-    def _create_error(self, name: str, uid: str | None) -> str | None:
+    def read_create_error(self, name: str, uid: str | None) -> str | None:
         """The Job's latest FailedCreate event message (why it has no pod), or None;
         one request. An error reading events is said in the message, never raised: it
         only words a failure (or a wait) known otherwise."""
@@ -522,7 +522,7 @@ class KubernetesBackend:
         return ClusterError(f"cannot reach the Kubernetes API at {self.server}: {_reason(e)}")
 
 
-class _PodlessWatch:
+class _AttemptWait:
     """The heartbeat of one waiting attempt: it carries why the attempt's pod has not
     started (the Pod watch's word: not scheduled, and the scheduler's message), so that
     a scan that waits says why (``scanward status``, the Web UI's pending activity). A Job
@@ -572,7 +572,7 @@ class _PodlessWatch:
         if not had_pod and not self._events_read \
                 and waited >= self._backend.settings.no_pod_seconds:
             self._events_read = True
-            self.create_error = await asyncio.to_thread(self._backend._create_error,
+            self.create_error = await asyncio.to_thread(self._backend.read_create_error,
                                                         self._name, self._uid)
             if self.create_error:
                 log.warning("Job %s has no pod after %.0fs: %s", self._name, waited,
