@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import gc
 import hashlib
 import json
@@ -383,6 +384,9 @@ class ScanState:
     dead_scanners: tuple[str, ...]
     failure: str | None = None  # why the workflow closed unsuccessfully, if it did
     task_queue: str | None = None  # where its workflow tasks go (a worker must poll it)
+    # What running scanner attempts wait for, as their last heartbeat said ("k-x attempt
+    # 1 waiting 40s: not scheduled: 0/3 nodes are available: 3 Insufficient memory").
+    waiting: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -404,6 +408,22 @@ class ScanState:
         if self.running:
             return self.scan_status.value if self.scan_status else "running"
         return self.closed_as
+
+
+async def waiting(client: Client, desc: WorkflowExecutionDescription) -> tuple[str, ...]:
+    """The scanner attempts' last heartbeat details that say what they wait for."""
+    said: list[str] = []
+    for pending in desc.raw_description.pending_activities:
+        payloads = pending.heartbeat_details.payloads
+        if pending.activity_type.name != "run_scanner" or not payloads:
+            continue
+        try:
+            details = await client.data_converter.decode(payloads)
+        except Exception as e:  # a detail it cannot read only goes unsaid
+            log.debug("heartbeat details of %s unreadable: %s", pending.activity_id, e)
+            continue
+        said.extend(d for d in details[:1] if isinstance(d, str) and d)
+    return tuple(said)
 
 
 def _state(scan_id: str, desc: WorkflowExecutionDescription,
@@ -432,7 +452,10 @@ async def describe(client: Client, scan_id: str) -> ScanState:
     if desc.status not in (None, WorkflowExecutionStatus.RUNNING,
                            WorkflowExecutionStatus.COMPLETED):
         failure = await _failure(h)
-    return _state(scan_id, desc, failure)
+    state = _state(scan_id, desc, failure)
+    if state.running:
+        state = dataclasses.replace(state, waiting=await waiting(client, desc))
+    return state
 
 
 async def _failure(h: WorkflowHandle[Any, ScanSummary]) -> str | None:

@@ -105,6 +105,9 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
     ("SCANWARD_KUBE_JOB_TTL_SECONDS", "-1", {}, "a number of seconds >= 0"),
     ("SCANWARD_KUBE_RESYNC_SECONDS", "0", {}, "a number of seconds > 0"),
     ("SCANWARD_KUBE_RESYNC_SECONDS", "often", {}, "a number of seconds > 0"),
+    ("SCANWARD_KUBE_NO_POD_SECONDS", "0", {}, "a number of seconds > 0"),
+    ("SCANWARD_KUBE_DELETED_POD_SECONDS", "soon", {}, "a number of seconds > 0"),
+    ("SCANWARD_KUBE_UNSCHEDULABLE_SECONDS", "-1", {}, "a number of seconds"),
 ]
 
 
@@ -189,6 +192,8 @@ def test_good_values_and_defaults(tmp_path: Path) -> None:
         "SCANWARD_KUBE_TOLERATIONS": json.dumps([{"key": "dedicated", "operator": "Exists"}]),
         "SCANWARD_KUBE_IMAGE_PULL_SECRETS": "regcred, other.cred",
         "SCANWARD_KUBE_JOB_TTL_SECONDS": "0", "SCANWARD_KUBE_RESYNC_SECONDS": "2.5",
+        "SCANWARD_KUBE_NO_POD_SECONDS": "45", "SCANWARD_KUBE_DELETED_POD_SECONDS": "300",
+        "SCANWARD_KUBE_UNSCHEDULABLE_SECONDS": "600",
         "SCANWARD_KUBECONFIG": materialise(KUBECONFIG, tmp_path),
         "SCANWARD_KUBE_CONTEXT": "token"})
     assert kube.job.node_selector == {"disktype": "ssd", "kubernetes.io/arch": "amd64",
@@ -196,6 +201,11 @@ def test_good_values_and_defaults(tmp_path: Path) -> None:
     assert kube.job.tolerations == ({"key": "dedicated", "operator": "Exists"},)
     assert kube.job.image_pull_secrets == ("regcred", "other.cred")
     assert (kube.job.ttl_seconds_after_finished, kube.resync_seconds) == (0, 2.5)
+    assert (kube.no_pod_seconds, kube.deleted_pod_seconds) == (45, 300)
+    assert kube.unschedulable_seconds == 600
+    default = KubeSettings.from_env({})
+    assert (default.no_pod_seconds, default.deleted_pod_seconds,
+            default.unschedulable_seconds) == (30, 120, 0)
     assert kube.context == "token"
 
 

@@ -370,8 +370,8 @@ async def test_create_twice_yields_one_job(kube_settings: Settings, control_plan
         job = job.model_copy(update={"checkout": job.checkout.model_copy(
             update={"scan_id": job.scan_id, "source_subpath": f"{job.scan_id}/src"})})
         results = await asyncio.gather(
-            backend.run(job, spec, lambda: None, 1.0),
-            backend.run(job, spec, lambda: None, 1.0))
+            backend.run(job, spec, lambda *_: None, 1.0),
+            backend.run(job, spec, lambda *_: None, 1.0))
         assert results[0].sarif_subpath == results[1].sarif_subpath
         assert [j["metadata"]["name"] for j in jobs_of(control_plane, kube_namespace)] == [
             job_name(job.scan_id, "k-ok", 1)]
@@ -397,7 +397,7 @@ async def test_logs_are_read_from_the_volume_not_the_api(
                 resources=Resources(cpu_millis=100, memory_mib=128))
             before = backend.requests
             try:
-                await backend.run(job, catalog.get(scanner), lambda: None, 1.0)
+                await backend.run(job, catalog.get(scanner), lambda *_: None, 1.0)
                 reason = ""
             except ScannerFailed as e:
                 reason = e.message

@@ -55,6 +55,7 @@ USED: dict[tuple[str, str], frozenset[str]] = {
     ("batch", "jobs"): frozenset({"create", "get", "list", "watch", "delete"}),
     ("", "pods"): frozenset({"list", "watch"}),
     ("", "pods/log"): frozenset({"get"}),
+    ("", "events"): frozenset({"list"}),
 }
 PERMISSIONS = sorted((group, resource, verb) for (group, resource), verbs in USED.items()
                      for verb in verbs)

@@ -16,7 +16,9 @@ from scanward.catalog import ScannerSpec
 from scanward.contract import FailureClass, ScannerJobInput, ScannerJobResult
 from scanward.job_spec import LOG_FILE, SARIF_FILE, results_subpath
 
-Heartbeat = Callable[[], Awaitable[None] | None]
+# Called with no argument, or with one detail: what the attempt waits for (Temporal
+# keeps an activity's last heartbeat details; `scanward status` shows them).
+Heartbeat = Callable[..., Awaitable[None] | None]
 T = TypeVar("T")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -25,7 +26,15 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from scanward.job_spec import MANAGED_BY, MANAGER
-from scanward.job_status import BAD_IMAGE, DELETED, JobOutcome, pod_bad_image, terminal_outcome
+from scanward.job_status import (
+    BAD_IMAGE,
+    BEING_DELETED,
+    DELETED,
+    JobOutcome,
+    pod_bad_image,
+    pod_pending_reason,
+    terminal_outcome,
+)
 
 log = logging.getLogger("scanward.kube.watch")
 SELECTOR = f"{MANAGED_BY}={MANAGER}"
@@ -159,6 +168,10 @@ class JobTracker:
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
                                             asyncio.Future[JobOutcome], float,
                                             str | None]]] = {}
+        # The last pod seen of each scanward Job (by Job name): its owner's uid and why
+        # it has not started (None once it runs), from the Pod watch; what a waiting
+        # scan reports while it waits, and words a deadline with. Forgotten with the Job.
+        self._pods: dict[str, tuple[str | None, str | None]] = {}
         batch = k8s.BatchV1Api(api_client)
         core = k8s.CoreV1Api(api_client)
         self.jobs = ResourceWatch(api_client, batch.list_namespaced_job, namespace,
@@ -213,6 +226,23 @@ class JobTracker:
         with self._lock:
             self._ended.pop(name, None)
 
+    def pod_state(self, name: str, uid: str | None = None) -> tuple[bool, str | None]:
+        """Whether the watch has seen a pod of the Job ``name`` (the one with ``uid``,
+        when given), and why that pod has not started (None: it runs, or none seen)."""
+        with self._lock:
+            seen = self._pods.get(name)
+        if seen is None or not _same(uid, seen[0]):
+            return False, None
+        return True, seen[1]
+
+    def _with_pods(self, outcome: JobOutcome, uid: str | None) -> JobOutcome:
+        """``outcome`` with what the Pod watch saw of the Job's pod. Lock held."""
+        had_pod, pending = False, None
+        seen = self._pods.get(outcome.name)
+        if seen is not None and _same(uid, seen[0]):
+            had_pod, pending = True, seen[1]
+        return dataclasses.replace(outcome, pending=pending, had_pod=had_pod)
+
     # ------------------------------------------------------------ watch threads
 
     def _resolve(self, outcome: JobOutcome, uid: str | None = None) -> None:
@@ -231,6 +261,7 @@ class JobTracker:
         uid = job["metadata"].get("uid")
         with self._lock:
             if event == "DELETED":
+                self._pods.pop(name, None)
                 ended = self._ended.get(name)
                 if ended is not None and _same(ended[0], uid):
                     del self._ended[name]
@@ -240,6 +271,7 @@ class JobTracker:
             outcome = terminal_outcome(job)
             ended = self._ended.get(name)
             if outcome is not None and (ended is None or not _same(ended[0], uid)):
+                outcome = self._with_pods(outcome, uid)
                 self._ended[name] = (uid, outcome)
                 self._resolve(outcome, uid)
 
@@ -248,6 +280,9 @@ class JobTracker:
             for name in list(self._ended):
                 if name not in names:
                     del self._ended[name]
+            for name in list(self._pods):
+                if name not in names:
+                    del self._pods[name]
             # A waiter registered before this list began whose Job is absent: it was
             # deleted while the watch was not looking.
             for name, waiters in list(self._waiters.items()):
@@ -256,13 +291,25 @@ class JobTracker:
 
     def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
         if event == "DELETED":
-            return
+            return  # what it last said stands: a deadline ends the Jobs of pods never run
         meta = pod.get("metadata") or {}
         job = (meta.get("labels") or {}).get("job-name")
+        if not job:
+            return
+        owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
+                      if o.get("kind") == "Job"), None)
+        pending = pod_pending_reason(pod)
+        with self._lock:
+            before = self._pods.get(job)
+            if before is not None and before[0] == owner and before[1] and pending \
+                    and BEING_DELETED in pending:
+                # A pod never started, deleted (the Job's deadline): what kept it stands.
+                pending = before[1]
+            self._pods[job] = (owner, pending)
+            if pending and job in self._waiters and (before is None or before[1] != pending):
+                log.info("Job %s waits: %s", job, pending)
         message = pod_bad_image(pod)
-        if job and message:
-            owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
-                          if o.get("kind") == "Job"), None)
+        if message:
             with self._lock:
                 if job in self._waiters and job not in self._ended:
                     self._resolve(JobOutcome(job, BAD_IMAGE, message), owner)

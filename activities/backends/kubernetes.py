@@ -56,7 +56,14 @@ from scanward.job_spec import (
     results_subpath,
     scan_label,
 )
-from scanward.job_status import BAD_IMAGE, classify
+from scanward.job_status import (
+    BAD_IMAGE,
+    BEING_DELETED,
+    NOT_SCHEDULED,
+    classify,
+    create_refused_for_good,
+    failed_create_message,
+)
 from scanward.tracing import traceparent_env
 
 log = logging.getLogger("scanward.kube")
@@ -68,6 +75,7 @@ REQUIRED_PERMISSIONS = (
     *(("batch", "jobs", "", verb) for verb in ("create", "get", "list", "watch", "delete")),
     *(("", "pods", "", verb) for verb in ("list", "watch")),
     ("", "pods", "log", "get"),
+    ("", "events", "", "list"),
 )
 
 
@@ -84,6 +92,15 @@ class KubeSettings:
     job: KubeJobConfig = field(default_factory=KubeJobConfig)
     resync_seconds: float = 300.0
     watch_timeout: int = 240
+    # A Job with no pod this long after its create has its events read once (why not).
+    no_pod_seconds: float = 30.0
+    # A pod deleted while it ran ends (Failed) within its grace period (30 s) on a live
+    # node; one still there this long after is held by a lost node: the attempt is given
+    # up as crashed (retried) rather than left to its Job's deadline (dead).
+    deleted_pod_seconds: float = 120.0
+    # A pod unschedulable this long ends the attempt (dead, cluster_error); 0: never, it
+    # waits for its Job's deadline (a cluster autoscaler may yet add the node it needs).
+    unschedulable_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KubeSettings:
@@ -132,6 +149,11 @@ class KubeSettings:
             context=context,
             job=job,
             resync_seconds=ev.env_float(env, "SCANWARD_KUBE_RESYNC_SECONDS", 300, positive=True),
+            no_pod_seconds=ev.env_float(env, "SCANWARD_KUBE_NO_POD_SECONDS", 30,
+                                        positive=True),
+            deleted_pod_seconds=ev.env_float(env, "SCANWARD_KUBE_DELETED_POD_SECONDS", 120,
+                                             positive=True),
+            unschedulable_seconds=ev.env_float(env, "SCANWARD_KUBE_UNSCHEDULABLE_SECONDS", 0),
         )
 
 
@@ -190,6 +212,10 @@ class KubernetesBackend:
     @property
     def tracker(self) -> JobTracker:
         return self._tracker
+
+    @property
+    def settings(self) -> KubeSettings:
+        return self._settings
 
     def preflight(self) -> None:
         """Check that the cluster is reachable, the namespace exists, this identity holds
@@ -267,8 +293,9 @@ class KubernetesBackend:
         (self._results_root / results_subpath(job)).mkdir(parents=True, exist_ok=True)
         uid = await asyncio.to_thread(self._create_or_adopt, manifest, job)
         waiter = asyncio.ensure_future(self._tracker.wait(name, uid))
+        watch = _AttemptWait(self, name, uid, spec.name, job.attempt, heartbeat)
         try:
-            outcome = await wait_heartbeating(waiter, heartbeat, heartbeat_every)
+            outcome = await wait_heartbeating(waiter, watch.beat, heartbeat_every)
         except BaseException:
             waiter.cancel()
             if worker_leaving():
@@ -295,7 +322,12 @@ class KubernetesBackend:
                 # the Job, finds it ended, and reads them again.
                 self._tracker.remember(outcome, uid)
                 raise
-        failure, message = classify(outcome, spec, pods)
+        if outcome.reason == "DeadlineExceeded" and not outcome.had_pod \
+                and watch.create_error is None:
+            # No pod ever: what the Job controller said when it could not create one (a
+            # quota, a LimitRange, a webhook); one request, on this failure's path only.
+            watch.create_error = await asyncio.to_thread(self.read_create_error, name, uid)
+        failure, message = classify(outcome, spec, pods, create_error=watch.create_error)
         out_dir = self._results_root / results_subpath(job)
         if failure is not None:
             if failure is FailureClass.BAD_IMAGE:
@@ -433,6 +465,26 @@ class KubernetesBackend:
         result: list[dict[str, Any]] = self._client.sanitize_for_serialization(pods)["items"]
         return result
 
+    def read_create_error(self, name: str, uid: str | None) -> str | None:
+        """The Job's latest FailedCreate event message (why it has no pod), or None;
+        one request. An error reading events is said in the message, never raised: it
+        only words a failure (or a wait) known otherwise."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={name}"
+        try:
+            self.requests += 1
+            raw = self._core.list_namespaced_event(self._cfg.namespace,
+                                                   field_selector=selector,
+                                                   _request_timeout=15)
+        except ApiException as e:
+            why = describe_api_error(e, action="list events", namespace=self._cfg.namespace)
+            return f"(its events could not be read: {why})"
+        except (HTTPError, OSError) as e:
+            return f"(its events could not be read: {_reason(e)})"
+        events: list[dict[str, Any]] = self._client.sanitize_for_serialization(raw)["items"]
+        events = [e for e in events
+                  if uid is None or (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+        return failed_create_message(events)
+
     def _save_pod_log(self, name: str, pods: list[dict[str, Any]] | None, path: Path) -> None:
         """A failed attempt whose pod wrote no scanner.log (an image without a shell, or
         the pod never started): its pod's log tail, if the pods were read, saved there.
@@ -468,6 +520,83 @@ class KubernetesBackend:
 
     def _unreachable(self, e: BaseException) -> ClusterError:
         return ClusterError(f"cannot reach the Kubernetes API at {self.server}: {_reason(e)}")
+
+
+class _AttemptWait:
+    """The heartbeat of one waiting attempt: it carries why the attempt's pod has not
+    started (the Pod watch's word: not scheduled, and the scheduler's message), so that
+    a scan that waits says why (``scanward status``, the Web UI's pending activity). A Job
+    with no pod at all ``no_pod_seconds`` after it was created has its events read, once:
+    a quota or LimitRange that refuses its pod is said while it waits, and one that will
+    refuse it whatever else runs fails the attempt at once (``cluster_error``) instead of
+    at its deadline. A pod unschedulable for ``unschedulable_seconds`` (when set) or
+    being deleted for ``deleted_pod_seconds`` also ends the attempt."""
+
+    def __init__(self, backend: KubernetesBackend, name: str, uid: str | None,
+                 scanner: str, attempt: int, heartbeat: Heartbeat) -> None:
+        self._backend = backend
+        self._name = name
+        self._uid = uid
+        self._scanner = scanner
+        self._attempt = attempt
+        self._heartbeat = heartbeat
+        self._started = time.monotonic()
+        self._events_read = False
+        self._deleting_since: float | None = None
+        self._unscheduled_since: float | None = None
+        self.create_error: str | None = None
+
+    async def beat(self) -> None:
+        had_pod, pending = self._backend.tracker.pod_state(self._name, self._uid)
+        now = time.monotonic()
+        waited = now - self._started
+        if pending and BEING_DELETED in pending:
+            self._deleting_since = self._deleting_since or now
+            if now - self._deleting_since >= self._backend.settings.deleted_pod_seconds:
+                raise ScannerFailed(FailureClass.CRASHED, (
+                    f"{self._scanner}: {pending}, and has not ended "
+                    f"{now - self._deleting_since:.0f}s later (its node may be lost): "
+                    f"attempt given up, its Job {self._name} deleted"))
+        else:
+            self._deleting_since = None
+        patience = self._backend.settings.unschedulable_seconds
+        if pending and pending.startswith(NOT_SCHEDULED):
+            self._unscheduled_since = self._unscheduled_since or now
+            if patience and now - self._unscheduled_since >= patience:
+                raise ScannerFailed(FailureClass.CLUSTER, (
+                    f"{self._scanner}: never scheduled in {now - self._unscheduled_since:.0f}s "
+                    f"(SCANWARD_KUBE_UNSCHEDULABLE_SECONDS={patience:g}): "
+                    f"{pending.removeprefix(NOT_SCHEDULED)}"))
+        else:
+            self._unscheduled_since = None
+        if not had_pod and not self._events_read \
+                and waited >= self._backend.settings.no_pod_seconds:
+            self._events_read = True
+            self.create_error = await asyncio.to_thread(self._backend.read_create_error,
+                                                        self._name, self._uid)
+            if self.create_error:
+                log.warning("Job %s has no pod after %.0fs: %s", self._name, waited,
+                            self.create_error)
+            if self.create_error and create_refused_for_good(self.create_error):
+                raise ScannerFailed(FailureClass.CLUSTER, (
+                    f"{self._scanner}: Job {self._name} cannot create its pod: "
+                    f"{self.create_error} (namespace "
+                    f"{self._backend.settings.job.namespace}; refused whatever else runs, "
+                    "so not left to its deadline)"))
+        if had_pod:
+            self.create_error = None
+        why = pending or (None if had_pod else
+                          f"no pod yet: {self.create_error}" if self.create_error else None)
+        if why is None:
+            await _maybe(self._heartbeat())
+            return
+        await _maybe(self._heartbeat(f"{self._scanner} attempt {self._attempt} waiting "
+                                     f"{waited:.0f}s: {why}"))
+
+
+async def _maybe(result: Any) -> None:
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        await result
 
 
 def _uid(job: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 import time
 from datetime import timedelta
@@ -84,6 +85,7 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
             "scan_status": state.scan_status.value if state.scan_status else None,
             "failure": state.failure,
             "query_error": report.query_error,
+            "waiting": list(state.waiting),
             "summary": summary.model_dump(mode="json") if summary else None,
         }, indent=2))
         return
@@ -102,6 +104,9 @@ def print_report(report: api.ScanReport, fmt: Format) -> None:
                   f"{scan_status})", markup=False, highlight=False)
         out.print(f"no progress from the workflow: {report.query_error}", markup=False,
                   highlight=False)
+    for waiting in state.waiting:
+        # A scanner attempt whose pod has not started: what holds it (its heartbeat).
+        out.print(f"waiting: {waiting}", markup=False, highlight=False, soft_wrap=True)
     if state.failure and not (summary and summary.reason and state.failure in summary.reason):
         out.print(f"workflow {workflow}: {state.failure}", markup=False, highlight=False)
 
@@ -162,6 +167,7 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
     ``stop_on_dead`` the watch ends there with :data:`EXIT_DEAD`. A Temporal outage is
     announced on stderr and waited through for up to ``outage_patience``."""
     announced: set[str] = set()
+    said: dict[str, str] = {}  # what each waiting scanner attempt was said to wait for
     outage = _Outage(client, scan_id, outage_patience)
     try:
         with Live(console=out, refresh_per_second=4, transient=False) as live:
@@ -175,7 +181,8 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
                     if (current is None or current.status not in _OPEN
                             or time.monotonic() - described >= DESCRIBE_EVERY):
                         described = time.monotonic()
-                        if (summary := await _next(client, scan_id, outage)) is not None:
+                        if (summary := await _next(client, scan_id, outage,
+                                                   said)) is not None:
                             break
                     try:
                         current = await api.progress(client, scan_id, WATCH_RPC_TIMEOUT)
@@ -217,11 +224,32 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
     return summary
 
 
-async def _next(client: Client, scan_id: str, outage: _Outage) -> ScanSummary | None:
+_WAITING = re.compile(r"^(?P<who>.+?) waiting \d+s: (?P<why>.+)$", re.DOTALL)
+
+
+def waiting_notes(said: dict[str, str], waiting: tuple[str, ...]) -> list[str]:
+    """What to announce of ``waiting`` (scanner attempts' heartbeat lines, "k attempt 1
+    waiting 40s: why"): each attempt's reason once, again only when it changes; ``said``
+    (attempt -> reason) is updated, and forgets attempts no longer waiting."""
+    now = {}
+    for line in waiting:
+        m = _WAITING.match(line)
+        if m:
+            now[m.group("who")] = one_line(m.group("why"))
+    notes = [f"{who} is waiting: {why}" for who, why in now.items() if said.get(who) != why]
+    said.clear()
+    said.update(now)
+    return notes
+
+
+async def _next(client: Client, scan_id: str, outage: _Outage,
+                said: dict[str, str] | None = None) -> ScanSummary | None:
     """The scan's result once it has closed, else None; None too while Temporal is
-    unreachable, until ``outage`` runs out of patience."""
+    unreachable, until ``outage`` runs out of patience. While it runs, what its scanner
+    attempts wait for is announced on stderr (``said``: what was, from the same
+    describe: no request of its own)."""
     try:
-        summary = await _poll_result(client, scan_id)
+        summary = await _poll_result(client, scan_id, said)
     except RPCError as e:
         if not api.unavailable(e):
             raise
@@ -231,7 +259,8 @@ async def _next(client: Client, scan_id: str, outage: _Outage) -> ScanSummary | 
     return summary
 
 
-async def _poll_result(client: Client, scan_id: str) -> ScanSummary | None:
+async def _poll_result(client: Client, scan_id: str,
+                       said: dict[str, str] | None = None) -> ScanSummary | None:
     """The scan's result if it has closed, else None, within one short RPC. Why not
     ``handle.result()``: its long poll has no deadline (a stalled frontend holds it for
     ever) and fails for good on the first outage longer than the SDK's retries."""
@@ -240,6 +269,10 @@ async def _poll_result(client: Client, scan_id: str) -> ScanSummary | None:
         async with asyncio.timeout(WATCH_RPC_TIMEOUT.total_seconds()):
             desc = await h.describe(rpc_timeout=WATCH_RPC_TIMEOUT)
             if desc.status is WorkflowExecutionStatus.RUNNING:
+                if said is not None:
+                    for note in waiting_notes(said, await api.waiting(client, desc)):
+                        err.print(f"scanward: {note}", markup=False, highlight=False,
+                                  soft_wrap=True)
                 return None
             # Closed: its close event is there at once (no long poll).
             result: ScanSummary = await h.result(rpc_timeout=WATCH_RPC_TIMEOUT)
