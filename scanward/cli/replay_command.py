@@ -99,9 +99,17 @@ def replay(
             raise CliError(f"no histories found in {' and '.join(where)}: nothing replayed")
         failures = report.failures
         if not as_json:
-            out.print(f"replayed {len(report.outcomes)} histories in {report.seconds:.2f}s: "
-                      f"{report.replays_per_second:.1f} replays/s, {len(failures)} failed"
-                      + (f"; saved to {save}" if save is not None else ""), highlight=False)
+            skipped = len(report.not_replayed)
+            saved_to = f"; saved to {save}" if save is not None else ""
+            if skipped:  # "replayed N" would claim the unreadable ones
+                out.print(f"{len(report.outcomes)} histories in {report.seconds:.2f}s: "
+                          f"{len(report.outcomes) - skipped} replayed, {len(failures)} "
+                          f"failed, of which {skipped} could not be replayed (unreadable, "
+                          f"or not a ScanWorkflow history){saved_to}", highlight=False)
+            else:
+                out.print(f"replayed {len(report.outcomes)} histories in "
+                          f"{report.seconds:.2f}s: {report.replays_per_second:.1f} "
+                          f"replays/s, {len(failures)} failed{saved_to}", highlight=False)
         if failures:
             ids = ", ".join(sorted({f.workflow_id for f in failures}))
             raise CliError(f"{len(failures)} of {len(report.outcomes)} histories do not "
