@@ -483,3 +483,79 @@ async def test_history_bytes_are_the_servers_history_size(
     assert size.bytes == History(events=history.events).ByteSize()
     assert _as_persisted(history.events).ByteSize() == info.history_size_bytes
     assert size.bytes > info.history_size_bytes > sum(e.ByteSize() for e in history.events)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone waits for init, which may not reap here)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: with
+    ``--start-local-server`` that used to kill the dev server and the worker at once,
+    and the load then spent ~28 s failing to reach the server to terminate its scans and
+    ended with "temporal: tcp connect error". They run in process groups of their own
+    now: the load terminates its scans, stops them, and says "interrupted"; nothing it
+    started is left."""
+    argv = [sys.executable, "-c",
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+            "signal.default_int_handler); sys.argv = ['scanward'] + sys.argv[1:]; "
+            "runpy.run_module('starter', run_name='__main__')",
+            "load", "happy", "--start-local-server", "--iterations", "3",
+            "--scan-seconds", "60", "--run-id", f"ctrlc{uuid.uuid4().hex[:6]}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCANWARD_", "TEMPORAL_"))}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO_ROOT, env=env | {"PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)  # a terminal's foreground group of its own
+    assert proc.stderr is not None
+    lines: list[str] = []
+    started: set[int] = set()
+    try:
+        while not any("scenario happy" in line for line in lines):
+            line = await asyncio.wait_for(proc.stderr.readline(), 120)
+            assert line, lines
+            lines.append(line.decode())
+        await asyncio.sleep(5)  # the scanners run
+        started = _descendants(proc.pid)
+        assert len(started) >= 2, started  # the dev server and the worker, at least
+        os.killpg(proc.pid, signal.SIGINT)
+        began = time.monotonic()
+        _, rest = await asyncio.wait_for(proc.communicate(), 120)
+        took = time.monotonic() - began
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    stderr = "".join(lines) + rest.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().endswith("scanward: error: interrupted"), stderr
+    assert "tcp connect error" not in stderr, stderr
+    assert took < 20, (took, stderr)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started
+            if _alive(pid)}
+    assert not left, (left, stderr)
+    for said in stderr.splitlines():
+        if said.startswith("scanward load: kept "):
+            shutil.rmtree(said.split()[3].rstrip(":"), ignore_errors=True)

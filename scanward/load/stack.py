@@ -128,7 +128,7 @@ class LocalStack:
 
     def start_server(self) -> DevServer:
         self.server = DevServer(port=free_port(), ui_port=None,
-                                log_file=self.home / "temporal.log")
+                                log_file=self.home / "temporal.log", own_process_group=True)
         self.server.start()
         return self.server
 
@@ -152,8 +152,12 @@ class LocalStack:
               ) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
+            # A process group of its own, like the server's: a terminal's Ctrl-C reaches
+            # the load only, which terminates its scans while the server and the worker
+            # still run, then stops them (they died with it at once, and the load then
+            # spent half a minute failing to reach the server: "tcp connect error").
             proc = subprocess.Popen([sys.executable, *argv], env=dict(env), stdout=out,
-                                    stderr=out, stdin=subprocess.DEVNULL)
+                                    stderr=out, stdin=subprocess.DEVNULL, process_group=0)
         self.workers.append(proc)
         return proc
 
