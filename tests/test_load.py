@@ -38,11 +38,13 @@ from scanward.load.runner import (
     run_load,
 )
 from scanward.load.scenarios import OK, LoadContext, mixed_kinds, run_scan
+from scanward.load.stack import wait_for_poller
 from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.sarif import read_findings
 from scanward.settings import Settings
 from scanward.synthetic_scanner import attempt_of, sarif_document
 from tests.conftest import eventually
+from tests.helpers.processes import spawn_worker, worker_env
 
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -559,3 +561,37 @@ async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
     for said in stderr.splitlines():
         if said.startswith("scanward load: kept "):
             shutil.rmtree(said.split()[3].rstrip(":"), ignore_errors=True)
+
+
+async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """The deployment's only worker SIGKILLed and not restarted: the server still lists
+    it as a poller for minutes, so the load starts its scans, which never end. It used to
+    wait for them for ever (``--duration 3s`` too). Each fails after ``--scan-timeout``
+    naming the task queue, is terminated, and the run fails."""
+    queue = settings.task_queue
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, queue, worker, tmp_path / "worker.log", patience=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    run_id = f"dead{uuid.uuid4().hex[:6]}"
+    opts = LoadOptions(task_queue=queue, run_id=run_id, duration=1.0, max_concurrent=2,
+                       scan_timeout=5.0, home=tmp_path / "load")
+    async with asyncio.timeout(60):  # it used to wait here for ever
+        report = await run_load(opts, lambda _: None, client)
+    scans = rpt.counts(report.records)
+    assert scans["started"] == 2 and scans["failed"] == 2, report.as_json()
+    assert report.failures() == ["2 scan(s) failed"]
+    for error in report.as_json()["errors"]:
+        assert error["error"] == (f"not ended 5 s after its start (--scan-timeout): do the "
+                                  f"workers of task queue {queue} run, and keep up?"), error
+    assert all(r.seconds < 10 for r in report.records), [r.seconds for r in report.records]
+
+    async def terminated() -> bool:
+        return (await client.count_workflows(
+            f'TaskQueue="{queue}" AND ExecutionStatus="Terminated"')).count == 2
+
+    await eventually(terminated, what="the load's scans terminated")

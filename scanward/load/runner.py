@@ -31,6 +31,7 @@ from scanward.load.kube import KubeTarget
 from scanward.load.receiver import FlakyReceiver
 from scanward.load.report import LoadReport, ScanRecord
 from scanward.load.scenarios import (
+    DEFAULT_SCAN_TIMEOUT,
     OK,
     SCENARIOS,
     LoadContext,
@@ -166,6 +167,7 @@ class LoadOptions:
     kube: KubeTarget | None = None  # the local worker's Jobs run on this cluster
     oom_share: float | None = None  # mixed: OOM-killed then succeed (None: some with kube)
     poller_patience: float = 10.0  # without a local worker: seconds to wait for a poller
+    scan_timeout: float = DEFAULT_SCAN_TIMEOUT  # a scan not ended by then fails
 
     def oom(self) -> float:
         """mixed's share of oom_then_ok scans: only a cluster's memory limit OOM-kills."""
@@ -359,7 +361,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                                  delay_seconds=opts.webhook_delay).start()
         notify = (NotifyTarget(url=receiver.url, secret_ref=HOOK_SECRET_REF),)
     ctx = LoadContext(client, base_queue, opts.run_id, repo, scanner_names(opts.scanners),
-                      notify=notify, cluster=opts.cluster)
+                      notify=notify, cluster=opts.cluster, scan_timeout=opts.scan_timeout)
     extra: dict[str, Any] = {}
     if meter is not None:
         meter.start()

@@ -40,6 +40,7 @@ from scanward.contract import (
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.report import ScanRecord
 from scanward.load.synthetic import Behaviour, LoadRepo
+from scanward.settings import task_queue_for
 
 # Kinds of iteration, each a behaviour of the synthetic scanner plus what the load tool
 # does meanwhile.
@@ -58,6 +59,9 @@ LOAD_TUNING = RetryTuning(
     scanner_timeout=timedelta(minutes=10),
     notify_timeout=timedelta(seconds=10),
 )
+
+
+DEFAULT_SCAN_TIMEOUT = 600.0  # seconds; --scan-timeout
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,9 @@ class LoadContext:
     notify: tuple[NotifyTarget, ...] = ()
     cluster: str | None = None
     poll_seconds: float = 0.2
-    steer_timeout: float = 300.0  # waiting for a scan to go dead or to run
+    # A scan's whole life, start to end: one that outlives it fails and is terminated
+    # (its worker died and stays away: the load used to wait for it for ever).
+    scan_timeout: float = DEFAULT_SCAN_TIMEOUT
     dead_watch: DeadWatch | None = None  # ends the wait for scans dead unexpectedly
 
 
@@ -170,7 +176,13 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     watch = ctx.dead_watch if record.kind != DEAD else None
     dead = watch.watch(handle.id) if watch is not None else None
     try:
-        summary = await _first(_steer_and_wait(ctx, scan), dead)
+        try:
+            async with asyncio.timeout(ctx.scan_timeout - (time.monotonic() - record.started)):
+                summary = await _first(_steer_and_wait(ctx, scan), dead)
+        except TimeoutError:
+            raise ScanTimeout(
+                f"not ended {ctx.scan_timeout:g} s after its start (--scan-timeout): do "
+                f"the workers of task queue {handle_queue(ctx)} run, and keep up?") from None
         if summary is None:  # went dead, and nobody is going to retry or abandon it
             record.error = await _dead_reason(ctx, record)
             await terminate(handle, record.error)
@@ -184,6 +196,9 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
         record.outcome = "cancelled" if cancelled else "failed"
         if not cancelled:
             record.error = str(getattr(e.cause, "message", e.cause))
+    except ScanTimeout as e:
+        record.error = str(e)
+        await terminate(handle, record.error)
     except (TimeoutError, RPCError, api.Rejected, api.ScanNotRunning) as e:
         record.error = f"{type(e).__name__}: {e}"
         # Leave nothing running behind the load: the next run must not inherit it.
@@ -199,14 +214,22 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     return record
 
 
+class ScanTimeout(Exception):
+    """A scan did not end within the load's ``scan_timeout`` (one line)."""
+
+
+def handle_queue(ctx: LoadContext) -> str:
+    """The task queue the load's scans go to (``--cluster`` picks one of its own)."""
+    return task_queue_for(ctx.cluster, ctx.task_queue)
+
+
 async def _steer_and_wait(ctx: LoadContext, scan: Started) -> ScanSummary:
     handle, record = scan.handle, scan.record
-    async with asyncio.timeout(ctx.steer_timeout):
-        if record.kind == DEAD:
-            await _retry_then_abandon(ctx, handle.id)
-            record.went_dead = True
-        elif record.kind == CANCEL:
-            await _cancel_when_running(ctx, handle.id)
+    if record.kind == DEAD:
+        await _retry_then_abandon(ctx, handle.id)
+        record.went_dead = True
+    elif record.kind == CANCEL:
+        await _cancel_when_running(ctx, handle.id)
     summary: ScanSummary = await handle.result()
     return summary
 
