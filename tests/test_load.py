@@ -26,6 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from scanward import search_attributes as sa
+from scanward.load import pacing
 from scanward.load import report as rpt
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.runner import (
@@ -119,6 +120,44 @@ async def test_drive_keeps_to_max_concurrent_and_iterations() -> None:
     assert sorted(int(r.scan_id) for r in records) == list(range(12)) and peak == 3
 
 
+def test_pacing_reports_the_rate_asked_and_kept() -> None:
+    kept = pacing.Starts(rate=10.0, max_concurrent=5, duration=0.5,
+                         at=[0.0, 0.1, 0.2, 0.3, 0.4])
+    assert pacing.summary(kept) == {"rate_asked": 10.0, "rate_achieved": 10.0, "starts": 5,
+                                    "due_starts": 5, "late_starts": 0, "max_lag_s": 0.0,
+                                    "max_concurrent": 5}
+    assert pacing.note(pacing.summary(kept)) is None
+    assert pacing.summary(pacing.Starts(rate=None, max_concurrent=5, at=[0.0])) is None
+    behind = pacing.Starts(rate=10.0, max_concurrent=2, at=[0.0, 0.1, 0.5, 0.55])
+    summary = pacing.summary(behind)
+    assert summary is not None
+    assert (summary["late_starts"], summary["max_lag_s"], summary["due_starts"]) == (2, 0.3, 4)
+    assert pacing.note(summary) == (
+        "--rate 10/s was not kept: 4 scans started, at 6.15/s; 2 started late (up to 0.3 "
+        "s), waiting for one of --max-concurrent 2 slots: the system did not keep up at "
+        "that concurrency (raise --max-concurrent, or lower --rate)")
+
+
+async def test_a_rate_the_slots_cannot_keep_is_reported_as_missed() -> None:
+    """``--rate 20/s --duration 1s`` with 2 slots and iterations of 0.5 s: about 4 starts
+    of the 20 due. The report used to give scans/s only, and nowhere that the rate asked
+    was not kept; it names the starts due and made, and the late ones."""
+    async def one(i: int) -> rpt.ScanRecord:
+        began = time.monotonic()
+        await asyncio.sleep(0.5)
+        return rpt.ScanRecord(str(i), "ok", "t", began, time.monotonic(), "completed")
+
+    starts = pacing.Starts(rate=20.0, max_concurrent=2, duration=1.0)
+    records, _ = await drive(Pace(duration=1.0, max_concurrent=2, rate=20.0), one, starts)
+    summary = pacing.summary(starts)
+    assert summary is not None and summary["due_starts"] == 20
+    assert summary["starts"] == len(records) <= 6 and summary["late_starts"] >= 2, summary
+    assert summary["rate_achieved"] < 8, summary
+    note = pacing.note(summary)
+    assert note is not None and note.startswith(
+        f"--rate 20/s was not kept: {len(records)} of the 20 starts due were made, at "), note
+
+
 def test_synthetic_scanner_writes_valid_sarif(tmp_path: Path) -> None:
     checkout = tmp_path / "src"
     checkout.mkdir()
@@ -143,6 +182,22 @@ async def test_happy_scenario_end_to_end(temporal_env: WorkflowEnvironment, clie
     assert scans["completed"] == 4
     assert report.history["events"]["max"] >= 20  # clone, 2 x (run, persist), finalize...
     assert rpt.latency_ms(report.records)["n"] == 4
+
+
+async def test_a_rate_the_system_cannot_keep_is_in_the_report(
+        temporal_env: WorkflowEnvironment, client: Client, tmp_path: Path) -> None:
+    """Real scans (about a second each) at ``--rate 10/s`` for 2 s with one slot: far
+    fewer than the 20 starts due, which the report (JSON and table) says."""
+    report = await run_load(_opts(temporal_env, tmp_path, scenario="happy", duration=2.0,
+                                  rate=10.0, max_concurrent=1), print, client)
+    scans = _consistent(report)
+    assert report.pacing is not None
+    assert report.pacing["due_starts"] == 20 and report.pacing["starts"] == scans["started"]
+    assert scans["started"] < 10 and report.pacing["rate_achieved"] < 5, report.pacing
+    assert report.as_json()["pacing"] == report.pacing
+    assert any(n.startswith(f"--rate 10/s was not kept: {scans['started']} of the 20 "
+                            "starts due were made") for n in report.notes), report.notes
+    assert f"{scans['started']} / 20" in _rendered(report)
 
 
 async def test_mixed_scenario_crashes_dead_retry_abandon_cancel(

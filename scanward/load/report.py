@@ -189,6 +189,7 @@ class LoadReport:
     cpu_ms_per_scan: dict[str, float] | None = None
     replay: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    pacing: dict[str, Any] | None = None  # --rate asked and achieved (load/pacing.py)
     extra: dict[str, Any] = field(default_factory=dict)  # webhook, fairness
     notes: list[str] = field(default_factory=list)
 
@@ -225,6 +226,7 @@ class LoadReport:
             "by_kind": _by_kind(self.records),
             "seconds": round(self.seconds, 3),
             "scans_per_second": round(self.scans_per_second, 2),
+            "pacing": self.pacing,
             "latency_ms": latency_ms(self.records),
             "history": self.history,
             "cpu_ms_per_scan": self.cpu_ms_per_scan,
@@ -300,6 +302,11 @@ def render(report: LoadReport, console: Console) -> None:
     table.add_row("scans started / completed / dead / cancelled / failed",
                   " / ".join(str(scans[k]) for k in ("started", *OUTCOMES)))
     table.add_row("seconds, scans/s", f"{data['seconds']:.1f} s, {data['scans_per_second']}")
+    pace = data["pacing"]
+    if pace:
+        table.add_row("starts/s asked / achieved; starts made / due, late",
+                      f"{pace['rate_asked']:g} / {pace['rate_achieved']:g}; "
+                      f"{pace['starts']} / {pace['due_starts']}, {pace['late_starts']}")
     table.add_row("start→completed p50 / p95 / p99 (ms)",
                   " / ".join(_fmt(lat[k]) for k in ("p50", "p95", "p99")))
     if hist:

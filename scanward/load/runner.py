@@ -24,10 +24,11 @@ from temporalio.common import Priority
 from scanward import client as api
 from scanward.contract import NotifyTarget
 from scanward.inputs import InputError
-from scanward.load import kube
+from scanward.load import kube, pacing
 from scanward.load import report as rpt
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.kube import KubeTarget
+from scanward.load.pacing import Starts
 from scanward.load.receiver import FlakyReceiver
 from scanward.load.report import LoadReport, ScanRecord
 from scanward.load.scenarios import (
@@ -92,11 +93,12 @@ class Pace:
     rate: float | None = None  # iterations started per second, at most
 
 
-async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
-                ) -> tuple[list[ScanRecord], float]:
+async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]],
+                starts: Starts | None = None) -> tuple[list[ScanRecord], float]:
     """Run iterations ``one(0)``, ``one(1)``, ... as ``pace`` says; returns their records
-    and the seconds from the first start to the last end. Cancelled, it cancels the
-    iterations in flight and waits for them (each stops its scan)."""
+    and the seconds from the first start to the last end (``starts`` records when each
+    began). Cancelled, it cancels the iterations in flight and waits for them (each
+    stops its scan)."""
     if pace.iterations is None and pace.duration is None:
         raise LoadError("give --iterations or --duration")
     gate = asyncio.Semaphore(max(1, pace.max_concurrent))
@@ -116,6 +118,8 @@ async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
             if over():  # the duration ran out while waiting for a slot
                 gate.release()
                 break
+            if starts is not None:
+                starts.at.append(time.monotonic() - began)
             tasks.append(asyncio.create_task(_released(gate, one, len(tasks))))
         records = list(await asyncio.gather(*tasks))
     except BaseException:
@@ -363,6 +367,9 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     ctx = LoadContext(client, base_queue, opts.run_id, repo, scanner_names(opts.scanners),
                       notify=notify, cluster=opts.cluster, scan_timeout=opts.scan_timeout)
     extra: dict[str, Any] = {}
+    pace = opts.pace() if opts.scenario != "tenants" else None
+    starts = Starts(pace.rate if pace else None, pace.max_concurrent if pace else 0,
+                    pace.duration if pace else None)
     if meter is not None:
         meter.start()
     try:
@@ -370,7 +377,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
             if opts.scenario == "tenants":
                 records, seconds, extra["fairness"] = await _tenants(ctx, opts, say)
             else:
-                records, seconds = await _scenario(ctx, opts, say)
+                records, seconds = await _scenario(ctx, opts, say, starts)
     finally:
         ctx.dead_watch = None
         if receiver is not None:
@@ -383,6 +390,9 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                         extra=extra, notes=notes)
     if spent:
         report.cpu_ms_per_scan = _per(spent, len(records))
+    report.pacing = pacing.summary(starts)
+    if (late := pacing.note(report.pacing)) is not None:
+        report.notes.append(late)
     say(f"{len(records)} scans in {seconds:.1f}s; fetching their histories")
     histories = await rpt.fetch_histories(client, [r.scan_id for r in records])
     sizes = [rpt.size_of(h) for h in histories]
@@ -404,7 +414,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     return report
 
 
-async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
+async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say, starts: Starts
                     ) -> tuple[list[ScanRecord], float]:
     pace = opts.pace()
     if opts.scenario == "mixed":
@@ -417,7 +427,9 @@ async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
                                          else f"{pace.duration:g}s")
         + f", up to {pace.max_concurrent} at once"
         + (f", {pace.rate:g}/s" if pace.rate else ""))
-    return await drive(pace, lambda i: run_scan(ctx, i, order[i % len(order)]))
+    records, seconds = await drive(pace, lambda i: run_scan(ctx, i, order[i % len(order)]),
+                                   starts)
+    return records, seconds
 
 
 async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say
