@@ -449,11 +449,15 @@ async def test_a_cancelled_load_terminates_its_scans_and_keeps_its_logs(
 
 
 @pytest.mark.usefixtures("scan_worker_task")
+@pytest.mark.parametrize(("sig", "said"), [(signal.SIGINT, "interrupted"),
+                                           (signal.SIGTERM, "terminated (SIGTERM)")])
 async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
-        temporal_env: WorkflowEnvironment, client: Client, settings: Settings) -> None:
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        sig: signal.Signals, said: str) -> None:
     """``scanward load`` against a deployment's task queue (this test's worker), SIGINT
-    while its scans run: it exits 1 "interrupted", its scans are terminated, and nothing
-    holds a client past the session (client.run's warning)."""
+    (Ctrl-C) or SIGTERM (``timeout``, a CI job cancelled: it used to end the load at once,
+    its scans left running) while its scans run: it exits 1 saying which, its scans are
+    terminated, and nothing holds a client past the session (client.run's warning)."""
     run_id = f"sigint{uuid.uuid4().hex[:6]}"
     argv = ["scanward", "load", "--task-queue", settings.task_queue, "--iterations", "2",
             "--scan-seconds", "60", "--run-id", run_id]
@@ -476,7 +480,7 @@ async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
     try:
         await eventually(both_running, timeout=60, what="the load's two scans running")
         await asyncio.sleep(1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
@@ -484,7 +488,7 @@ async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
             await proc.wait()
     stderr = err.decode()
     assert proc.returncode == 1, stderr
-    assert stderr.strip().endswith("scanward: error: interrupted"), stderr
+    assert stderr.strip().endswith(f"scanward: error: {said}"), stderr
     assert "outlived its session" not in stderr, stderr
     assert "Traceback" not in stderr and "kept" not in stderr, stderr
 
@@ -568,13 +572,17 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
+@pytest.mark.parametrize(("sig", "group", "said"), [
+    (signal.SIGINT, True, "interrupted"), (signal.SIGTERM, False, "terminated (SIGTERM)")])
+async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly(
+        sig: signal.Signals, group: bool, said: str) -> None:
     """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: with
     ``--start-local-server`` that used to kill the dev server and the worker at once,
     and the load then spent ~28 s failing to reach the server to terminate its scans and
     ended with "temporal: tcp connect error". They run in process groups of their own
     now: the load terminates its scans, stops them, and says "interrupted"; nothing it
-    started is left."""
+    started is left. SIGTERM to the load alone (``timeout``, a CI job cancelled) used to
+    end it at once and leave the dev server and the worker running, orphaned."""
     argv = [sys.executable, "-c",
             "import runpy, signal, sys; signal.signal(signal.SIGINT, "
             "signal.default_int_handler); sys.argv = ['scanward'] + sys.argv[1:]; "
@@ -589,6 +597,7 @@ async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
     assert proc.stderr is not None
     lines: list[str] = []
     started: set[int] = set()
+    left_behind = False
     try:
         while not any("scenario happy" in line for line in lines):
             line = await asyncio.wait_for(proc.stderr.readline(), 120)
@@ -597,7 +606,10 @@ async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
         await asyncio.sleep(5)  # the scanners run
         started = _descendants(proc.pid)
         assert len(started) >= 2, started  # the dev server and the worker, at least
-        os.killpg(proc.pid, signal.SIGINT)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         began = time.monotonic()
         _, rest = await asyncio.wait_for(proc.communicate(), 120)
         took = time.monotonic() - began
@@ -605,14 +617,16 @@ async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly() -> None:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        for pid in started:  # what it left behind, if it did (in groups of their own)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                left_behind = True
     stderr = "".join(lines) + rest.decode()
     assert proc.returncode == 1, stderr
-    assert stderr.strip().endswith("scanward: error: interrupted"), stderr
+    assert stderr.strip().endswith(f"scanward: error: {said}"), stderr
     assert "tcp connect error" not in stderr, stderr
     assert took < 20, (took, stderr)
-    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started
-            if _alive(pid)}
-    assert not left, (left, stderr)
+    assert not left_behind, stderr
     for said in stderr.splitlines():
         if said.startswith("scanward load: kept "):
             shutil.rmtree(said.split()[3].rstrip(":"), ignore_errors=True)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from scanward.cli.app import EXIT_USAGE, CliError, err, out, run_command
+from scanward.cli.termination import sigterm_interrupts
 
 
 def load(
@@ -107,8 +108,10 @@ def load(
                 scan_timeout=runner.parse_duration(scan_timeout))
             if run_id:
                 opts.run_id = run_id
-            result = await runner.run_load(opts, lambda line: err.print(
-                f"scanward load: {line}", markup=False, highlight=False, soft_wrap=True))
+            async with sigterm_interrupts():
+                result = await runner.run_load(opts, lambda line: err.print(
+                    f"scanward load: {line}", markup=False, highlight=False,
+                    soft_wrap=True))
         except (runner.LoadUsageError, load_kube.KubeOptionError) as e:
             raise CliError(str(e), EXIT_USAGE) from e
         except runner.LoadError as e:
