@@ -390,3 +390,21 @@ async def test_another_workflow_types_history_fails_even_before_its_first_task(
             "not a ScanWorkflow history: its workflow type is BillingWorkflow")
     finally:
         await handle.terminate()
+
+
+async def test_limit_with_files_only_and_a_bad_query_are_one_line(
+        temporal_env: WorkflowEnvironment, settings: Settings) -> None:
+    """``--limit`` caps what is listed from the namespace: with files only it used to be
+    ignored (``replay tests/histories --limit 2`` replayed all 16, exit 0); it is a usage
+    error now. A query the server refuses names the query sent, which the server's
+    position refers to (the user's query ANDed with the workflow type)."""
+    code, out, err = await scanward("replay", str(CORPUS), "--limit", "2")
+    assert code == 2 and "replayed" not in out, (out, err)
+    assert err.strip() == ("scanward: error: --limit caps the histories listed from the "
+                           "namespace (no PATH, or --query/--running): it does not apply "
+                           "to files"), err
+    code, out, err = await scanward("replay", "--query", "Foo = = 3",
+                                    env=cli_env(temporal_env, settings))
+    assert code == 1, (out, err)
+    assert err.strip().startswith('scanward: error: query WorkflowType="ScanWorkflow" AND '
+                                  "(Foo = = 3): invalid query"), err
