@@ -664,3 +664,46 @@ async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
             f'TaskQueue="{queue}" AND ExecutionStatus="Terminated"')).count == 2
 
     await eventually(terminated, what="the load's scans terminated")
+
+
+async def test_a_temporal_restart_mid_run_fails_no_healthy_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Temporal server (a dev server with its database on disk) killed while the
+    load's scans run, and back 8 s later: the scans live through it on the server and
+    the worker, and so must the load's waits. It used to count 5 of 6 such scans
+    "failed" (``RPCError: tcp connect error``) and terminate them once the server was
+    back."""
+    from scanward import client as api
+    from scanward.devserver import DevServer, free_port
+
+    server = DevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
+                       log_file=tmp_path / "temporal.log", own_process_group=True)
+    await asyncio.to_thread(server.start)
+    try:
+        monkeypatch.setenv("TEMPORAL_ADDRESS", server.address)
+        monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+        client = await api.connect()
+        run_id = f"outage{uuid.uuid4().hex[:6]}"
+        opts = LoadOptions(start_local_server=True, server_address=server.address,
+                           home=tmp_path / "load", run_id=run_id, iterations=3,
+                           scan_seconds=8.0)
+        load = asyncio.create_task(run_load(opts, print, client))
+        running = f'TaskQueue="load-{run_id}" AND ExecutionStatus="Running"'
+
+        async def all_running() -> bool:
+            return (await client.count_workflows(running)).count == 3
+
+        await eventually(all_running, timeout=90, what="the load's scans running")
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait()
+        server.proc = None
+        await asyncio.sleep(8)
+        await asyncio.to_thread(server.start)
+        report = await asyncio.wait_for(load, 180)
+    finally:
+        await asyncio.to_thread(server.stop)
+    scans = rpt.counts(report.records)
+    assert (scans["started"], scans["completed"], scans["failed"]) == (3, 3, 0), \
+        report.as_json()["errors"]
+    assert report.replay["replayed"] == 3 and report.replay["failures"] == 0

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
@@ -41,6 +41,8 @@ from scanward.load.dead_watch import DeadWatch
 from scanward.load.report import ScanRecord
 from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.settings import task_queue_for
+
+T = TypeVar("T")
 
 # Kinds of iteration, each a behaviour of the synthetic scanner plus what the load tool
 # does meanwhile.
@@ -161,8 +163,11 @@ async def start(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",
         cluster=ctx.cluster, dedupe_key=f"{ctx.run_id}-{phase or 'load'}-{i}",
     )
     started = time.monotonic()
-    handle = await api.start_scan(ctx.client, request, task_queue=ctx.task_queue,
-                                  priority=priority)
+    # A start repeated after an outage finds the scan it may have created (the id is
+    # the request's, joined with USE_EXISTING), so it is safe to repeat.
+    handle = await through_outages(lambda: api.start_scan(
+        ctx.client, request, task_queue=ctx.task_queue, priority=priority),
+        started + ctx.scan_timeout)
     return Started(handle, ScanRecord(handle.id, kind, tenant, started, started, "failed",
                                       phase))
 
@@ -214,6 +219,26 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     return record
 
 
+OUTAGE_POLL = 1.0  # seconds between tries while Temporal is unreachable
+
+
+async def through_outages(call: Callable[[], Awaitable[T]],
+                          deadline: float | None = None) -> T:
+    """``call()``, tried again while Temporal is unreachable (down, restarting: what
+    :func:`scanward.client.unavailable` says), until ``deadline`` (monotonic) if given.
+    The SDK's own retries last seconds; a server restart under load takes longer, and
+    the scans live through it on the server: the load's wait for them must too (an
+    outage of 6 s failed, and terminated, 5 of 6 healthy scans)."""
+    while True:
+        try:
+            return await call()
+        except RPCError as e:
+            if not api.unavailable(e) or (deadline is not None
+                                          and time.monotonic() >= deadline):
+                raise
+        await asyncio.sleep(OUTAGE_POLL)
+
+
 class ScanTimeout(Exception):
     """A scan did not end within the load's ``scan_timeout`` (one line)."""
 
@@ -230,7 +255,7 @@ async def _steer_and_wait(ctx: LoadContext, scan: Started) -> ScanSummary:
         record.went_dead = True
     elif record.kind == CANCEL:
         await _cancel_when_running(ctx, handle.id)
-    summary: ScanSummary = await handle.result()
+    summary: ScanSummary = await through_outages(handle.result)
     return summary
 
 
@@ -318,7 +343,7 @@ async def _retry_then_abandon(ctx: LoadContext, scan_id: str) -> None:
 async def _cancel_when_running(ctx: LoadContext, scan_id: str) -> None:
     await _until(ctx, scan_id, lambda s: any(r.status is ScannerStatus.RUNNING
                                              for r in s.scanners))
-    await api.cancel(ctx.client, scan_id)
+    await through_outages(lambda: api.cancel(ctx.client, scan_id))  # cancel is idempotent
 
 
 Executor = Callable[[int], Awaitable[ScanRecord]]
