@@ -30,6 +30,7 @@ from scanward.load import pacing
 from scanward.load import report as rpt
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.runner import (
+    HOOK_SECRET_ENV,
     LoadError,
     LoadOptions,
     Pace,
@@ -707,3 +708,32 @@ async def test_a_temporal_restart_mid_run_fails_no_healthy_scan(
     assert (scans["started"], scans["completed"], scans["failed"]) == (3, 3, 0), \
         report.as_json()["errors"]
     assert report.replay["replayed"] == 3 and report.replay["failures"] == 0
+
+
+async def test_webhooks_refused_on_the_worker_are_reported_with_the_workers_reason(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``webhook`` against a deployment whose workers may not send the ``loadhook``
+    secret to this machine: the scans complete, no webhook reaches the receiver, and the
+    run fails. The reason used to be "the receiver answered nothing"; it is what the
+    workers said, from the scans' histories."""
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, settings.task_queue, worker, tmp_path / "worker.log",
+                              patience=60)
+        monkeypatch.setenv(HOOK_SECRET_ENV, "the-load-has-it")
+        opts = LoadOptions(scenario="webhook", task_queue=settings.task_queue, iterations=2,
+                           run_id=f"hook{uuid.uuid4().hex[:6]}", home=tmp_path / "load")
+        report = await run_load(opts, print, client)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert rpt.counts(report.records)["completed"] == 2
+    hook = report.extra["webhook"]
+    assert hook["requests"] == 0 and hook["undelivered_scans"] == 2
+    ((message, scans),) = hook["notify_errors"].items()
+    assert scans == 2 and message.startswith("secret 'loadhook' may not be sent to "
+                                             "127.0.0.1:"), message
+    (reason,) = report.failures()
+    assert reason == ("2 scan(s) completed without their webhook delivered: the workers' "
+                      f"notify failed: {message} (2 scan(s))"), reason

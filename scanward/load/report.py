@@ -144,6 +144,31 @@ def undelivered(records: Iterable[ScanRecord], delivered: set[str]) -> dict[str,
     return {"undelivered_scans": len(missing), "undelivered": missing[:20]}
 
 
+def activity_failures(histories: Iterable[WorkflowHistory], activity: str,
+                      workflow_ids: set[str]) -> dict[str, int]:
+    """The last failure message of ``activity`` in each of those histories, with the
+    number of scans it ended: what the worker said (a webhook the receiver never saw
+    was refused on the worker, e.g. a secret not allowed to that host)."""
+    t = EventType
+    messages: dict[str, int] = {}
+    for history in histories:
+        if history.workflow_id not in workflow_ids:
+            continue
+        ours: set[int] = set()
+        last = ""
+        for e in history.events:
+            if (e.event_type == t.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                    and e.activity_task_scheduled_event_attributes.activity_type.name
+                    == activity):
+                ours.add(e.event_id)
+            elif (e.event_type == t.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                  and e.activity_task_failed_event_attributes.scheduled_event_id in ours):
+                last = e.activity_task_failed_event_attributes.failure.message
+        if last:
+            messages[last] = messages.get(last, 0) + 1
+    return messages
+
+
 def history_stats(sizes: Sequence[HistorySize]) -> dict[str, Any]:
     events = [float(s.events) for s in sizes]
     sizes_b = [float(s.bytes) for s in sizes]
@@ -204,9 +229,13 @@ class LoadReport:
             reasons.append(f"{self.replay['failures']} history(ies) did not replay")
         hook = self.extra.get("webhook") or {}
         if hook.get("undelivered_scans"):
+            said = hook.get("notify_errors") or {}
             if hook["answers"].get("503"):
                 why = (f"the receiver was down longer than the notify retries (503 for "
                        f"{hook['down_seconds']:g} s)")
+            elif said:  # refused on the worker: the receiver never saw it
+                why = "the workers' notify failed: " + "; ".join(
+                    f"{message} ({n} scan(s))" for message, n in said.items())
             else:
                 answers = ", ".join(f"{n}x {status}" for status, n in hook["answers"].items())
                 why = f"the receiver answered {answers or 'nothing'}"

@@ -395,6 +395,11 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
         report.notes.append(late)
     say(f"{len(records)} scans in {seconds:.1f}s; fetching their histories")
     histories = await rpt.fetch_histories(client, [r.scan_id for r in records])
+    if receiver is not None and extra["webhook"]["undelivered_scans"]:
+        missing = {r.scan_id for r in records if r.outcome == "completed"
+                   and r.scan_id not in receiver.delivered_scan_ids()}
+        extra["webhook"]["notify_errors"] = rpt.activity_failures(
+            histories, "notify_webhook", missing)
     sizes = [rpt.size_of(h) for h in histories]
     report.history = rpt.history_stats(sizes)
     if "fairness" in extra:
