@@ -737,3 +737,30 @@ async def test_webhooks_refused_on_the_worker_are_reported_with_the_workers_reas
     (reason,) = report.failures()
     assert reason == ("2 scan(s) completed without their webhook delivered: the workers' "
                       f"notify failed: {message} (2 scan(s))"), reason
+
+
+async def test_a_deployment_whose_worker_stopped_is_refused_before_any_scan(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """The server keeps listing a SIGKILLed worker as a poller for minutes; the load
+    used to take it for a live one and start scans no worker would run. A poller not
+    seen for ``poller_fresh`` seconds (90 by default; a live idle worker polls again
+    within about 70 s) does not count: the load stops before any scan, saying when the
+    queue was last polled."""
+    queue = settings.task_queue
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, queue, worker, tmp_path / "worker.log", patience=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    await asyncio.sleep(3)
+    opts = LoadOptions(task_queue=queue, run_id=f"gone{uuid.uuid4().hex[:6]}", iterations=2,
+                       poller_patience=1.0, poller_fresh=2.0, home=tmp_path / "load")
+    with pytest.raises(LoadError) as refused:
+        await run_load(opts, lambda _: None, client)
+    message = str(refused.value)
+    assert message.startswith(f"no worker polls task queue {queue} in namespace default "
+                              "after 1s (its last poll was at "), message
+    assert "s ago: its worker has stopped): start the deployment's workers" in message
+    assert (await client.count_workflows(f'TaskQueue="{queue}"')).count == 0

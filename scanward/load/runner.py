@@ -44,7 +44,14 @@ from scanward.load.scenarios import (
     start,
     terminate,
 )
-from scanward.load.stack import Cpu, LocalStack, Meter, NoPoller, wait_for_poller
+from scanward.load.stack import (
+    POLLER_FRESH,
+    Cpu,
+    LocalStack,
+    Meter,
+    NoPoller,
+    wait_for_poller,
+)
 from scanward.load.synthetic import LoadRepo
 from scanward.secrets import HOSTS_ENV
 from scanward.settings import Settings, task_queue_for
@@ -171,6 +178,7 @@ class LoadOptions:
     kube: KubeTarget | None = None  # the local worker's Jobs run on this cluster
     oom_share: float | None = None  # mixed: OOM-killed then succeed (None: some with kube)
     poller_patience: float = 10.0  # without a local worker: seconds to wait for a poller
+    poller_fresh: float = POLLER_FRESH  # a poller not seen for longer has stopped
     scan_timeout: float = DEFAULT_SCAN_TIMEOUT  # a scan not ended by then fails
 
     def oom(self) -> float:
@@ -346,7 +354,8 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                                             task_queue, log)
     else:
         try:
-            await wait_for_poller(client, task_queue, patience=opts.poller_patience)
+            await wait_for_poller(client, task_queue, patience=opts.poller_patience,
+                                  fresh=opts.poller_fresh)
         except NoPoller as e:
             raise LoadError(f"{e}: start the deployment's workers, or name their task "
                             "queue with --task-queue (and --cluster), or run a worker here "
