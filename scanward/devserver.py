@@ -71,8 +71,12 @@ class DevServer:
     """``temporal server start-dev`` with scanward's search attributes registered."""
 
     def __init__(self, *, port: int = 7233, ui_port: int | None = 8233,
-                 db_file: Path | None = None, log_file: Path | None = None) -> None:
+                 db_file: Path | None = None, log_file: Path | None = None,
+                 own_process_group: bool = False) -> None:
         self.port = port
+        # In a process group of its own, a terminal's Ctrl-C (SIGINT to the foreground
+        # group) reaches only the command that started it, which stops it when done.
+        self.own_process_group = own_process_group
         self.ui_port = ui_port
         self.db_file = db_file
         self.log_file = log_file
@@ -96,7 +100,8 @@ class DevServer:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
             args += ["--db-filename", str(self.db_file)]
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                     process_group=0 if self.own_process_group else None)
         deadline = time.monotonic() + timeout
         # Listening is not serving: a frontend that listens refuses calls ("Frontend is
         # not healthy yet") until its services are up, seconds later on a busy machine.

@@ -58,6 +58,7 @@ class Outcome:
     events: int
     error: str | None = None
     saved: Path | None = None
+    replayed: bool = True  # False: could not be read, or is not a history of ours
 
 
 @dataclass
@@ -70,12 +71,18 @@ class Report:
         return [o for o in self.outcomes if o.error is not None]
 
     @property
+    def not_replayed(self) -> list[Outcome]:
+        """Histories that failed before any replay: unreadable, or another type's."""
+        return [o for o in self.outcomes if not o.replayed]
+
+    @property
     def replays_per_second(self) -> float:
         return len(self.outcomes) / self.seconds if self.seconds > 0 else 0.0
 
     def as_json(self) -> dict[str, object]:
         return {
             "replayed": len(self.outcomes),
+            "not_replayed": len(self.not_replayed),
             "failed": [{"workflow_id": o.workflow_id, "run_id": o.run_id, "origin": o.origin,
                         "error": o.error} for o in self.failures],
             "seconds": round(self.seconds, 3),
@@ -214,6 +221,34 @@ def _sdk_logs_silenced() -> Iterator[None]:
         _replaying.reset(token)
 
 
+def workflow_type(history: WorkflowHistory) -> str:
+    """The workflow type its start event names ("" when the first event is no start)."""
+    if not history.events:
+        return ""
+    return history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+
+
+def workflow_names(workflows: Sequence[type]) -> set[str] | None:
+    """The workflow types ``workflows`` define (their ``@workflow.defn`` names); None
+    when one of them is dynamic (it takes any type)."""
+    from temporalio import workflow
+
+    names = {workflow._Definition.must_from_class(w).name for w in workflows}
+    return None if None in names else {n for n in names if n is not None}
+
+
+def foreign(history: WorkflowHistory, names: set[str] | None) -> str | None:
+    """Why ``history`` cannot be replayed against ``names`` (another workflow type);
+    None if it can. The replayer itself only notices a type it lacks at the first
+    workflow task it replays: a history without one (a start no worker has picked up)
+    would otherwise pass without a line of the workflow run."""
+    kind = workflow_type(history)
+    if names is None or kind in names:
+        return None
+    return (f"not a {' or '.join(sorted(names))} history: its workflow type is "
+            f"{kind or '(no start event)'}")
+
+
 def default_workflows() -> list[type]:
     """Today's ScanWorkflow (imported on demand: it pulls in the activities)."""
     from workflows.scan import ScanWorkflow
@@ -280,6 +315,7 @@ async def replay(
                             interceptors=chain, runtime=runtime,
                             workflow_task_executor=executor)
         origins: dict[int, tuple[Source, Path | None]] = {}
+        names = workflow_names(workflows)
 
         async def histories() -> AsyncIterator[WorkflowHistory]:
             while (source := await queue.get()) is not None:
@@ -288,7 +324,13 @@ async def replay(
                     _ = history.run_id  # raises for an empty history
                 except Exception as e:  # reported, with its origin
                     record(Outcome(source.workflow_id or Path(source.origin).stem, "",
-                                   source.origin, 0, f"could not load: {_one_line(e)}"))
+                                   source.origin, 0, f"could not load: {_one_line(e)}",
+                                   replayed=False))
+                    continue
+                wrong = foreign(history, names)
+                if wrong is not None:  # never "replayed": nothing of ours would run
+                    record(Outcome(history.workflow_id, history.run_id, source.origin,
+                                   len(history.events), wrong, replayed=False))
                     continue
                 saved = save(history, save_dir) if save_dir is not None else None
                 origins[id(history)] = (source, saved)

@@ -26,9 +26,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from scanward import search_attributes as sa
+from scanward.load import pacing
 from scanward.load import report as rpt
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.runner import (
+    HOOK_SECRET_ENV,
     LoadError,
     LoadOptions,
     Pace,
@@ -38,11 +40,13 @@ from scanward.load.runner import (
     run_load,
 )
 from scanward.load.scenarios import OK, LoadContext, mixed_kinds, run_scan
+from scanward.load.stack import wait_for_poller
 from scanward.load.synthetic import Behaviour, LoadRepo
 from scanward.sarif import read_findings
 from scanward.settings import Settings
 from scanward.synthetic_scanner import attempt_of, sarif_document
 from tests.conftest import eventually
+from tests.helpers.processes import spawn_worker, worker_env
 
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -117,6 +121,44 @@ async def test_drive_keeps_to_max_concurrent_and_iterations() -> None:
     assert sorted(int(r.scan_id) for r in records) == list(range(12)) and peak == 3
 
 
+def test_pacing_reports_the_rate_asked_and_kept() -> None:
+    kept = pacing.Starts(rate=10.0, max_concurrent=5, duration=0.5,
+                         at=[0.0, 0.1, 0.2, 0.3, 0.4])
+    assert pacing.summary(kept) == {"rate_asked": 10.0, "rate_achieved": 10.0, "starts": 5,
+                                    "due_starts": 5, "late_starts": 0, "max_lag_s": 0.0,
+                                    "max_concurrent": 5}
+    assert pacing.note(pacing.summary(kept)) is None
+    assert pacing.summary(pacing.Starts(rate=None, max_concurrent=5, at=[0.0])) is None
+    behind = pacing.Starts(rate=10.0, max_concurrent=2, at=[0.0, 0.1, 0.5, 0.55])
+    summary = pacing.summary(behind)
+    assert summary is not None
+    assert (summary["late_starts"], summary["max_lag_s"], summary["due_starts"]) == (2, 0.3, 4)
+    assert pacing.note(summary) == (
+        "--rate 10/s was not kept: 4 scans started, at 6.15/s; 2 started late (up to 0.3 "
+        "s), waiting for one of --max-concurrent 2 slots: the system did not keep up at "
+        "that concurrency (raise --max-concurrent, or lower --rate)")
+
+
+async def test_a_rate_the_slots_cannot_keep_is_reported_as_missed() -> None:
+    """``--rate 20/s --duration 1s`` with 2 slots and iterations of 0.5 s: about 4 starts
+    of the 20 due. The report used to give scans/s only, and nowhere that the rate asked
+    was not kept; it names the starts due and made, and the late ones."""
+    async def one(i: int) -> rpt.ScanRecord:
+        began = time.monotonic()
+        await asyncio.sleep(0.5)
+        return rpt.ScanRecord(str(i), "ok", "t", began, time.monotonic(), "completed")
+
+    starts = pacing.Starts(rate=20.0, max_concurrent=2, duration=1.0)
+    records, _ = await drive(Pace(duration=1.0, max_concurrent=2, rate=20.0), one, starts)
+    summary = pacing.summary(starts)
+    assert summary is not None and summary["due_starts"] == 20
+    assert summary["starts"] == len(records) <= 6 and summary["late_starts"] >= 2, summary
+    assert summary["rate_achieved"] < 8, summary
+    note = pacing.note(summary)
+    assert note is not None and note.startswith(
+        f"--rate 20/s was not kept: {len(records)} of the 20 starts due were made, at "), note
+
+
 def test_synthetic_scanner_writes_valid_sarif(tmp_path: Path) -> None:
     checkout = tmp_path / "src"
     checkout.mkdir()
@@ -141,6 +183,22 @@ async def test_happy_scenario_end_to_end(temporal_env: WorkflowEnvironment, clie
     assert scans["completed"] == 4
     assert report.history["events"]["max"] >= 20  # clone, 2 x (run, persist), finalize...
     assert rpt.latency_ms(report.records)["n"] == 4
+
+
+async def test_a_rate_the_system_cannot_keep_is_in_the_report(
+        temporal_env: WorkflowEnvironment, client: Client, tmp_path: Path) -> None:
+    """Real scans (about a second each) at ``--rate 10/s`` for 2 s with one slot: far
+    fewer than the 20 starts due, which the report (JSON and table) says."""
+    report = await run_load(_opts(temporal_env, tmp_path, scenario="happy", duration=2.0,
+                                  rate=10.0, max_concurrent=1), print, client)
+    scans = _consistent(report)
+    assert report.pacing is not None
+    assert report.pacing["due_starts"] == 20 and report.pacing["starts"] == scans["started"]
+    assert scans["started"] < 10 and report.pacing["rate_achieved"] < 5, report.pacing
+    assert report.as_json()["pacing"] == report.pacing
+    assert any(n.startswith(f"--rate 10/s was not kept: {scans['started']} of the 20 "
+                            "starts due were made") for n in report.notes), report.notes
+    assert f"{scans['started']} / 20" in _rendered(report)
 
 
 async def test_mixed_scenario_crashes_dead_retry_abandon_cancel(
@@ -392,11 +450,15 @@ async def test_a_cancelled_load_terminates_its_scans_and_keeps_its_logs(
 
 
 @pytest.mark.usefixtures("scan_worker_task")
+@pytest.mark.parametrize(("sig", "said"), [(signal.SIGINT, "interrupted"),
+                                           (signal.SIGTERM, "terminated (SIGTERM)")])
 async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
-        temporal_env: WorkflowEnvironment, client: Client, settings: Settings) -> None:
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        sig: signal.Signals, said: str) -> None:
     """``scanward load`` against a deployment's task queue (this test's worker), SIGINT
-    while its scans run: it exits 1 "interrupted", its scans are terminated, and nothing
-    holds a client past the session (client.run's warning)."""
+    (Ctrl-C) or SIGTERM (``timeout``, a CI job cancelled: it used to end the load at once,
+    its scans left running) while its scans run: it exits 1 saying which, its scans are
+    terminated, and nothing holds a client past the session (client.run's warning)."""
     run_id = f"sigint{uuid.uuid4().hex[:6]}"
     argv = ["scanward", "load", "--task-queue", settings.task_queue, "--iterations", "2",
             "--scan-seconds", "60", "--run-id", run_id]
@@ -419,7 +481,7 @@ async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
     try:
         await eventually(both_running, timeout=60, what="the load's two scans running")
         await asyncio.sleep(1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
@@ -427,7 +489,7 @@ async def test_ctrl_c_against_a_deployment_stops_the_scans_and_the_runtime(
             await proc.wait()
     stderr = err.decode()
     assert proc.returncode == 1, stderr
-    assert stderr.strip().endswith("scanward: error: interrupted"), stderr
+    assert stderr.strip().endswith(f"scanward: error: {said}"), stderr
     assert "outlived its session" not in stderr, stderr
     assert "Traceback" not in stderr and "kept" not in stderr, stderr
 
@@ -483,3 +545,222 @@ async def test_history_bytes_are_the_servers_history_size(
     assert size.bytes == History(events=history.events).ByteSize()
     assert _as_persisted(history.events).ByteSize() == info.history_size_bytes
     assert size.bytes > info.history_size_bytes > sum(e.ByteSize() for e in history.events)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone waits for init, which may not reap here)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.parametrize(("sig", "group", "said"), [
+    (signal.SIGINT, True, "interrupted"), (signal.SIGTERM, False, "terminated (SIGTERM)")])
+async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly(
+        sig: signal.Signals, group: bool, said: str) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: with
+    ``--start-local-server`` that used to kill the dev server and the worker at once,
+    and the load then spent ~28 s failing to reach the server to terminate its scans and
+    ended with "temporal: tcp connect error". They run in process groups of their own
+    now: the load terminates its scans, stops them, and says "interrupted"; nothing it
+    started is left. SIGTERM to the load alone (``timeout``, a CI job cancelled) used to
+    end it at once and leave the dev server and the worker running, orphaned."""
+    argv = [sys.executable, "-c",
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+            "signal.default_int_handler); sys.argv = ['scanward'] + sys.argv[1:]; "
+            "runpy.run_module('starter', run_name='__main__')",
+            "load", "happy", "--start-local-server", "--iterations", "3",
+            "--scan-seconds", "60", "--run-id", f"ctrlc{uuid.uuid4().hex[:6]}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCANWARD_", "TEMPORAL_"))}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO_ROOT, env=env | {"PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)  # a terminal's foreground group of its own
+    assert proc.stderr is not None
+    lines: list[str] = []
+    started: set[int] = set()
+    left_behind = False
+    try:
+        while not any("scenario happy" in line for line in lines):
+            line = await asyncio.wait_for(proc.stderr.readline(), 120)
+            assert line, lines
+            lines.append(line.decode())
+        await asyncio.sleep(5)  # the scanners run
+        started = _descendants(proc.pid)
+        assert len(started) >= 2, started  # the dev server and the worker, at least
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        began = time.monotonic()
+        _, rest = await asyncio.wait_for(proc.communicate(), 120)
+        took = time.monotonic() - began
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        for pid in started:  # what it left behind, if it did (in groups of their own)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                left_behind = True
+    stderr = "".join(lines) + rest.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().endswith(f"scanward: error: {said}"), stderr
+    assert "tcp connect error" not in stderr, stderr
+    assert took < 20, (took, stderr)
+    assert not left_behind, stderr
+    for said in stderr.splitlines():
+        if said.startswith("scanward load: kept "):
+            shutil.rmtree(said.split()[3].rstrip(":"), ignore_errors=True)
+
+
+async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """The deployment's only worker SIGKILLed and not restarted: the server still lists
+    it as a poller for minutes, so the load starts its scans, which never end. It used to
+    wait for them for ever (``--duration 3s`` too). Each fails after ``--scan-timeout``
+    naming the task queue, is terminated, and the run fails."""
+    queue = settings.task_queue
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, queue, worker, tmp_path / "worker.log", patience=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    run_id = f"dead{uuid.uuid4().hex[:6]}"
+    opts = LoadOptions(task_queue=queue, run_id=run_id, duration=1.0, max_concurrent=2,
+                       scan_timeout=5.0, home=tmp_path / "load")
+    async with asyncio.timeout(60):  # it used to wait here for ever
+        report = await run_load(opts, lambda _: None, client)
+    scans = rpt.counts(report.records)
+    assert scans["started"] == 2 and scans["failed"] == 2, report.as_json()
+    assert report.failures() == ["2 scan(s) failed"]
+    for error in report.as_json()["errors"]:
+        assert error["error"] == (f"not ended 5 s after its start (--scan-timeout): do the "
+                                  f"workers of task queue {queue} run, and keep up?"), error
+    assert all(r.seconds < 10 for r in report.records), [r.seconds for r in report.records]
+
+    async def terminated() -> bool:
+        return (await client.count_workflows(
+            f'TaskQueue="{queue}" AND ExecutionStatus="Terminated"')).count == 2
+
+    await eventually(terminated, what="the load's scans terminated")
+
+
+async def test_a_temporal_restart_mid_run_fails_no_healthy_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Temporal server (a dev server with its database on disk) killed while the
+    load's scans run, and back 8 s later: the scans live through it on the server and
+    the worker, and so must the load's waits. It used to count 5 of 6 such scans
+    "failed" (``RPCError: tcp connect error``) and terminate them once the server was
+    back."""
+    from scanward import client as api
+    from scanward.devserver import DevServer, free_port
+
+    server = DevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
+                       log_file=tmp_path / "temporal.log", own_process_group=True)
+    await asyncio.to_thread(server.start)
+    try:
+        monkeypatch.setenv("TEMPORAL_ADDRESS", server.address)
+        monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+        client = await api.connect()
+        run_id = f"outage{uuid.uuid4().hex[:6]}"
+        opts = LoadOptions(start_local_server=True, server_address=server.address,
+                           home=tmp_path / "load", run_id=run_id, iterations=3,
+                           scan_seconds=8.0)
+        load = asyncio.create_task(run_load(opts, print, client))
+        running = f'TaskQueue="load-{run_id}" AND ExecutionStatus="Running"'
+
+        async def all_running() -> bool:
+            return (await client.count_workflows(running)).count == 3
+
+        await eventually(all_running, timeout=90, what="the load's scans running")
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait()
+        server.proc = None
+        await asyncio.sleep(8)
+        await asyncio.to_thread(server.start)
+        report = await asyncio.wait_for(load, 180)
+    finally:
+        await asyncio.to_thread(server.stop)
+    scans = rpt.counts(report.records)
+    assert (scans["started"], scans["completed"], scans["failed"]) == (3, 3, 0), \
+        report.as_json()["errors"]
+    assert report.replay["replayed"] == 3 and report.replay["failures"] == 0
+
+
+async def test_webhooks_refused_on_the_worker_are_reported_with_the_workers_reason(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``webhook`` against a deployment whose workers may not send the ``loadhook``
+    secret to this machine: the scans complete, no webhook reaches the receiver, and the
+    run fails. The reason used to be "the receiver answered nothing"; it is what the
+    workers said, from the scans' histories."""
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, settings.task_queue, worker, tmp_path / "worker.log",
+                              patience=60)
+        monkeypatch.setenv(HOOK_SECRET_ENV, "the-load-has-it")
+        opts = LoadOptions(scenario="webhook", task_queue=settings.task_queue, iterations=2,
+                           run_id=f"hook{uuid.uuid4().hex[:6]}", home=tmp_path / "load")
+        report = await run_load(opts, print, client)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert rpt.counts(report.records)["completed"] == 2
+    hook = report.extra["webhook"]
+    assert hook["requests"] == 0 and hook["undelivered_scans"] == 2
+    ((message, scans),) = hook["notify_errors"].items()
+    assert scans == 2 and message.startswith("secret 'loadhook' may not be sent to "
+                                             "127.0.0.1:"), message
+    (reason,) = report.failures()
+    assert reason == ("2 scan(s) completed without their webhook delivered: the workers' "
+                      f"notify failed: {message} (2 scan(s))"), reason
+
+
+async def test_a_deployment_whose_worker_stopped_is_refused_before_any_scan(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """The server keeps listing a SIGKILLed worker as a poller for minutes; the load
+    used to take it for a live one and start scans no worker would run. A poller not
+    seen for ``poller_fresh`` seconds (90 by default; a live idle worker polls again
+    within about 70 s) does not count: the load stops before any scan, saying when the
+    queue was last polled."""
+    queue = settings.task_queue
+    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
+    try:
+        await wait_for_poller(client, queue, worker, tmp_path / "worker.log", patience=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    await asyncio.sleep(3)
+    opts = LoadOptions(task_queue=queue, run_id=f"gone{uuid.uuid4().hex[:6]}", iterations=2,
+                       poller_patience=1.0, poller_fresh=2.0, home=tmp_path / "load")
+    with pytest.raises(LoadError) as refused:
+        await run_load(opts, lambda _: None, client)
+    message = str(refused.value)
+    assert message.startswith(f"no worker polls task queue {queue} in namespace default "
+                              "after 1s (its last poll was at "), message
+    assert "s ago: its worker has stopped): start the deployment's workers" in message
+    assert (await client.count_workflows(f'TaskQueue="{queue}"')).count == 0

@@ -229,12 +229,13 @@ async def test_cli_reports_workflow_code_that_raises_once(tmp_path: Path) -> Non
     assert code == 1, (out, err)
     failed = [line for line in err.splitlines() if line.startswith("FAILED ")]
     assert len(failed) == 2, err
-    assert any(str(other_type) in line and "OtherWorkflow is not registered" in line
-               for line in failed), failed
+    assert any(str(other_type) in line and "not a ScanWorkflow history: its workflow type "
+               "is OtherWorkflow" in line for line in failed), failed
     assert any(str(other_scanners) in line for line in failed), failed
     for noise in ("Traceback", "Failed handling activation", "Failed activation"):
         assert noise not in err, err
-    assert "replayed 3 histories" in out and "2 failed" in out, out
+    assert "3 histories in " in out and "2 replayed, 2 failed, of which 1 could not be " \
+        "replayed" in out, out
 
 
 async def test_sdk_logs_are_silenced_for_the_replay_only(
@@ -352,3 +353,58 @@ async def test_cli_replays_and_saves_a_live_namespace(
     code, out, err = await scanward("replay", str(tmp_path / "cli"))
     assert code == 0, err
     assert "replayed 3 histories" in out and "0 failed" in out, out
+
+
+async def test_another_workflow_types_history_fails_even_before_its_first_task(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """A history of another type that no worker has picked up yet holds no workflow task
+    for the replayer to fail on: it used to "replay" (exit 0, "0 failed") although not a
+    line of ScanWorkflow ran. It fails, named, from a file and from the namespace, and
+    is not saved; the summary does not call it replayed."""
+    other_id = f"billing-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow("BillingWorkflow", id=other_id,
+                                         task_queue=f"nobody-{uuid.uuid4().hex[:8]}")
+    try:
+        history = await handle.fetch_history()
+        corpus = tmp_path / "corpus"
+        corpus.mkdir()
+        (corpus / "billing.json").write_text(history.to_json())
+        shutil.copy(CORPUS / "v1" / "completed_single.json", corpus)
+        code, out, err = await scanward("replay", str(corpus))
+        assert code == 1, (out, err)
+        assert (f"FAILED {other_id} (run {history.run_id}, {corpus / 'billing.json'}): "
+                "not a ScanWorkflow history: its workflow type is BillingWorkflow") in err, err
+        assert "2 histories in " in out and "1 replayed, 1 failed, of which 1 could not " \
+            "be replayed" in out, out
+        env = cli_env(temporal_env, settings)
+        saved = tmp_path / "saved"
+        code, out, err = await scanward(
+            "replay", "--query", f'WorkflowType="BillingWorkflow" AND WorkflowId="{other_id}"',
+            "--save", str(saved), "--json", env=env)
+        assert code == 1, (out, err)
+        report = json.loads(out)
+        assert report["not_replayed"] == 1 and report["failed"][0]["workflow_id"] == other_id
+        assert list(saved.glob("*.json")) == []
+        assert replay.foreign(history, {"ScanWorkflow"}) == (
+            "not a ScanWorkflow history: its workflow type is BillingWorkflow")
+    finally:
+        await handle.terminate()
+
+
+async def test_limit_with_files_only_and_a_bad_query_are_one_line(
+        temporal_env: WorkflowEnvironment, settings: Settings) -> None:
+    """``--limit`` caps what is listed from the namespace: with files only it used to be
+    ignored (``replay tests/histories --limit 2`` replayed all 16, exit 0); it is a usage
+    error now. A query the server refuses names the query sent, which the server's
+    position refers to (the user's query ANDed with the workflow type)."""
+    code, out, err = await scanward("replay", str(CORPUS), "--limit", "2")
+    assert code == 2 and "replayed" not in out, (out, err)
+    assert err.strip() == ("scanward: error: --limit caps the histories listed from the "
+                           "namespace (no PATH, or --query/--running): it does not apply "
+                           "to files"), err
+    code, out, err = await scanward("replay", "--query", "Foo = = 3",
+                                    env=cli_env(temporal_env, settings))
+    assert code == 1, (out, err)
+    assert err.strip().startswith('scanward: error: query WorkflowType="ScanWorkflow" AND '
+                                  "(Foo = = 3): invalid query"), err

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from scanward.cli.app import EXIT_USAGE, CliError, err, out, run_command
+from scanward.cli.termination import sigterm_interrupts
 
 
 def load(
@@ -73,6 +74,9 @@ def load(
         metavar="KUBECONFIG",
         help="--kube is the test control plane (kwok, tools/k8s-testenv): play each "
              "scanner pod as this identity (watch Jobs and pods, patch pods).")] = None,
+    scan_timeout: Annotated[str, typer.Option(
+        help="A scan not ended this long after its start fails and is terminated (its "
+             "workers gone, or far behind).")] = "10m",
     keep: Annotated[bool, typer.Option(help="Keep the work dir (logs, repository).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON on stdout.")
                        ] = False,
@@ -100,11 +104,14 @@ def load(
                 cancel_share=cancel_share, webhook_down=runner.parse_duration(webhook_down),
                 webhook_delay=webhook_delay, small_scans=small_scans,
                 tenant_max_jobs=tenant_max_jobs, worker_activities=worker_activities,
-                baseline=baseline, keep=keep, kube=target, oom_share=oom_share)
+                baseline=baseline, keep=keep, kube=target, oom_share=oom_share,
+                scan_timeout=runner.parse_duration(scan_timeout))
             if run_id:
                 opts.run_id = run_id
-            result = await runner.run_load(opts, lambda line: err.print(
-                f"scanward load: {line}", markup=False, highlight=False, soft_wrap=True))
+            async with sigterm_interrupts():
+                result = await runner.run_load(opts, lambda line: err.print(
+                    f"scanward load: {line}", markup=False, highlight=False,
+                    soft_wrap=True))
         except (runner.LoadUsageError, load_kube.KubeOptionError) as e:
             raise CliError(str(e), EXIT_USAGE) from e
         except runner.LoadError as e:

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from scanward import client as api
-from scanward.cli.app import CliError, err, out, run_command
+from scanward.cli.app import EXIT_USAGE, CliError, err, out, run_command
 
 
 def replay(
@@ -47,6 +48,12 @@ def replay(
 
     from scanward import replay as replaying
 
+    from_namespace = not paths or query is not None or running
+    if limit is not None and not from_namespace:
+        # It caps what is listed from the namespace: with files only it would be ignored.
+        run_command(_refuse("--limit caps the histories listed from the namespace (no "
+                            "PATH, or --query/--running): it does not apply to files"))
+
     async def go() -> None:
         try:
             sources: list[replaying.Source] = replaying.file_sources(paths or [])
@@ -61,10 +68,13 @@ def replay(
         where = [", ".join(str(p) for p in paths)] if paths else []
         stream: Any = sources
         client: Client | None = None
-        if not paths or query is not None or running:
+        if from_namespace:
             client = await api.connect()
             q = replaying.namespace_query(query, running)
-            total += await replaying.count(client, q, limit)
+            try:
+                total += await replaying.count(client, q, limit)
+            except RPCError as e:  # the server's message counts positions in q, not --query
+                raise CliError(f"query {q}: {e.message}") from e
             where.append(f"namespace {client.namespace} ({q})")
             stream = _chain(sources, replaying.namespace_sources(client, q, limit))
         if total == 0:
@@ -99,15 +109,27 @@ def replay(
             raise CliError(f"no histories found in {' and '.join(where)}: nothing replayed")
         failures = report.failures
         if not as_json:
-            out.print(f"replayed {len(report.outcomes)} histories in {report.seconds:.2f}s: "
-                      f"{report.replays_per_second:.1f} replays/s, {len(failures)} failed"
-                      + (f"; saved to {save}" if save is not None else ""), highlight=False)
+            skipped = len(report.not_replayed)
+            saved_to = f"; saved to {save}" if save is not None else ""
+            if skipped:  # "replayed N" would claim the unreadable ones
+                out.print(f"{len(report.outcomes)} histories in {report.seconds:.2f}s: "
+                          f"{len(report.outcomes) - skipped} replayed, {len(failures)} "
+                          f"failed, of which {skipped} could not be replayed (unreadable, "
+                          f"or not a ScanWorkflow history){saved_to}", highlight=False)
+            else:
+                out.print(f"replayed {len(report.outcomes)} histories in "
+                          f"{report.seconds:.2f}s: {report.replays_per_second:.1f} "
+                          f"replays/s, {len(failures)} failed{saved_to}", highlight=False)
         if failures:
             ids = ", ".join(sorted({f.workflow_id for f in failures}))
             raise CliError(f"{len(failures)} of {len(report.outcomes)} histories do not "
                            f"replay against this code: {ids}")
 
     run_command(go())
+
+
+async def _refuse(problem: str) -> None:
+    raise CliError(problem, EXIT_USAGE)
 
 
 async def _chain(first: list[Any], then: Any) -> Any:

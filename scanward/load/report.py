@@ -144,6 +144,31 @@ def undelivered(records: Iterable[ScanRecord], delivered: set[str]) -> dict[str,
     return {"undelivered_scans": len(missing), "undelivered": missing[:20]}
 
 
+def activity_failures(histories: Iterable[WorkflowHistory], activity: str,
+                      workflow_ids: set[str]) -> dict[str, int]:
+    """The last failure message of ``activity`` in each of those histories, with the
+    number of scans it ended: what the worker said (a webhook the receiver never saw
+    was refused on the worker, e.g. a secret not allowed to that host)."""
+    t = EventType
+    messages: dict[str, int] = {}
+    for history in histories:
+        if history.workflow_id not in workflow_ids:
+            continue
+        ours: set[int] = set()
+        last = ""
+        for e in history.events:
+            if (e.event_type == t.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                    and e.activity_task_scheduled_event_attributes.activity_type.name
+                    == activity):
+                ours.add(e.event_id)
+            elif (e.event_type == t.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                  and e.activity_task_failed_event_attributes.scheduled_event_id in ours):
+                last = e.activity_task_failed_event_attributes.failure.message
+        if last:
+            messages[last] = messages.get(last, 0) + 1
+    return messages
+
+
 def history_stats(sizes: Sequence[HistorySize]) -> dict[str, Any]:
     events = [float(s.events) for s in sizes]
     sizes_b = [float(s.bytes) for s in sizes]
@@ -189,6 +214,7 @@ class LoadReport:
     cpu_ms_per_scan: dict[str, float] | None = None
     replay: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    pacing: dict[str, Any] | None = None  # --rate asked and achieved (load/pacing.py)
     extra: dict[str, Any] = field(default_factory=dict)  # webhook, fairness
     notes: list[str] = field(default_factory=list)
 
@@ -203,9 +229,13 @@ class LoadReport:
             reasons.append(f"{self.replay['failures']} history(ies) did not replay")
         hook = self.extra.get("webhook") or {}
         if hook.get("undelivered_scans"):
+            said = hook.get("notify_errors") or {}
             if hook["answers"].get("503"):
                 why = (f"the receiver was down longer than the notify retries (503 for "
                        f"{hook['down_seconds']:g} s)")
+            elif said:  # refused on the worker: the receiver never saw it
+                why = "the workers' notify failed: " + "; ".join(
+                    f"{message} ({n} scan(s))" for message, n in said.items())
             else:
                 answers = ", ".join(f"{n}x {status}" for status, n in hook["answers"].items())
                 why = f"the receiver answered {answers or 'nothing'}"
@@ -225,6 +255,7 @@ class LoadReport:
             "by_kind": _by_kind(self.records),
             "seconds": round(self.seconds, 3),
             "scans_per_second": round(self.scans_per_second, 2),
+            "pacing": self.pacing,
             "latency_ms": latency_ms(self.records),
             "history": self.history,
             "cpu_ms_per_scan": self.cpu_ms_per_scan,
@@ -300,6 +331,11 @@ def render(report: LoadReport, console: Console) -> None:
     table.add_row("scans started / completed / dead / cancelled / failed",
                   " / ".join(str(scans[k]) for k in ("started", *OUTCOMES)))
     table.add_row("seconds, scans/s", f"{data['seconds']:.1f} s, {data['scans_per_second']}")
+    pace = data["pacing"]
+    if pace:
+        table.add_row("starts/s asked / achieved; starts made / due, late",
+                      f"{pace['rate_asked']:g} / {pace['rate_achieved']:g}; "
+                      f"{pace['starts']} / {pace['due_starts']}, {pace['late_starts']}")
     table.add_row("start→completed p50 / p95 / p99 (ms)",
                   " / ".join(_fmt(lat[k]) for k in ("p50", "p95", "p99")))
     if hist:

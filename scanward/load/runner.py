@@ -24,13 +24,15 @@ from temporalio.common import Priority
 from scanward import client as api
 from scanward.contract import NotifyTarget
 from scanward.inputs import InputError
-from scanward.load import kube
+from scanward.load import kube, pacing
 from scanward.load import report as rpt
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.kube import KubeTarget
+from scanward.load.pacing import Starts
 from scanward.load.receiver import FlakyReceiver
 from scanward.load.report import LoadReport, ScanRecord
 from scanward.load.scenarios import (
+    DEFAULT_SCAN_TIMEOUT,
     OK,
     SCENARIOS,
     LoadContext,
@@ -42,7 +44,14 @@ from scanward.load.scenarios import (
     start,
     terminate,
 )
-from scanward.load.stack import Cpu, LocalStack, Meter, NoPoller, wait_for_poller
+from scanward.load.stack import (
+    POLLER_FRESH,
+    Cpu,
+    LocalStack,
+    Meter,
+    NoPoller,
+    wait_for_poller,
+)
 from scanward.load.synthetic import LoadRepo
 from scanward.secrets import HOSTS_ENV
 from scanward.settings import Settings, task_queue_for
@@ -91,11 +100,12 @@ class Pace:
     rate: float | None = None  # iterations started per second, at most
 
 
-async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
-                ) -> tuple[list[ScanRecord], float]:
+async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]],
+                starts: Starts | None = None) -> tuple[list[ScanRecord], float]:
     """Run iterations ``one(0)``, ``one(1)``, ... as ``pace`` says; returns their records
-    and the seconds from the first start to the last end. Cancelled, it cancels the
-    iterations in flight and waits for them (each stops its scan)."""
+    and the seconds from the first start to the last end (``starts`` records when each
+    began). Cancelled, it cancels the iterations in flight and waits for them (each
+    stops its scan)."""
     if pace.iterations is None and pace.duration is None:
         raise LoadError("give --iterations or --duration")
     gate = asyncio.Semaphore(max(1, pace.max_concurrent))
@@ -115,6 +125,8 @@ async def drive(pace: Pace, one: Callable[[int], Awaitable[ScanRecord]]
             if over():  # the duration ran out while waiting for a slot
                 gate.release()
                 break
+            if starts is not None:
+                starts.at.append(time.monotonic() - began)
             tasks.append(asyncio.create_task(_released(gate, one, len(tasks))))
         records = list(await asyncio.gather(*tasks))
     except BaseException:
@@ -166,6 +178,8 @@ class LoadOptions:
     kube: KubeTarget | None = None  # the local worker's Jobs run on this cluster
     oom_share: float | None = None  # mixed: OOM-killed then succeed (None: some with kube)
     poller_patience: float = 10.0  # without a local worker: seconds to wait for a poller
+    poller_fresh: float = POLLER_FRESH  # a poller not seen for longer has stopped
+    scan_timeout: float = DEFAULT_SCAN_TIMEOUT  # a scan not ended by then fails
 
     def oom(self) -> float:
         """mixed's share of oom_then_ok scans: only a cluster's memory limit OOM-kills."""
@@ -340,7 +354,8 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                                             task_queue, log)
     else:
         try:
-            await wait_for_poller(client, task_queue, patience=opts.poller_patience)
+            await wait_for_poller(client, task_queue, patience=opts.poller_patience,
+                                  fresh=opts.poller_fresh)
         except NoPoller as e:
             raise LoadError(f"{e}: start the deployment's workers, or name their task "
                             "queue with --task-queue (and --cluster), or run a worker here "
@@ -359,8 +374,11 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                                  delay_seconds=opts.webhook_delay).start()
         notify = (NotifyTarget(url=receiver.url, secret_ref=HOOK_SECRET_REF),)
     ctx = LoadContext(client, base_queue, opts.run_id, repo, scanner_names(opts.scanners),
-                      notify=notify, cluster=opts.cluster)
+                      notify=notify, cluster=opts.cluster, scan_timeout=opts.scan_timeout)
     extra: dict[str, Any] = {}
+    pace = opts.pace() if opts.scenario != "tenants" else None
+    starts = Starts(pace.rate if pace else None, pace.max_concurrent if pace else 0,
+                    pace.duration if pace else None)
     if meter is not None:
         meter.start()
     try:
@@ -368,7 +386,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
             if opts.scenario == "tenants":
                 records, seconds, extra["fairness"] = await _tenants(ctx, opts, say)
             else:
-                records, seconds = await _scenario(ctx, opts, say)
+                records, seconds = await _scenario(ctx, opts, say, starts)
     finally:
         ctx.dead_watch = None
         if receiver is not None:
@@ -381,8 +399,16 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                         extra=extra, notes=notes)
     if spent:
         report.cpu_ms_per_scan = _per(spent, len(records))
+    report.pacing = pacing.summary(starts)
+    if (late := pacing.note(report.pacing)) is not None:
+        report.notes.append(late)
     say(f"{len(records)} scans in {seconds:.1f}s; fetching their histories")
     histories = await rpt.fetch_histories(client, [r.scan_id for r in records])
+    if receiver is not None and extra["webhook"]["undelivered_scans"]:
+        missing = {r.scan_id for r in records if r.outcome == "completed"
+                   and r.scan_id not in receiver.delivered_scan_ids()}
+        extra["webhook"]["notify_errors"] = rpt.activity_failures(
+            histories, "notify_webhook", missing)
     sizes = [rpt.size_of(h) for h in histories]
     report.history = rpt.history_stats(sizes)
     if "fairness" in extra:
@@ -402,7 +428,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     return report
 
 
-async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
+async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say, starts: Starts
                     ) -> tuple[list[ScanRecord], float]:
     pace = opts.pace()
     if opts.scenario == "mixed":
@@ -415,7 +441,9 @@ async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
                                          else f"{pace.duration:g}s")
         + f", up to {pace.max_concurrent} at once"
         + (f", {pace.rate:g}/s" if pace.rate else ""))
-    return await drive(pace, lambda i: run_scan(ctx, i, order[i % len(order)]))
+    records, seconds = await drive(pace, lambda i: run_scan(ctx, i, order[i % len(order)]),
+                                   starts)
+    return records, seconds
 
 
 async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say

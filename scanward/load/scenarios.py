@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
@@ -40,6 +40,9 @@ from scanward.contract import (
 from scanward.load.dead_watch import DeadWatch
 from scanward.load.report import ScanRecord
 from scanward.load.synthetic import Behaviour, LoadRepo
+from scanward.settings import task_queue_for
+
+T = TypeVar("T")
 
 # Kinds of iteration, each a behaviour of the synthetic scanner plus what the load tool
 # does meanwhile.
@@ -58,6 +61,9 @@ LOAD_TUNING = RetryTuning(
     scanner_timeout=timedelta(minutes=10),
     notify_timeout=timedelta(seconds=10),
 )
+
+
+DEFAULT_SCAN_TIMEOUT = 600.0  # seconds; --scan-timeout
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,9 @@ class LoadContext:
     notify: tuple[NotifyTarget, ...] = ()
     cluster: str | None = None
     poll_seconds: float = 0.2
-    steer_timeout: float = 300.0  # waiting for a scan to go dead or to run
+    # A scan's whole life, start to end: one that outlives it fails and is terminated
+    # (its worker died and stays away: the load used to wait for it for ever).
+    scan_timeout: float = DEFAULT_SCAN_TIMEOUT
     dead_watch: DeadWatch | None = None  # ends the wait for scans dead unexpectedly
 
 
@@ -155,8 +163,11 @@ async def start(ctx: LoadContext, i: int, kind: str, *, tenant: str = "load",
         cluster=ctx.cluster, dedupe_key=f"{ctx.run_id}-{phase or 'load'}-{i}",
     )
     started = time.monotonic()
-    handle = await api.start_scan(ctx.client, request, task_queue=ctx.task_queue,
-                                  priority=priority)
+    # A start repeated after an outage finds the scan it may have created (the id is
+    # the request's, joined with USE_EXISTING), so it is safe to repeat.
+    handle = await through_outages(lambda: api.start_scan(
+        ctx.client, request, task_queue=ctx.task_queue, priority=priority),
+        started + ctx.scan_timeout)
     return Started(handle, ScanRecord(handle.id, kind, tenant, started, started, "failed",
                                       phase))
 
@@ -170,7 +181,13 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     watch = ctx.dead_watch if record.kind != DEAD else None
     dead = watch.watch(handle.id) if watch is not None else None
     try:
-        summary = await _first(_steer_and_wait(ctx, scan), dead)
+        try:
+            async with asyncio.timeout(ctx.scan_timeout - (time.monotonic() - record.started)):
+                summary = await _first(_steer_and_wait(ctx, scan), dead)
+        except TimeoutError:
+            raise ScanTimeout(
+                f"not ended {ctx.scan_timeout:g} s after its start (--scan-timeout): do "
+                f"the workers of task queue {handle_queue(ctx)} run, and keep up?") from None
         if summary is None:  # went dead, and nobody is going to retry or abandon it
             record.error = await _dead_reason(ctx, record)
             await terminate(handle, record.error)
@@ -184,6 +201,9 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
         record.outcome = "cancelled" if cancelled else "failed"
         if not cancelled:
             record.error = str(getattr(e.cause, "message", e.cause))
+    except ScanTimeout as e:
+        record.error = str(e)
+        await terminate(handle, record.error)
     except (TimeoutError, RPCError, api.Rejected, api.ScanNotRunning) as e:
         record.error = f"{type(e).__name__}: {e}"
         # Leave nothing running behind the load: the next run must not inherit it.
@@ -199,15 +219,43 @@ async def finish(ctx: LoadContext, scan: Started) -> ScanRecord:
     return record
 
 
+OUTAGE_POLL = 1.0  # seconds between tries while Temporal is unreachable
+
+
+async def through_outages(call: Callable[[], Awaitable[T]],
+                          deadline: float | None = None) -> T:
+    """``call()``, tried again while Temporal is unreachable (down, restarting: what
+    :func:`scanward.client.unavailable` says), until ``deadline`` (monotonic) if given.
+    The SDK's own retries last seconds; a server restart under load takes longer, and
+    the scans live through it on the server: the load's wait for them must too (an
+    outage of 6 s failed, and terminated, 5 of 6 healthy scans)."""
+    while True:
+        try:
+            return await call()
+        except RPCError as e:
+            if not api.unavailable(e) or (deadline is not None
+                                          and time.monotonic() >= deadline):
+                raise
+        await asyncio.sleep(OUTAGE_POLL)
+
+
+class ScanTimeout(Exception):
+    """A scan did not end within the load's ``scan_timeout`` (one line)."""
+
+
+def handle_queue(ctx: LoadContext) -> str:
+    """The task queue the load's scans go to (``--cluster`` picks one of its own)."""
+    return task_queue_for(ctx.cluster, ctx.task_queue)
+
+
 async def _steer_and_wait(ctx: LoadContext, scan: Started) -> ScanSummary:
     handle, record = scan.handle, scan.record
-    async with asyncio.timeout(ctx.steer_timeout):
-        if record.kind == DEAD:
-            await _retry_then_abandon(ctx, handle.id)
-            record.went_dead = True
-        elif record.kind == CANCEL:
-            await _cancel_when_running(ctx, handle.id)
-    summary: ScanSummary = await handle.result()
+    if record.kind == DEAD:
+        await _retry_then_abandon(ctx, handle.id)
+        record.went_dead = True
+    elif record.kind == CANCEL:
+        await _cancel_when_running(ctx, handle.id)
+    summary: ScanSummary = await through_outages(handle.result)
     return summary
 
 
@@ -295,7 +343,7 @@ async def _retry_then_abandon(ctx: LoadContext, scan_id: str) -> None:
 async def _cancel_when_running(ctx: LoadContext, scan_id: str) -> None:
     await _until(ctx, scan_id, lambda s: any(r.status is ScannerStatus.RUNNING
                                              for r in s.scanners))
-    await api.cancel(ctx.client, scan_id)
+    await through_outages(lambda: api.cancel(ctx.client, scan_id))  # cancel is idempotent
 
 
 Executor = Callable[[int], Awaitable[ScanRecord]]

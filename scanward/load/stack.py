@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
@@ -67,12 +68,27 @@ class NoPoller(RuntimeError):
     """No worker polls the task queue (one line)."""
 
 
+# An idle worker's long poll returns empty after a minute and is made again at once, so
+# a live worker has polled within about 70 s; the server lists a poller for minutes after
+# its worker died (measured: the load then started scans that no worker would run).
+POLLER_FRESH = 90.0
+
+
+def fresh_pollers(pollers: Sequence[PollerInfo], now: float,
+                  fresh: float = POLLER_FRESH) -> list[PollerInfo]:
+    """The pollers seen within ``fresh`` seconds of ``now`` (epoch seconds)."""
+    return [p for p in pollers
+            if now - p.last_access_time.ToDatetime(UTC).timestamp() <= fresh]
+
+
 async def wait_for_poller(client: Client, task_queue: str,
                           proc: subprocess.Popen[bytes] | None = None,
-                          log: Path | None = None, patience: float = 60.0) -> None:
-    """Until a worker polls ``task_queue`` (its workflow side), or fail: naming the
-    log of ``proc`` (a worker this command started, which must not exit meanwhile), or
-    raising :class:`NoPoller` (a deployment's workers: the caller says what to do)."""
+                          log: Path | None = None, patience: float = 60.0,
+                          fresh: float = POLLER_FRESH) -> None:
+    """Until a worker polls ``task_queue`` (its workflow side; seen within ``fresh``
+    seconds), or fail: naming the log of ``proc`` (a worker this command started, which
+    must not exit meanwhile), or raising :class:`NoPoller` (a deployment's workers: the
+    caller says what to do)."""
     request = DescribeTaskQueueRequest(namespace=client.namespace,
                                        task_queue=TaskQueue(name=task_queue),
                                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
@@ -84,11 +100,18 @@ async def wait_for_poller(client: Client, task_queue: str,
             raise RuntimeError(f"the worker exited with {proc.returncode} before polling "
                                f"{task_queue}{where}{see}")
         described = await client.workflow_service.describe_task_queue(request)
-        if described.pollers:
+        if fresh_pollers(described.pollers, time.time(), fresh):
             return
         if time.monotonic() > deadline:
+            stale = ""
+            if described.pollers:  # listed, but gone quiet: a worker that stopped
+                last = max(p.last_access_time.ToDatetime(UTC)
+                           for p in described.pollers)
+                stale = (f" (its last poll was at {last:%Y-%m-%d %H:%M:%S} UTC, "
+                         f"{time.time() - last.timestamp():.0f} s ago: its worker has "
+                         "stopped)")
             raise NoPoller(f"no worker polls task queue {task_queue} in namespace "
-                           f"{client.namespace} after {patience:.0f}s{see}")
+                           f"{client.namespace} after {patience:.0f}s{stale}{see}")
         await asyncio.sleep(0.2)
 
 
@@ -128,7 +151,7 @@ class LocalStack:
 
     def start_server(self) -> DevServer:
         self.server = DevServer(port=free_port(), ui_port=None,
-                                log_file=self.home / "temporal.log")
+                                log_file=self.home / "temporal.log", own_process_group=True)
         self.server.start()
         return self.server
 
@@ -152,8 +175,12 @@ class LocalStack:
               ) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
+            # A process group of its own, like the server's: a terminal's Ctrl-C reaches
+            # the load only, which terminates its scans while the server and the worker
+            # still run, then stops them (they died with it at once, and the load then
+            # spent half a minute failing to reach the server: "tcp connect error").
             proc = subprocess.Popen([sys.executable, *argv], env=dict(env), stdout=out,
-                                    stderr=out, stdin=subprocess.DEVNULL)
+                                    stderr=out, stdin=subprocess.DEVNULL, process_group=0)
         self.workers.append(proc)
         return proc
 
