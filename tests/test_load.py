@@ -633,13 +633,10 @@ async def test_terminal_ctrl_c_with_its_own_server_stops_cleanly(
             shutil.rmtree(said.split()[3].rstrip(":"), ignore_errors=True)
 
 
-async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
-        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
-        tmp_path: Path) -> None:
-    """The deployment's only worker SIGKILLed and not restarted: the server still lists
-    it as a poller for minutes, so the load starts its scans, which never end. It used to
-    wait for them for ever (``--duration 3s`` too). Each fails after ``--scan-timeout``
-    naming the task queue, is terminated, and the run fails."""
+async def _a_worker_polled_then_killed(temporal_env: WorkflowEnvironment, client: Client,
+                                       settings: Settings, tmp_path: Path) -> str:
+    """A deployment whose only worker polled its task queue, then was SIGKILLed (the
+    server lists it as a poller for minutes after); returns the queue."""
     queue = settings.task_queue
     worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
     try:
@@ -647,6 +644,17 @@ async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
     finally:
         worker.kill()
         worker.wait()
+    return queue
+
+
+async def test_a_deployment_whose_worker_died_fails_its_scans_in_time(
+        temporal_env: WorkflowEnvironment, client: Client, settings: Settings,
+        tmp_path: Path) -> None:
+    """The deployment's only worker SIGKILLed and not restarted: the server still lists
+    it as a poller for minutes, so the load starts its scans, which never end. It used to
+    wait for them for ever (``--duration 3s`` too). Each fails after ``--scan-timeout``
+    naming the task queue, is terminated, and the run fails."""
+    queue = await _a_worker_polled_then_killed(temporal_env, client, settings, tmp_path)
     run_id = f"dead{uuid.uuid4().hex[:6]}"
     opts = LoadOptions(task_queue=queue, run_id=run_id, duration=1.0, max_concurrent=2,
                        scan_timeout=5.0, home=tmp_path / "load")
@@ -747,13 +755,7 @@ async def test_a_deployment_whose_worker_stopped_is_refused_before_any_scan(
     seen for ``poller_fresh`` seconds (90 by default; a live idle worker polls again
     within about 70 s) does not count: the load stops before any scan, saying when the
     queue was last polled."""
-    queue = settings.task_queue
-    worker = spawn_worker(worker_env(temporal_env, settings), tmp_path / "worker.log")
-    try:
-        await wait_for_poller(client, queue, worker, tmp_path / "worker.log", patience=60)
-    finally:
-        worker.kill()
-        worker.wait()
+    queue = await _a_worker_polled_then_killed(temporal_env, client, settings, tmp_path)
     await asyncio.sleep(3)
     opts = LoadOptions(task_queue=queue, run_id=f"gone{uuid.uuid4().hex[:6]}", iterations=2,
                        poller_patience=1.0, poller_fresh=2.0, home=tmp_path / "load")
