@@ -42,7 +42,7 @@ from scanward.env_values import (  # a bad SCANWARD_* value, or a cluster that c
     ConfigError,
     port_unavailable,
 )
-from scanward.health import Health
+from scanward.health import NOT_STARTED, Health
 from scanward.inputs import InputError
 from scanward.scan_survey import ScanSurveyor
 from scanward.secrets import SecretStore
@@ -271,6 +271,7 @@ async def connect_patiently(patience: float, stop: asyncio.Event, health: Health
     raised at once."""
     started = time.monotonic()
     pause = 1.0
+    waited = False  # said once, when the first try fails
     while True:
         try:
             client = await connect(runtime=runtime)
@@ -281,7 +282,8 @@ async def connect_patiently(patience: float, stop: asyncio.Event, health: Health
                     raise TemporalUnavailable(f"{e}; waited {patience:.0f}s "
                                               "(SCANWARD_TEMPORAL_WAIT_SECONDS)") from None
                 raise
-            if pause == 1.0:
+            if not waited:
+                waited = True
                 log.warning("%s: waiting up to %.0fs for it (SCANWARD_TEMPORAL_WAIT_SECONDS)",
                             e, left)
             health.set_starting(f"waiting for Temporal: {e}")
@@ -291,9 +293,9 @@ async def connect_patiently(patience: float, stop: asyncio.Event, health: Health
                 return None
             pause = min(pause * 2, 10.0)
             continue
-        if pause > 1.0:
+        if waited:
             log.info("Temporal answered after %.0fs", time.monotonic() - started)
-        health.set_starting("worker not started")
+        health.set_starting(NOT_STARTED)
         return client
 
 

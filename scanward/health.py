@@ -23,6 +23,7 @@ from scanward.http_server import QuietHTTPServer
 from scanward.metrics import exposition
 
 Check = Callable[[], Awaitable[None]]
+NOT_STARTED = "worker not started"  # /readyz before start-up says what it waits for
 
 
 class Health:
@@ -33,7 +34,7 @@ class Health:
         self.check_every = check_every
         self._tick = time.monotonic()
         self._ready = False
-        self._starting = "worker not started"
+        self._starting = NOT_STARTED
         self._draining = False
         self._problem: str | None = "starting"
         self._checks: dict[str, Check] = {}

@@ -218,6 +218,21 @@ def deadline_message(outcome: JobOutcome, create_error: str | None = None) -> st
     return ran
 
 
+_WAITING = re.compile(r"^(?P<who>.+?) waiting \d+s: (?P<why>.+)$", re.DOTALL)
+
+
+def waiting_detail(scanner: str, attempt: int, waited: float, why: str) -> str:
+    """A waiting attempt's heartbeat detail, as the Web UI and `scanward status` show
+    it: ``k attempt 1 waiting 40s: not scheduled: ...``."""
+    return f"{scanner} attempt {attempt} waiting {waited:.0f}s: {why}"
+
+
+def read_waiting_detail(detail: str) -> tuple[str, str] | None:
+    """A :func:`waiting_detail` line as (``k attempt 1``, why); None if it is not one."""
+    m = _WAITING.match(detail)
+    return (m.group("who"), m.group("why")) if m else None
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 

@@ -62,10 +62,15 @@ async def wait_heartbeating(waiter: asyncio.Future[T], heartbeat: Heartbeat,
     while not waiter.done():
         await asyncio.wait({waiter}, timeout=every)
         if not waiter.done():
-            pending = heartbeat()
-            if pending is not None:
-                await pending
+            await heartbeat_once(heartbeat)
     return waiter.result()
+
+
+async def heartbeat_once(heartbeat: Heartbeat, *details: object) -> None:
+    """Heartbeat once (with ``details``), awaiting a heartbeat that is a coroutine."""
+    pending = heartbeat(*details)
+    if pending is not None:
+        await pending
 
 
 class JobBackend(Protocol):

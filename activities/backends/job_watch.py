@@ -230,17 +230,18 @@ class JobTracker:
         """Whether the watch has seen a pod of the Job ``name`` (the one with ``uid``,
         when given), and why that pod has not started (None: it runs, or none seen)."""
         with self._lock:
-            seen = self._pods.get(name)
+            return self._pod_state(name, uid)
+
+    def _pod_state(self, name: str, uid: str | None) -> tuple[bool, str | None]:
+        """:meth:`pod_state`, lock held."""
+        seen = self._pods.get(name)
         if seen is None or not _same(uid, seen[0]):
             return False, None
         return True, seen[1]
 
     def _with_pods(self, outcome: JobOutcome, uid: str | None) -> JobOutcome:
         """``outcome`` with what the Pod watch saw of the Job's pod. Lock held."""
-        had_pod, pending = False, None
-        seen = self._pods.get(outcome.name)
-        if seen is not None and _same(uid, seen[0]):
-            had_pod, pending = True, seen[1]
+        had_pod, pending = self._pod_state(outcome.name, uid)
         return dataclasses.replace(outcome, pending=pending, had_pod=had_pod)
 
     # ------------------------------------------------------------ watch threads

@@ -28,7 +28,13 @@ from kubernetes.client.exceptions import ApiException
 from temporalio import activity
 from urllib3.exceptions import HTTPError
 
-from activities.backends import Heartbeat, ScannerFailed, wait_heartbeating, worker_leaving
+from activities.backends import (
+    Heartbeat,
+    ScannerFailed,
+    heartbeat_once,
+    wait_heartbeating,
+    worker_leaving,
+)
 from activities.backends.job_watch import JobTracker
 from scanward.attempt_logs import read_tail, with_log_tail
 from scanward.catalog import Catalog, ScannerSpec
@@ -63,6 +69,7 @@ from scanward.job_status import (
     classify,
     create_refused_for_good,
     failed_create_message,
+    waiting_detail,
 )
 from scanward.tracing import traceparent_env
 
@@ -588,15 +595,10 @@ class _AttemptWait:
         why = pending or (None if had_pod else
                           f"no pod yet: {self.create_error}" if self.create_error else None)
         if why is None:
-            await _maybe(self._heartbeat())
-            return
-        await _maybe(self._heartbeat(f"{self._scanner} attempt {self._attempt} waiting "
-                                     f"{waited:.0f}s: {why}"))
-
-
-async def _maybe(result: Any) -> None:
-    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        await result
+            await heartbeat_once(self._heartbeat)
+        else:
+            await heartbeat_once(self._heartbeat,
+                                 waiting_detail(self._scanner, self._attempt, waited, why))
 
 
 def _uid(job: Any) -> str | None:

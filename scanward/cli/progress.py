@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import textwrap
 import time
 from datetime import timedelta
@@ -27,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from scanward import client as api
 from scanward.cli.app import EXIT_DEAD, CliError, err, note, one_line, out
 from scanward.contract import ScannerRun, ScannerStatus, ScanStatus, ScanSummary
+from scanward.job_status import read_waiting_detail
 
 
 class Format(StrEnum):
@@ -224,18 +224,14 @@ async def watch(client: Client, scan_id: str, *, stop_on_dead: bool = False,
     return summary
 
 
-_WAITING = re.compile(r"^(?P<who>.+?) waiting \d+s: (?P<why>.+)$", re.DOTALL)
-
-
 def waiting_notes(said: dict[str, str], waiting: tuple[str, ...]) -> list[str]:
     """What to announce of ``waiting`` (scanner attempts' heartbeat lines, "k attempt 1
     waiting 40s: why"): each attempt's reason once, again only when it changes; ``said``
     (attempt -> reason) is updated, and forgets attempts no longer waiting."""
     now = {}
     for line in waiting:
-        m = _WAITING.match(line)
-        if m:
-            now[m.group("who")] = one_line(m.group("why"))
+        if (read := read_waiting_detail(line)) is not None:
+            now[read[0]] = one_line(read[1])
     notes = [f"{who} is waiting: {why}" for who, why in now.items() if said.get(who) != why]
     said.clear()
     said.update(now)

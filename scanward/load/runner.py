@@ -376,9 +376,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     ctx = LoadContext(client, base_queue, opts.run_id, repo, scanner_names(opts.scanners),
                       notify=notify, cluster=opts.cluster, scan_timeout=opts.scan_timeout)
     extra: dict[str, Any] = {}
-    pace = opts.pace() if opts.scenario != "tenants" else None
-    starts = Starts(pace.rate if pace else None, pace.max_concurrent if pace else 0,
-                    pace.duration if pace else None)
+    starts: Starts | None = None  # the tenants scenario paces its phases itself
     if meter is not None:
         meter.start()
     try:
@@ -386,7 +384,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
             if opts.scenario == "tenants":
                 records, seconds, extra["fairness"] = await _tenants(ctx, opts, say)
             else:
-                records, seconds = await _scenario(ctx, opts, say, starts)
+                records, seconds, starts = await _scenario(ctx, opts, say)
     finally:
         ctx.dead_watch = None
         if receiver is not None:
@@ -399,7 +397,7 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
                         extra=extra, notes=notes)
     if spent:
         report.cpu_ms_per_scan = _per(spent, len(records))
-    report.pacing = pacing.summary(starts)
+    report.pacing = pacing.summary(starts) if starts is not None else None
     if (late := pacing.note(report.pacing)) is not None:
         report.notes.append(late)
     say(f"{len(records)} scans in {seconds:.1f}s; fetching their histories")
@@ -428,9 +426,11 @@ async def _run(opts: LoadOptions, say: Say, home: Path, stack: LocalStack | None
     return report
 
 
-async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say, starts: Starts
-                    ) -> tuple[list[ScanRecord], float]:
+async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say
+                    ) -> tuple[list[ScanRecord], float, Starts]:
+    """The scenario's scans, the seconds they took, and when each started."""
     pace = opts.pace()
+    starts = Starts(pace.rate, pace.max_concurrent, pace.duration)
     if opts.scenario == "mixed":
         order = mixed_kinds(opts.crash_share, opts.dead_share, opts.cancel_share,
                             oom=opts.oom())
@@ -443,7 +443,7 @@ async def _scenario(ctx: LoadContext, opts: LoadOptions, say: Say, starts: Start
         + (f", {pace.rate:g}/s" if pace.rate else ""))
     records, seconds = await drive(pace, lambda i: run_scan(ctx, i, order[i % len(order)]),
                                    starts)
-    return records, seconds
+    return records, seconds, starts
 
 
 async def _tenants(ctx: LoadContext, opts: LoadOptions, say: Say
